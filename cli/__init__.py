@@ -1,0 +1,83 @@
+"""The command-line twin of every analysis (contract: ../shared/CLI.md).
+
+Each command lives in its own module exposing ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> dict``; ``run`` drives the same
+core generator jobs as the GUI. This module owns the conventions: one JSON
+object on stdout with ``--json``, progress on stderr, exit 0 on success, 2 on
+bad input (one line, no traceback), 1 on an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from core.errors import JobCancelled, TrojanScopeError
+
+# Module names under cli/, in the order --help lists them.
+COMMAND_MODULES = ["evaluate", "demo"]
+
+
+def command_names() -> list[str]:
+    return [_load(m).NAME for m in COMMAND_MODULES]
+
+
+def _load(module: str):
+    return importlib.import_module(f"cli.{module}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line, exit 2, like our other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trojanscope", description="TrojanScope: find, locate and remove backdoors in image classifiers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module_name in COMMAND_MODULES:
+        module = _load(module_name)
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result = args._module.run(args)
+    except TrojanScopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (JobCancelled, KeyboardInterrupt):
+        print("cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line, trace on request
+        if os.environ.get("TROJANSCOPE_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error ({type(exc).__name__}): {exc}; set TROJANSCOPE_DEBUG=1 for the traceback", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False) and isinstance(result, dict):
+        sys.stdout.write(json.dumps(result, allow_nan=False, default=_jsonable) + "\n")
+    return 0
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,69 @@
+"""Arguments and helpers every command shares, so each command reads as its analysis."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Optional
+
+from core.data import DataSource, open_data
+from core.jobs import Job, Progress, run_job
+from core.models import LoadedModel, load_model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model file: .keras, legacy .h5, or weights-only .h5 with --arch")
+    parser.add_argument("--arch", help="model file supplying the architecture when --model holds weights only")
+
+
+def add_scale_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scale", choices=["auto", "255", "1"], default="auto",
+        help="divide pixels by 255 or not; auto tries both on labelled clean data (default)",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def open_model(args: argparse.Namespace) -> LoadedModel:
+    return load_model(args.model, arch=getattr(args, "arch", None))
+
+
+def open_optional(path: Optional[str]) -> Optional[DataSource]:
+    return open_data(path) if path else None
+
+
+class StderrProgress:
+    """Prints job progress to stderr, at most every half second."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._last = 0.0
+
+    def __call__(self, event: Any) -> None:
+        if self.quiet or not isinstance(event, Progress):
+            return
+        now = time.monotonic()
+        if now - self._last < 0.5 and event.fraction not in (0.0, 1.0):
+            return
+        self._last = now
+        pct = "" if event.fraction is None else f"[{event.fraction * 100:5.1f}%] "
+        print(f"{pct}{event.message}", file=sys.stderr, flush=True)
+
+
+def drive(job: Job, args: argparse.Namespace) -> Any:
+    return run_job(job, StderrProgress(getattr(args, "quiet", False)))
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    """Human-readable output (stdout) when --json is off."""
+    if not getattr(args, "json", False):
+        print(text)
+
+
+def skipped_list(skipped: list) -> list[dict[str, str]]:
+    return [s.as_dict() for s in skipped]

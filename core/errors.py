@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Anything an analyst can cause by handing us a bad file or a bad setting raises a
+subclass of :class:`TrojanScopeError`. Its message is one line that names the
+file, layer or image and says what was expected, so the CLI can print it and
+exit 2 and the GUI can show it in a dialog; anything else is a bug (exit 1).
+"""
+
+
+class TrojanScopeError(Exception):
+    """A problem with the analyst's input, explained in one line."""
+
+
+class UnsafeModelError(TrojanScopeError):
+    """The file carries something that could run code or reach other files."""
+
+
+class ModelError(TrojanScopeError):
+    """The model cannot be read or is not an image classifier we can analyse."""
+
+
+class DataError(TrojanScopeError):
+    """A data file or folder cannot be read, or does not fit the model."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when the analyst pressed Cancel."""

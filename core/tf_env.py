@@ -1,0 +1,52 @@
+"""Import TensorFlow/Keras lazily and quietly.
+
+Importing TensorFlow costs seconds, so nothing imports it at module level: the
+window appears first, and CLI commands that fail on bad input fail fast.
+TensorFlow's C++ and absl chatter would also corrupt ``--json`` output, so it
+is silenced before the first import.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+
+
+def _quiet_environment() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # reproducible numbers
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def keras() -> Any:
+    """The ``keras`` module, imported once, thread-safely."""
+    with _lock:
+        _quiet_environment()
+        import keras as _keras  # noqa: PLC0415  (lazy on purpose)
+
+        try:
+            import absl.logging
+
+            absl.logging.set_verbosity(absl.logging.ERROR)
+        except ImportError:  # pragma: no cover - absl ships with TensorFlow
+            pass
+        return _keras
+
+
+def tf() -> Any:
+    """The ``tensorflow`` module, imported once."""
+    keras()
+    import tensorflow as _tf  # noqa: PLC0415
+
+    _tf.get_logger().setLevel("ERROR")
+    return _tf
+
+
+def preload_in_background() -> threading.Thread:
+    """Start importing TensorFlow on a daemon thread (GUI start-up)."""
+    thread = threading.Thread(target=tf, name="tensorflow-import", daemon=True)
+    thread.start()
+    return thread

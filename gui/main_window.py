@@ -1,0 +1,340 @@
+"""The main window: one tab per analysis, one shared job runner with progress and Cancel.
+
+Panels are listed in ``PANELS`` and imported lazily; each is a QWidget built
+as ``Panel(window)`` that reads ``window.state`` and starts jobs through
+``window.start_job``. A panel may define ``run_default(done)`` (used by
+``--screenshot``): start its default analysis on the loaded data and call
+``done()`` when it has finished or failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QWidget,
+)
+
+from core.jobs import Progress
+from gui.state import ROLES, AppState
+from gui.worker import JobRunner
+
+# (module, class) of each tab, in order.
+PANELS: list[tuple[str, str]] = [
+    ("gui.model_panel", "ModelPanel"),
+]
+
+MODEL_FILTER = "Keras models (*.keras *.h5 *.hdf5);;All files (*)"
+DATA_FILTER = "Data (*.h5 *.hdf5 *.npz);;All files (*)"
+MAX_RECENT = 8
+
+
+class MainWindow(QMainWindow):
+    error_shown = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle("TrojanScope")
+        self.resize(1280, 860)
+        self.setAcceptDrops(True)
+        self.state = AppState()
+        self.runner = JobRunner(self)
+        self.settings = QSettings("TrojanScope", "TrojanScope")
+        self.last_error: Optional[str] = None
+
+        self.tabs = QTabWidget()
+        self.setCentralWidget(self.tabs)
+        self.panels: dict[str, QWidget] = {}
+        for module_name, class_name in PANELS:
+            panel_cls = getattr(importlib.import_module(module_name), class_name)
+            panel = panel_cls(self)
+            self.panels[class_name] = panel
+            self.tabs.addTab(panel, getattr(panel, "TITLE", class_name))
+
+        self._build_status_bar()
+        self._build_menus()
+        self.runner.event.connect(self._on_event)
+        self.runner.started.connect(self._on_started)
+        self.runner.idle.connect(self._on_idle)
+        self.runner.failed.connect(self.show_error)
+        self.runner.cancelled.connect(lambda: self.status.setText("Cancelled; nothing was changed"))
+
+    # ---------------------------------------------------------------- jobs
+
+    def start_job(
+        self,
+        name: str,
+        factory: Callable[[], Any],
+        on_result: Optional[Callable[[Any], None]] = None,
+        on_event: Optional[Callable[[Any], None]] = None,
+        on_error: Optional[Callable[[str], None]] = None,
+    ) -> bool:
+        """Run a core job on the worker thread; refuse politely while another runs."""
+        if not self.runner.start(name, factory, on_event=on_event, on_result=on_result, on_error=on_error):
+            self.status.setText(f"Busy with {self.runner.name}: wait or press Cancel")
+            return False
+        return True
+
+    def after_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the runner is free (jobs that chain other jobs)."""
+        if not self.runner.busy:
+            QTimer.singleShot(0, callback)
+            return
+
+        def once() -> None:
+            self.runner.idle.disconnect(once)
+            QTimer.singleShot(0, callback)
+
+        self.runner.idle.connect(once)
+
+    def _build_status_bar(self) -> None:
+        bar = QWidget()
+        layout = QHBoxLayout(bar)
+        layout.setContentsMargins(6, 0, 6, 0)
+        self.status = QLabel("Open a model and data, or load the demo (File > Load demo)")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(320)
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        layout.addWidget(self.status, 1)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.cancel_button)
+        self.statusBar().addPermanentWidget(bar, 1)
+
+    def _on_started(self, name: str) -> None:
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText(f"{name}…")
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Progress):
+            if event.fraction is None:
+                self.progress.setRange(0, 0)
+            else:
+                self.progress.setRange(0, 1000)
+                self.progress.setValue(int(event.fraction * 1000))
+            if event.message:
+                self.status.setText(event.message)
+
+    def _on_idle(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+
+    def show_error(self, message: str) -> None:
+        """One line the analyst can act on, in a dialog that never blocks the window."""
+        self.last_error = message
+        self.status.setText(message)
+        self.error_shown.emit(message)
+        box = QMessageBox(QMessageBox.Icon.Warning, "TrojanScope", message, QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    # --------------------------------------------------------------- menus
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        open_model = QAction("Open &model…", self, shortcut=QKeySequence.StandardKey.Open)
+        open_model.triggered.connect(self.choose_model)
+        file_menu.addAction(open_model)
+        for role, label in ROLES.items():
+            if role == "scan":
+                continue
+            action = QAction(f"Open {label.lower()}…", self)
+            action.triggered.connect(lambda _=False, r=role: self.choose_data(r))
+            file_menu.addAction(action)
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self._refresh_recent()
+        file_menu.addSeparator()
+        demo = QAction("Load &demo BadNet", self)
+        demo.triggered.connect(self.load_demo)
+        file_menu.addAction(demo)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        self.file_menu = file_menu
+
+    def choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a suspicious model", self._last_dir(), MODEL_FILTER)
+        if path:
+            self.open_model(path)
+
+    def choose_data(self, role: str) -> None:
+        dialog = QFileDialog(self, f"Open {ROLES[role].lower()} (a file, or cancel and pick a folder)", self._last_dir(), DATA_FILTER)
+        dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
+        if dialog.exec():
+            self.open_data(role, dialog.selectedFiles()[0])
+            return
+        folder = QFileDialog.getExistingDirectory(self, f"Or choose a folder of images for {ROLES[role].lower()}", self._last_dir())
+        if folder:
+            self.open_data(role, folder)
+
+    # ------------------------------------------------------------- loading
+
+    def open_model(self, path: str, arch: Optional[str] = None) -> None:
+        from core.models import load_model_job
+
+        def loaded(result: Any) -> None:
+            self.state.set_model(result)
+            self._remember("model", path)
+            self.status.setText(f"Model: {result.summary.describe()}")
+
+        def failed(message: str) -> None:
+            if "weights only" in message and arch is None:
+                self._ask_architecture(path)
+
+        self.start_job(f"Loading {Path(path).name}", lambda: load_model_job(path, arch), loaded, on_error=failed)
+
+    def _ask_architecture(self, weights: str) -> None:
+        arch, _ = QFileDialog.getOpenFileName(
+            self, "That file holds weights only: choose a model file with the architecture", self._last_dir(), MODEL_FILTER
+        )
+        if arch:
+            self.open_model(weights, arch)
+
+    def open_data(self, role: str, path: str) -> None:
+        from core.data import open_data
+
+        def job():
+            yield Progress(None, f"Opening {path}")
+            return open_data(path)
+
+        def opened(source: Any) -> None:
+            self.state.set_data(role, source)
+            self._remember(role, path)
+            self.status.setText(f"{ROLES[role]}: {source.describe()}")
+
+        self.start_job(f"Opening {Path(path).name}", job, opened)
+
+    def load_demo(self, then: Optional[Callable[[], None]] = None) -> None:
+        from core.demo import open_demo
+
+        def loaded(session: Any) -> None:
+            self.state.demo = session.bundle
+            self.state.scale = "255"
+            self.state.target = None
+            self.state.set_model(session.loaded)
+            for role, source in (
+                ("clean_valid", session.clean_valid),
+                ("clean_test", session.clean_test),
+                ("poisoned", session.poisoned),
+                ("scan", session.scan),
+            ):
+                self.state.set_data(role, source)
+            self.status.setText(f"Demo BadNet loaded from {session.bundle.root}")
+            if then:
+                self.after_idle(then)
+
+        self.start_job("Preparing the demo BadNet", open_demo, loaded)
+
+    # -------------------------------------------------------- drag and drop
+
+    def dragEnterEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: Any) -> None:  # noqa: N802
+        for url in event.mimeData().urls():
+            path = url.toLocalFile()
+            if not path:
+                continue
+            if Path(path).suffix.lower() in (".keras", ".h5", ".hdf5") and _looks_like_model(path):
+                self.open_model(path)
+            else:
+                self.open_data("clean_test" if "clean_test" not in self.state.data else "poisoned", path)
+            break
+
+    # --------------------------------------------------------------- recent
+
+    def _remember(self, role: str, path: str) -> None:
+        recent = [r for r in self._recent() if r != [role, path]]
+        recent.insert(0, [role, path])
+        self.settings.setValue("recent", recent[:MAX_RECENT])
+        self.settings.setValue("last_dir", str(Path(path).parent))
+        self._refresh_recent()
+
+    def _recent(self) -> list[list[str]]:
+        value = self.settings.value("recent", [])
+        if not isinstance(value, list):
+            return []
+        return [list(v) for v in value if isinstance(v, (list, tuple)) and len(v) == 2]
+
+    def _refresh_recent(self) -> None:
+        self.recent_menu.clear()
+        for role, path in self._recent():
+            label = "Model" if role == "model" else ROLES.get(role, role)
+            action = QAction(f"{label}: {path}", self)
+            if role == "model":
+                action.triggered.connect(lambda _=False, p=path: self.open_model(p))
+            else:
+                action.triggered.connect(lambda _=False, r=role, p=path: self.open_data(r, p))
+            self.recent_menu.addAction(action)
+        self.recent_menu.setEnabled(bool(self._recent()))
+
+    def _last_dir(self) -> str:
+        return str(self.settings.value("last_dir", str(Path.home())))
+
+    # ---------------------------------------------------------- screenshots
+
+    def screenshot_all(self, out_dir: Path, then: Callable[[], None]) -> None:
+        """Run each panel's default job on the loaded data and save one PNG per panel."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        queue = list(self.panels.items())
+
+        def next_panel() -> None:
+            if not queue:
+                then()
+                return
+            key, panel = queue.pop(0)
+            self.tabs.setCurrentWidget(panel)
+
+            def save() -> None:
+                self.grab().save(str(out_dir / f"{_snake(key)}.png"))
+                QTimer.singleShot(0, next_panel)
+
+            runner = getattr(panel, "run_default", None)
+            if runner is None:
+                QTimer.singleShot(200, save)
+            else:
+                runner(lambda: QTimer.singleShot(400, save))
+
+        next_panel()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802
+        self.runner.cancel()
+        self.runner.wait(5000)
+        super().closeEvent(event)
+
+
+def _snake(name: str) -> str:
+    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    return out
+
+
+def _looks_like_model(path: str) -> bool:
+    """A cheap sniff for drag-and-drop routing; the real checks happen on load."""
+    if path.lower().endswith(".keras"):
+        return True
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            return "model_config" in h5.attrs or "layer_names" in h5.attrs
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,39 @@
+"""TrojanScope entry point: the GUI by default, CLI subcommands otherwise.
+
+    python main.py                 open the GUI
+    python main.py --demo          open the GUI with the demo BadNet loaded
+    python main.py --screenshot D  render every panel on the demo to PNGs in D, then exit
+    python main.py COMMAND ...     run an analysis from the command line (see --help)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    import cli
+
+    if argv and not argv[0].startswith("-"):
+        return cli.main(argv)
+    parser = argparse.ArgumentParser(
+        prog="trojanscope",
+        description="TrojanScope: find, locate and remove backdoors in image classifiers. "
+        "Without a command it opens the GUI. Commands: " + ", ".join(cli.command_names()),
+    )
+    parser.add_argument("--demo", action="store_true", help="open with the demo BadNet and its data loaded")
+    parser.add_argument("--screenshot", metavar="DIR", help="render each panel on the demo to DIR/*.png and exit")
+    args = parser.parse_args(argv)
+    from gui.app import run_gui
+
+    return run_gui(demo=args.demo or bool(args.screenshot), screenshot_dir=args.screenshot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
