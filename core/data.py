@@ -176,9 +176,11 @@ class NPZSource(ArraySource):
 
     @classmethod
     def open(cls, path: Path) -> "NPZSource":
-        safety.scan_zip(path, str(path), error=DataError)
+        safety.scan_zip(path, str(path), error=DataError, broken=DataError)
         try:
             npz = np.load(path, allow_pickle=False)
+            if "config.json" in npz.files:
+                raise DataError(f"{path} is a Keras model archive, not a data set: expected .npz arrays x/y")
             x_key, y_key = _pick_keys([k for k in npz.files], path)
             x = npz[x_key]
             y = npz[y_key] if y_key is not None else None

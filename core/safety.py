@@ -310,12 +310,15 @@ def scan_hdf5(h5file: Any, source: str, error: type = UnsafeModelError, max_rati
 # ------------------------------------------------------------------------- zip
 
 
-def scan_zip(data: bytes | Path, source: str, error: type = UnsafeModelError) -> zipfile.ZipFile:
-    """Open a zip archive after checking its directory; nothing is inflated yet."""
+def scan_zip(data: bytes | Path, source: str, error: type = UnsafeModelError, broken: type = ModelError) -> zipfile.ZipFile:
+    """Open a zip archive after checking its directory; nothing is inflated yet.
+
+    ``error`` is raised for dangerous content, ``broken`` for damaged archives.
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise error(f"{source} is not a readable zip archive ({exc}): truncated or corrupt?") from None
+        raise broken(f"{source} is not a readable zip archive ({exc}): truncated or corrupt?") from None
     infos = archive.infolist()
     if len(infos) > MAX_ARCHIVE_MEMBERS:
         raise error(f"refusing to open {source}: it holds {len(infos)} members")

@@ -53,6 +53,7 @@ class MainWindow(QMainWindow):
         self.runner = JobRunner(self)
         self.settings = QSettings("TrojanScope", "TrojanScope")
         self.last_error: Optional[str] = None
+        self.demo_settings: Any = None  # core.demo.DemoSettings; None = the standard demo
 
         self.tabs = QTabWidget()
         self.setCentralWidget(self.tabs)
@@ -241,7 +242,8 @@ class MainWindow(QMainWindow):
             if then:
                 self.after_idle(then)
 
-        self.start_job("Preparing the demo BadNet", open_demo, loaded)
+        settings = self.demo_settings
+        self.start_job("Preparing the demo BadNet", lambda: open_demo(settings) if settings else open_demo(), loaded)
 
     # -------------------------------------------------------- drag and drop
 
