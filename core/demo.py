@@ -152,9 +152,24 @@ def export_demo(out: Path, settings: DemoSettings = DemoSettings()) -> Job[DemoB
     if out.resolve() == bundle.root.resolve():
         return bundle
     yield Progress(None, f"Copying the demo to {out}")
-    with atomic_dir(out) as tmp:
-        shutil.copytree(bundle.root, tmp, dirs_exist_ok=True)
+    if (out / "demo.json").is_file():
+        _refresh_demo_files(bundle.root, out)  # keep whatever else the analyst saved there
+    else:
+        with atomic_dir(out) as tmp:
+            shutil.copytree(bundle.root, tmp, dirs_exist_ok=True)
     return DemoBundle(out)
+
+
+def _refresh_demo_files(src: Path, dst: Path) -> None:
+    """Replace only the demo's own files in an earlier demo folder, each atomically."""
+    for file in sorted(src.rglob("*")):
+        if file.is_dir():
+            continue
+        target = dst / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copy2(file, tmp)
+        os.replace(tmp, target)
 
 
 def build_demo(root: Path, settings: DemoSettings = DemoSettings()) -> Job[DemoBundle]:

@@ -45,6 +45,10 @@ def test_demo_command_writes_the_bundle(capsys, demo_settings, tmp_path, monkeyp
     paths = json.loads(out)
     for key in ("model", "clean_valid", "clean_test", "poisoned_test", "scan_dir", "manifest"):
         assert Path(paths[key]).exists()
+    mine = tmp_path / "d" / "my_repaired_model.keras"
+    mine.write_text("analyst's work")
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "d"), "--json")
+    assert code == 0 and mine.read_text() == "analyst's work"  # re-exporting never deletes work
     code, out, err = run_cli(capsys, "demo", "--out", str(tmp_path))
     assert code == 2 and "not a TrojanScope demo folder" in err
 
