@@ -22,6 +22,9 @@ def run_gui(demo: bool = False, screenshot_dir: Optional[str] = None) -> int:
     style = RESOURCES / "style.qss"
     if style.is_file():
         app.setStyleSheet(style.read_text())
+    from PySide6.QtGui import QIcon
+
+    app.setWindowIcon(QIcon(str(RESOURCES / "icon.svg")))
     window = MainWindow()
     window.show()
     preload_in_background()
