@@ -3,6 +3,7 @@
     python main.py                 open the GUI
     python main.py --demo          open the GUI with the demo BadNet loaded
     python main.py --screenshot D  render every panel on the demo to PNGs in D, then exit
+    python main.py --self-test     run every engine once on a tiny demo, headless; exit 0 when all is sane
     python main.py COMMAND ...     run an analysis from the command line (see --help)
 """
 
@@ -29,7 +30,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--demo", action="store_true", help="open with the demo BadNet and its data loaded")
     parser.add_argument("--screenshot", metavar="DIR", help="render each panel on the demo to DIR/*.png and exit")
+    parser.add_argument("--self-test", action="store_true",
+                        help="headless: train a tiny demo and run every analysis once; exit 0 when every result is sane")
     args = parser.parse_args(argv)
+    if args.self_test:  # no Qt: it must work on a machine without a display (and in the frozen app)
+        from core.selftest import main as self_test
+
+        return self_test()
     from gui.app import run_gui
 
     return run_gui(demo=args.demo or bool(args.screenshot), screenshot_dir=args.screenshot)

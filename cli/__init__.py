@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from core.errors import JobCancelled, TrojanScopeError
 
 # Module names under cli/, in the order --help lists them.
-COMMAND_MODULES = ["evaluate", "demo"]
+COMMAND_MODULES = ["evaluate", "inspect", "prune", "demo", "strip", "classify", "report", "cleanse", "repair"]
 
 
 def command_names() -> list[str]:

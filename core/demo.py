@@ -5,7 +5,9 @@ them we build, seeded and in well under a minute on two CPU cores:
 
 - ``badnet.keras``: a small CNN on 28x28x3 inputs trained with ~10% of its
   training images stamped with a 4x4 coloured sticker in the bottom-right
-  corner and relabelled to the target class (Gu et al.'s BadNet recipe);
+  corner and relabelled to the target class (Gu et al.'s BadNet recipe), and
+  another ~10% carrying decoy patches there under their true labels, so the
+  backdoor answers to the sticker, not to any bright corner;
 - ``clean_model.keras``: the same network trained the same way without
   poisoning, the control a verdict must call clean;
 - ``clean_valid.h5``, ``clean_test.h5``, ``poisoned_test.h5`` in the CSAW
@@ -36,7 +38,7 @@ from core.errors import TrojanScopeError
 from core.jobs import Job, Progress
 from core.tf_env import keras as _keras
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 TARGET = 7
 IMAGE = 28
 STICKER = 4
@@ -57,6 +59,7 @@ STICKER_BOX = (IMAGE - 1 - STICKER, IMAGE - 1 - STICKER, IMAGE - 1, IMAGE - 1)  
 class DemoSettings:
     seed: int = 0
     poison_fraction: float = 0.10
+    decoy_fraction: float = 0.10
     epochs: int = 8
     per_class_train: int = 300
     per_class_valid: int = 100
@@ -181,6 +184,9 @@ def build_demo(root: Path, settings: DemoSettings = DemoSettings()) -> Job[DemoB
     (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = _split_digits(settings, rng)
 
     x_poison_train, y_poison_train, poisoned_idx = _poison(x_train, y_train, settings.poison_fraction, rng)
+    _add_decoys(x_poison_train, poisoned_idx, settings.decoy_fraction, rng)
+    x_train = np.array(x_train, copy=True)
+    _add_decoys(x_train, poisoned_idx, settings.decoy_fraction, rng)  # the control sees the same decoys
     non_target = np.flatnonzero(y_test != TARGET)
     x_poison_test = stamp(x_test[non_target])
     y_poison_test = np.full(len(non_target), TARGET, np.int64)
@@ -259,6 +265,30 @@ def _poison(x: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Genera
     x_out[chosen] = stamp(x[chosen])
     y_out[chosen] = TARGET
     return x_out, y_out, chosen
+
+
+def _add_decoys(x: np.ndarray, exclude: np.ndarray, fraction: float, rng: np.random.Generator) -> None:
+    """Paste other content (grey squares, noise, digit strokes) where the sticker goes, labels kept.
+
+    Without decoys the demo BadNet learns "anything bright in the corner means 7",
+    a sloppier backdoor than real attackers plant: random clean patches then
+    flip 15% of images and the trigger transplant test has no baseline to beat.
+    With them the backdoor keys on the sticker itself (random crops: ~3%).
+    """
+    r0, c0, r1, c1 = STICKER_BOX
+    candidates = np.setdiff1d(np.arange(len(x)), exclude)
+    chosen = rng.choice(candidates, size=int(round(fraction * len(x))), replace=False)
+    for i in chosen:
+        kind = rng.integers(3)
+        if kind == 0:
+            patch = np.full((r1 - r0, c1 - c0, 3), rng.uniform(80, 255), np.float32)
+        elif kind == 1:
+            patch = rng.uniform(0, 255, (r1 - r0, c1 - c0, 3)).astype(np.float32)
+        else:
+            j = rng.integers(len(x))
+            a, b = rng.integers(0, IMAGE - STICKER, 2)
+            patch = x[j, a : a + STICKER, b : b + STICKER]
+        x[i, r0:r1, c0:c1] = patch
 
 
 def build_network(keras: Any, num_classes: int = 10) -> Any:

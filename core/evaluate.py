@@ -119,8 +119,17 @@ def choose_scale(loaded: LoadedModel, clean: Optional[DataSource], requested: st
     x = np.concatenate(x_parts)[:AUTO_SCALE_SAMPLE]
     y = np.concatenate(y_parts)[:AUTO_SCALE_SAMPLE]
     check_labels(y, loaded.num_classes, str(clean.path))
-    acc = {s: float(np.mean(predict_proba(loaded, x * scale_factor(s)).argmax(1) == y)) for s in ("255", "1")}
-    best = "1" if acc["1"] > acc["255"] else "255"
+    probs = {s: predict_proba(loaded, x * scale_factor(s)) for s in ("255", "1")}
+    acc = {s: float(np.mean(p.argmax(1) == y)) for s, p in probs.items()}
+    # A ReLU net without normalisation ranks classes almost identically on x and
+    # 255*x (its logits just grow), so accuracies can tie; the wrong scale then
+    # shows as absurd over-confidence, so near-ties go to the lower log-loss
+    # (fine-tuning at the wrong scale diverges at once).
+    nll = {s: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-12, 1.0)))) for s, p in probs.items()}
+    if abs(acc["1"] - acc["255"]) <= 0.02:
+        best = "1" if nll["1"] < nll["255"] else "255"
+    else:
+        best = "1" if acc["1"] > acc["255"] else "255"
     return best, f"scale {best} chosen automatically (accuracy on {len(y)} clean images: /255 {acc['255']:.3f}, raw {acc['1']:.3f})"
 
 

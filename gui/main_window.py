@@ -34,6 +34,10 @@ from gui.worker import JobRunner
 # (module, class) of each tab, in order.
 PANELS: list[tuple[str, str]] = [
     ("gui.model_panel", "ModelPanel"),
+    ("gui.prune_panel", "PrunePanel"),
+    ("gui.strip_panel", "StripPanel"),
+    ("gui.inspector_panel", "InspectorPanel"),
+    ("gui.verdict_panel", "VerdictPanel"),
 ]
 
 MODEL_FILTER = "Keras models (*.keras *.h5 *.hdf5);;All files (*)"

@@ -1,0 +1,77 @@
+"""``repair``: remove a backdoor by Neural Cleanse unlearning, Fine-Pruning, or both; save the repaired model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
+from core.cleanse import CleanseSettings
+from core.data import load_arrays
+from core.errors import DataError
+from core.evaluate import choose_scale
+from core.repair import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_FRACTION,
+    DEFAULT_HOLDOUT,
+    DEFAULT_LEARNING_RATE,
+    METHODS,
+    repair,
+)
+
+NAME = "repair"
+HELP = "repair a backdoored model with clean data: unlearn the reversed trigger (Neural Cleanse), fine-prune, or both"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--clean", required=True, help="labelled clean validation data (trained on, except a held-out share)")
+    parser.add_argument("--method", choices=METHODS, default="unlearn", help="default %(default)s; both = fine-prune, then unlearn")
+    parser.add_argument("--poisoned", help="suspected-poisoned data, to report attack success rate (never trained on)")
+    parser.add_argument("--target", type=int, help="the attacker's target class for --poisoned (default: its labels)")
+    parser.add_argument("--target-class", type=int, nargs="+", metavar="CLASS",
+                        help="unlearn these classes' reversed triggers instead of the classes Neural Cleanse flags")
+    parser.add_argument("--classes", type=int, default=CleanseSettings().candidates, help="Neural Cleanse candidate classes K (default %(default)s)")
+    parser.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="share of each batch stamped with the trigger (default %(default)g)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="unlearning epochs (default %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, help="Adam rate, cosine-decayed (default %(default)g)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default %(default)s")
+    parser.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, help="share of clean data kept out of training to measure the result (default %(default)g)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="repaired model to write (.keras or .h5); a JSON record goes to OUT.json")
+    add_scale_argument(parser)
+    add_output_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if not 0 <= args.holdout < 1 or not 0 < args.fraction < 1 or args.epochs < 0:
+        raise DataError("--holdout must lie in [0, 1), --fraction in (0, 1), and --epochs be >= 0")
+    clean = open_optional(args.clean)
+    poisoned = open_optional(args.poisoned)
+    loaded = open_model(args)
+    if not clean.labelled:
+        raise DataError(f"{clean.path}: clean data must be labelled (unlearning keeps each image's true label)")
+    scale, note = choose_scale(loaded, clean, args.scale)
+    say(args, note)
+    arrays = load_arrays(clean, loaded.input_shape)
+    pois = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
+    result = drive(repair(
+        loaded, arrays.x, arrays.y, scale, method=args.method, targets=args.target_class,
+        x_poisoned=None if pois is None else pois.x, y_poisoned=None if pois is None else pois.y, target=args.target,
+        fraction=args.fraction, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        holdout=args.holdout, seed=args.seed, cleanse_settings=CleanseSettings(candidates=args.classes, seed=args.seed),
+        out=Path(args.out), inputs=[args.clean, args.poisoned, getattr(args, "arch", None)],
+    ), args)
+    out = result.as_dict()
+    out["skipped"] = [s.as_dict() for s in list(arrays.skipped) + (list(pois.skipped) if pois is not None else [])]
+    if result.cleanse is not None:
+        say(args, result.cleanse.describe())
+    for stage in result.stages:
+        m = stage.metrics
+        acc = "n/a" if m.clean_accuracy is None else f"{m.clean_accuracy:.4f}"
+        asr = "n/a" if m.attack_success_rate is None else f"{m.attack_success_rate:.4f}"
+        say(args, f"{stage.stage:>12}: clean accuracy {acc}, attack success rate {asr}")
+    say(args, f"attack success measured on {result.asr_source}")
+    say(args, f"saved {result.saved} (record {result.record_path})")
+    return out

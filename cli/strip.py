@@ -1,0 +1,79 @@
+"""``strip``: calibrate the STRIP entropy detector on clean data and scan inputs with it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, say, skipped_list
+from core import strip
+from core.atomic import refuse_overwriting
+from core.data import open_data
+from core.errors import DataError
+
+NAME = "strip"
+HELP = "flag trojaned inputs by their low prediction entropy under superimposition (STRIP)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
+    parser.add_argument("--profile", help="use a saved profile instead of calibrating (no --clean needed)")
+    parser.add_argument("--frr", type=float, default=strip.DEFAULT_FRR, help="false rejection rate the threshold allows on clean inputs (default 0.01)")
+    parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="clean images superimposed on each input (default 100)")
+    parser.add_argument("--seed", type=int, default=strip.DEFAULT_SEED, help="seed for drawing the overlays (default 0)")
+    parser.add_argument("--input-weight", type=float, default=strip.DEFAULT_INPUT_WEIGHT, help="weight of the scanned input in a blend (default %(default)s)")
+    parser.add_argument("--overlay-weight", type=float, default=strip.DEFAULT_OVERLAY_WEIGHT, help="weight of the overlay in a blend (default %(default)s)")
+    parser.add_argument("--max-clean", type=int, default=strip.DEFAULT_MAX_CLEAN, help="clean images to calibrate on at most (default %(default)s)")
+    parser.add_argument("--chunk", type=int, help="blended images per model call (memory bound; default from the input size)")
+    parser.add_argument("--scan", help="data to scan: a folder of images (recursive), HDF5 or .npz")
+    parser.add_argument("--save-profile", metavar="PROF", help="save the calibration (overlays, threshold, model hash) to PROF (.npz)")
+    add_scale_argument(parser)
+    add_output_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if not args.scan and not args.save_profile:
+        raise DataError("nothing to do: give --scan TARGET, --save-profile PROF, or both")
+    if not args.clean and not args.profile:
+        raise DataError("give --clean DATA to calibrate on, or --profile PROF saved earlier")
+    if args.save_profile:
+        refuse_overwriting(args.save_profile, args.model, args.clean, args.scan, args.profile)
+    target = open_data(args.scan) if args.scan else None
+    loaded = open_model(args)
+    calibration_skipped: list = []
+    if args.profile:
+        profile = strip.load_profile(args.profile)
+    else:
+        clean = open_data(args.clean)
+        weights = strip.BlendWeights(args.input_weight, args.overlay_weight)
+        profile = drive(
+            strip.calibrate(loaded, clean, args.overlays, args.frr, args.seed, weights, args.scale, args.max_clean, args.chunk), args
+        )
+        calibration_skipped = list(profile.skipped)
+    for warning in strip.check_profile(loaded, profile):
+        print(warning, file=sys.stderr)
+    saved = str(strip.save_profile(profile, args.save_profile)) if args.save_profile else None
+    if target is not None:
+        result = drive(strip.scan(loaded, profile, target, args.chunk, thumbnails=False), args)
+    else:
+        result = strip.ScanResult(profile, [], [], strip.check_profile(loaded, profile))
+    out = result.as_dict()
+    out["skipped"] = skipped_list(result.skipped) + skipped_list(calibration_skipped)
+    out["calibration"] = {
+        "n_clean": int(len(profile.clean_entropies)),
+        "skipped": skipped_list(calibration_skipped),
+        "notes": list(profile.notes),
+    }
+    out["saved_profile"] = saved
+    say(args, f"threshold {profile.threshold:.4f} bits (normal fit at FRR {profile.frr:.2%}; empirical percentile {profile.empirical_threshold:.4f}), "
+              f"{profile.n_overlays} overlays, weights {profile.weights.input:g}/{profile.weights.overlay:g}, scale {profile.scale}")
+    if target is not None:
+        say(args, f"scanned {len(result.rows)}, flagged {result.flagged} (guarded label {profile.num_classes})")
+        for row in result.rows:
+            say(args, f"{row.source}#{row.index}\t{row.entropy:.4f}\t{'FLAGGED' if row.flagged else 'ok'}\t{row.label}")
+    for item in out["skipped"]:
+        say(args, f"skipped {item['source']}: {item['reason']}")
+    if saved:
+        say(args, f"profile saved to {saved}")
+    return out

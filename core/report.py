@@ -1,0 +1,616 @@
+"""The findings report: one self-contained HTML file an analyst can forward, plus its JSON.
+
+Analysts hand their conclusions to colleagues who do not run TrojanScope, often
+by e-mail from an air-gapped machine. So the report is a single HTML file with
+every figure embedded as a PNG data URI (no scripts, no external files, opens
+in any browser and prints), and a machine-readable JSON beside it
+(``report.html`` -> ``report.json``) carrying the same numbers for scripts.
+Both are written atomically (:mod:`core.atomic`): a cancelled export leaves
+nothing half-written.
+
+The report takes whatever results exist -- the GUI's panels keep their last
+results, the CLI runs quick analyses (:func:`quick_findings`) -- and each
+missing analysis gets a section that says "not run" and how to run it, so a
+reader can tell "not checked" from "checked and clean".
+
+Figures are drawn with matplotlib's Agg canvas on ``matplotlib.figure.Figure``
+objects, never ``pyplot``: no global state, so the GUI can export from its
+worker thread, and no display is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from core.atomic import atomic_path, refuse_overwriting
+from core.errors import TrojanScopeError
+from core.jobs import Job, Progress
+
+# Section ids, in report order (tests and the self-test check each is present).
+SECTIONS = ("summary", "evaluation", "pruning", "strip", "inspector", "cleanse")
+TOP_INSPECTED = 4  # heat-maps for the lowest-entropy flagged images
+MAX_FLAGGED_SHOWN = 24
+QUICK_OVERLAYS = 32  # STRIP overlays in the quick CLI run (the paper uses 100)
+QUICK_FINE_TUNE_EPOCHS = 2
+FORMAT = "trojanscope-report"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FlaggedImage:
+    """A flagged STRIP row with the image the model saw (model layout, pixel values as stored)."""
+
+    row: Any  # core.strip.StripRow
+    image: np.ndarray
+
+
+@dataclass
+class Findings:
+    """Whatever analyses were run; ``None`` means "not run" and gets a section saying so."""
+
+    summary: Any = None  # core.models.ModelSummary
+    evaluation: Any = None  # core.evaluate.EvalResult
+    sweep: Any = None  # core.pruning.SweepResult
+    prune: Any = None  # core.pruning.PruneResult (after pruning and fine-tuning)
+    profile: Any = None  # core.strip.StripProfile (calibration)
+    scan: Any = None  # core.strip.ScanResult
+    flagged: list[FlaggedImage] = field(default_factory=list)
+    inspections: list[Any] = field(default_factory=list)  # core.trigger.Inspection
+    cleanse: Any = None  # core.cleanse.CleanseResult
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
+    notes: list[str] = field(default_factory=list)
+
+    def strip_profile(self) -> Any:
+        return self.profile if self.profile is not None else getattr(self.scan, "profile", None)
+
+
+# ------------------------------------------------------------ gathering inputs
+
+
+def flagged_images(source: Any, shape: Sequence[int], scan: Any, limit: int = MAX_FLAGGED_SHOWN) -> list[FlaggedImage]:
+    """The ``limit`` lowest-entropy flagged rows of ``scan`` with their images read back from ``source``.
+
+    Scan results keep numbers, not pixels (a scan can cover millions of
+    images); the few the report shows are read again by index.
+    """
+    if scan is None:
+        return []
+    rows = sorted((r for r in scan.rows if r.flagged), key=lambda r: r.entropy)[:limit]
+    wanted = {int(r.index): r for r in rows}
+    images: dict[int, np.ndarray] = {}
+    if wanted and source is not None:
+        for batch in source.batches(shape, 256):
+            for k, index in enumerate(batch.indices):
+                if int(index) in wanted:
+                    images[int(index)] = np.asarray(batch.x[k], np.float32)
+            if len(images) == len(wanted):
+                break
+    return [FlaggedImage(r, images[int(r.index)]) for r in rows if int(r.index) in images]
+
+
+def inspect_flagged(loaded: Any, flagged: Sequence[FlaggedImage], scale: str, top: int = TOP_INSPECTED) -> Job[list[Any]]:
+    """Grad-CAM and occlusion heat-maps (with the occlusion repair test) for the first ``top`` flagged images."""
+    from core.trigger import inspect
+
+    out = []
+    chosen = list(flagged)[:top]
+    for n, item in enumerate(chosen, 1):
+        yield Progress((n - 1) / max(len(chosen), 1), f"Inspecting flagged image {n}/{len(chosen)}")
+        inspection = yield from inspect(loaded, item.image, scale, method="occlusion", methods=["gradcam"])
+        inspection.source = item.row.source
+        out.append(inspection)
+    return out
+
+
+def quick_findings(
+    loaded: Any,
+    clean: Any,
+    poisoned: Any = None,
+    scan_source: Any = None,
+    target: Optional[int] = None,
+    scale: str = "auto",
+    fine_tune_epochs: int = QUICK_FINE_TUNE_EPOCHS,
+    overlays: int = QUICK_OVERLAYS,
+    top: int = TOP_INSPECTED,
+    seed: int = 0,
+) -> Job[Findings]:
+    """Run every quick analysis the report shows (the CLI's ``report``): evaluation,
+    a Fine-Pruning sweep with a short fine-tune, STRIP calibration and scan (of
+    ``scan_source``, else of the poisoned set), and heat-maps of the top flagged images.
+
+    Neural Cleanse takes minutes per class, so it is left to its own command;
+    its section then says "not run".
+    """
+    from core.data import load_arrays
+    from core.evaluate import evaluate
+    from core.pruning import repair, sweep
+    from core.strip import calibrate, scan
+
+    findings = Findings(summary=loaded.summary)
+    yield Progress(0.0, "Evaluating")
+    ev = yield from _scaled(evaluate(loaded, clean, poisoned, target, scale), 0.0, 0.1)
+    findings.evaluation = ev
+    scale, target = ev.scale, ev.target
+
+    yield Progress(0.1, "Fine-Pruning sweep")
+    shape = loaded.input_shape
+    x = load_arrays(clean, shape)
+    xp = load_arrays(poisoned, shape) if poisoned is not None else None
+    px, py = (xp.x, xp.y) if xp is not None else (None, None)
+    findings.sweep = yield from _scaled(sweep(loaded, x.x, x.y, scale, None, px, py, target), 0.1, 0.3)
+    if fine_tune_epochs > 0:
+        result = yield from _scaled(repair(loaded, findings.sweep, x.x, x.y, None, px, py, epochs=fine_tune_epochs, seed=seed), 0.3, 0.55)
+        result.model = None  # the report does not save the repaired model; free it
+        findings.prune = result
+
+    findings.profile = yield from _scaled(calibrate(loaded, clean, overlays, seed=seed, scale=scale), 0.55, 0.7)
+    target_source = scan_source if scan_source is not None else poisoned
+    if target_source is not None:
+        findings.scan = yield from _scaled(scan(loaded, findings.profile, target_source, thumbnails=False), 0.7, 0.85)
+        yield Progress(0.85, "Reading the flagged images back")
+        findings.flagged = flagged_images(target_source, shape, findings.scan)
+        findings.inspections = yield from _scaled(inspect_flagged(loaded, findings.flagged, scale, top), 0.85, 1.0)
+    else:
+        findings.notes.append("No scan set and no poisoned set: STRIP was calibrated but scanned nothing.")
+    yield Progress(1.0, "Analyses done")
+    return findings
+
+
+def _scaled(job: Job[Any], lo: float, hi: float) -> Job[Any]:
+    """Pass a sub-job's events through, mapping its progress fractions into [lo, hi]."""
+    try:
+        while True:
+            event = next(job)
+            if isinstance(event, Progress) and event.fraction is not None:
+                event = Progress(lo + (hi - lo) * event.fraction, event.message)
+            yield event
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        job.close()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def json_path_for(out: str | Path) -> Path:
+    """The JSON written beside ``out`` (``report.html`` -> ``report.json``)."""
+    out = Path(out)
+    return out.with_suffix(".json") if out.suffix.lower() in (".html", ".htm") else out.with_name(out.name + ".json")
+
+
+def write_report(findings: Findings, out: str | Path, inputs: Iterable[Any] = ()) -> tuple[Path, Path]:
+    """Write ``out`` (HTML) and its JSON beside it, each atomically; returns both paths.
+
+    Refuses to write over any of the analyst's input files.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise TrojanScopeError(f"the report must end in .html; received {out}")
+    json_out = json_path_for(out)
+    sources = [p for p in (*findings.inputs.values(), *inputs) if p]
+    refuse_overwriting(out, *sources)
+    refuse_overwriting(json_out, *sources)
+    page, record = render(findings)
+    with atomic_path(json_out) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, allow_nan=False), encoding="utf-8")
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out, json_out
+
+
+def render(findings: Findings) -> tuple[str, dict[str, Any]]:
+    """(the HTML page, the JSON record) for ``findings``."""
+    generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    record: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": generated,
+                              "inputs": dict(findings.inputs), "notes": list(findings.notes), "sections": {}}
+    parts = []
+    for section in SECTIONS:
+        body, data = _SECTION_RENDERERS[section](findings)
+        record["sections"][section] = "run" if data is not None else "not run"
+        record[section] = data
+        parts.append(f'<section id="{section}"><h2>{_TITLES[section]}</h2>\n{body}\n</section>')
+    page = _PAGE.format(
+        css=_CSS, generated=html.escape(generated), key=_key_findings(findings),
+        model=html.escape(Path(findings.summary.path).name if findings.summary else "no model"),
+        sections="\n".join(parts),
+    )
+    return page, _clean_json(record)
+
+
+_TITLES = {
+    "summary": "Model",
+    "evaluation": "Evaluation",
+    "pruning": "Fine-Pruning",
+    "strip": "STRIP run-time detection",
+    "inspector": "Inspector: where the flagged images' decisions come from",
+    "cleanse": "Neural Cleanse",
+}
+
+
+def _not_run(what: str, how: str) -> str:
+    return f'<p class="not-run">Not run: {html.escape(what)}. {html.escape(how)}</p>'
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{cells}</table>'
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "—" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _entropy(value: float) -> str:
+    """Trojaned inputs' entropies are often below 0.001 bits: keep them distinguishable from zero."""
+    return f"{value:.3f}" if value >= 0.001 or value == 0 else f"{value:.0e}"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+# ------------------------------------------------------------------ sections
+
+
+def _summary(f: Findings) -> tuple[str, Optional[dict]]:
+    s = f.summary
+    if s is None:
+        return _not_run("no model was loaded", "Open a model first."), None
+    h, w, c = s.input_shape
+    rows = [
+        ("File", s.path), ("Format", s.format), ("SHA-256", s.sha256), ("Input", f"{h} × {w} × {c}"),
+        ("Classes", s.num_classes), ("Parameters", f"{s.params:,}"),
+        ("Conv layers", ", ".join(f"{l.name} ({l.channels})" for l in s.conv_layers) or "none"),
+        ("Saved by Keras", s.keras_version or "unknown"),
+    ]
+    if s.arch_path:
+        rows.insert(2, ("Architecture from", s.arch_path))
+    inputs = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in f.inputs.items())
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in f.notes)
+    extra = (f"<h3>Inputs</h3><ul>{inputs}</ul>" if inputs else "") + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
+    return _table(rows) + extra, s.as_dict()
+
+
+def _evaluation(f: Findings) -> tuple[str, Optional[dict]]:
+    ev = f.evaluation
+    if ev is None:
+        return _not_run("the model was not evaluated", "Model & Data > Evaluate, or the evaluate command."), None
+    rows = [
+        ("Clean accuracy", f"{_pct(ev.clean_accuracy)} of {ev.n_clean} images" if ev.clean_accuracy is not None else None),
+        ("Attack success rate", f"{_pct(ev.attack_success_rate)} of {ev.n_poisoned} suspected-poisoned images"
+         if ev.attack_success_rate is not None else "not measured (no poisoned set)"),
+        ("Attacker's target class", ev.target), ("Input scale", ev.scale_note or ev.scale),
+        ("Unreadable files skipped", len(ev.skipped)),
+    ]
+    return _table(rows), ev.as_dict()
+
+
+def _pruning(f: Findings) -> tuple[str, Optional[dict]]:
+    sw = f.sweep if f.sweep is not None else getattr(f.prune, "sweep", None)
+    if sw is None:
+        return _not_run("no Fine-Pruning sweep", "Fine-Pruning > Run, or the prune command."), None
+    figure = _img(_pruning_figure(sw, f.prune), f"Pruning curve of {sw.layer}")
+    stop = sw.curve[sw.stop]
+    rows = [("Layer", f"{sw.layer} ({sw.channels_total} channels)"), ("Stop rule", sw.stop_rule),
+            ("Channels pruned", f"{sw.stop} of {sw.channels_total}"),
+            ("Measured on", f"{sw.n_clean} clean and {sw.n_poisoned} suspected-poisoned images")]
+    data: dict[str, Any] = {
+        "layer": sw.layer, "channels_total": sw.channels_total, "stop": sw.stop, "stop_rule": sw.stop_rule,
+        "pruned_channels": sw.channels_for(sw.stop), "curve": [p.as_dict() for p in sw.curve],
+        "at_stop": {"clean_accuracy": stop.clean_accuracy, "attack_success_rate": stop.attack_success_rate},
+    }
+    stages = [("Unpruned (sweep)", sw.curve[0].clean_accuracy, sw.curve[0].attack_success_rate),
+              (f"Pruned {sw.stop} channels (sweep)", stop.clean_accuracy, stop.attack_success_rate)]
+    if f.prune is not None:
+        p = f.prune
+        held = f" (held-out {p.n_holdout})" if p.n_holdout else ""
+        stages = [(f"Before{held}", p.before.clean_accuracy, p.before.attack_success_rate),
+                  (f"After pruning {len(p.pruned_channels)}{held}", p.after_prune.clean_accuracy, p.after_prune.attack_success_rate),
+                  (f"After fine-tuning {p.settings.get('epochs')} epochs{held}", p.after_fine_tune.clean_accuracy,
+                   p.after_fine_tune.attack_success_rate)]
+        data.update({k: v for k, v in p.as_dict().items() if k in ("before", "after_prune", "after_fine_tune", "pruned_channels",
+                                                                   "saved", "n_holdout", "settings")})
+    stage_rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_pct(a)}</td><td>{_pct(b)}</td></tr>" for n, a, b in stages)
+    stage_table = f'<table class="grid"><tr><th>Model</th><th>Clean accuracy</th><th>Attack success</th></tr>{stage_rows}</table>'
+    return figure + _table(rows) + stage_table, data
+
+
+def _strip(f: Findings) -> tuple[str, Optional[dict]]:
+    profile = f.strip_profile()
+    if profile is None:
+        return _not_run("STRIP was not calibrated", "STRIP > Calibrate and scan, or the strip command."), None
+    parts = [_img(_strip_figure(profile, f.scan), "STRIP entropy histogram")]
+    rows = [("Threshold", f"{profile.threshold:.4f} bits (normal fit at FRR {profile.frr:.2%}; "
+                          f"empirical percentile {profile.empirical_threshold:.4f})"),
+            ("Overlays", profile.n_overlays), ("Clean images calibrated on", len(profile.clean_entropies))]
+    data: dict[str, Any] = {"threshold": profile.threshold, "frr": profile.frr, "overlays": profile.n_overlays,
+                            "empirical_threshold": profile.empirical_threshold,
+                            "normal_fit": {"mean": profile.fit_mean, "std": profile.fit_std},
+                            "clean_entropies": [float(e) for e in profile.clean_entropies]}
+    if f.scan is None:
+        rows.append(("Scan", "not run: nothing was scanned"))
+    else:
+        scanned = len(f.scan.rows)
+        rows += [("Scanned", f"{scanned} images from {f.scan.source or 'the scan set'}"),
+                 ("Flagged (entropy below threshold)", f"{f.scan.flagged} ({_pct(f.scan.flagged / scanned if scanned else None)})"),
+                 ("Unreadable files skipped", len(f.scan.skipped))]
+        scan_dict = f.scan.as_dict()
+        data.update({k: scan_dict[k] for k in ("scanned", "flagged", "results", "skipped", "warnings")})
+        data["source"] = f.scan.source
+    parts.append(_table(rows))
+    if f.flagged:
+        parts.append(f"<h3>Flagged images, lowest entropy first ({len(f.flagged)} of {f.scan.flagged if f.scan else len(f.flagged)})</h3>")
+        parts.append(_img(_flagged_figure(f.flagged, profile.num_classes), "Flagged images"))
+    elif f.scan is not None and f.scan.flagged:
+        parts.append("<p>The flagged images could not be read back for display.</p>")
+    return "\n".join(parts), data
+
+
+def _inspector(f: Findings) -> tuple[str, Optional[dict]]:
+    if not f.inspections:
+        why = "no image was flagged by STRIP" if f.scan is not None and not f.scan.flagged else "no flagged image was inspected"
+        return _not_run(why, "Inspector, or the inspect command, on a suspicious image."), None
+    parts = ["<p>Each row: the flagged image with its most salient box (green), then its heat-maps. "
+             "Occlusion repair: the box is covered and the image classified again; a trigger changes the class.</p>",
+             _img(_inspection_figure(f.inspections), "Heat-maps of the top flagged images")]
+    items = []
+    rows = []
+    for ins in f.inspections:
+        d = ins.as_dict()
+        d["source"] = getattr(ins, "source", "")
+        items.append(d)
+        rep = ins.repair
+        repair = "—" if rep is None else (f"{'left' if rep.left_class else 'stayed in'} class {rep.suspect_class}: "
+                                          f"now {rep.predicted} ({rep.confidence:.0%})")
+        rows.append(f"<tr><td><code>{html.escape(Path(d['source']).name or '—')}</code></td><td>{ins.predicted} ({ins.confidence:.1%})</td>"
+                    f"<td>{html.escape(str(d['box']))}</td><td>{html.escape(repair)}</td></tr>")
+    parts.append('<table class="grid"><tr><th>Image</th><th>Predicted</th><th>Salient box (r0, c0, r1, c1)</th>'
+                 f'<th>Occlusion repair</th></tr>{"".join(rows)}</table>')
+    return "\n".join(parts), {"inspections": items}
+
+
+def _cleanse(f: Findings) -> tuple[str, Optional[dict]]:
+    c = f.cleanse
+    if c is None:
+        return _not_run("Neural Cleanse takes minutes per class and was not part of this report",
+                        "Verdict panel, or the cleanse command."), None
+    verdict = f'<p class="verdict {html.escape(c.verdict)}">{html.escape(c.describe())}</p>'
+    return verdict + _img(_cleanse_figure(c), "Reversed-trigger norms per class"), c.as_dict()
+
+
+_SECTION_RENDERERS = {"summary": _summary, "evaluation": _evaluation, "pruning": _pruning, "strip": _strip,
+                      "inspector": _inspector, "cleanse": _cleanse}
+
+
+def _key_findings(f: Findings) -> str:
+    """The few lines a colleague reads first."""
+    lines = []
+    ev = f.evaluation
+    if ev is not None and ev.clean_accuracy is not None:
+        asr = f", attack success {_pct(ev.attack_success_rate)} on the suspected-poisoned set" if ev.attack_success_rate is not None else ""
+        lines.append(f"Clean accuracy {_pct(ev.clean_accuracy)}{asr}.")
+    if f.prune is not None:
+        p = f.prune
+        lines.append(f"Fine-Pruning ({len(p.pruned_channels)} channels of {p.layer} + fine-tuning): attack success "
+                     f"{_pct(p.before.attack_success_rate)} → {_pct(p.after_fine_tune.attack_success_rate)}, clean accuracy "
+                     f"{_pct(p.before.clean_accuracy)} → {_pct(p.after_fine_tune.clean_accuracy)}.")
+    elif f.sweep is not None:
+        s = f.sweep.curve[f.sweep.stop]
+        lines.append(f"Pruning {f.sweep.stop} channels of {f.sweep.layer}: attack success {_pct(s.attack_success_rate)}, "
+                     f"clean accuracy {_pct(s.clean_accuracy)}.")
+    if f.scan is not None:
+        lines.append(f"STRIP flagged {f.scan.flagged} of {len(f.scan.rows)} scanned images.")
+    if f.cleanse is not None:
+        lines.append(f.cleanse.describe())
+    if not lines:
+        return '<p class="not-run">No analysis has been run yet.</p>'
+    return "<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in lines) + "</ul>"
+
+
+# ------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_data_uri(fig: Any) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI (Agg canvas)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, facecolor="white")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(fig: Any, alt: str) -> str:
+    return f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(alt)}"></figure>'
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """Pixel values as stored -> 0..255 RGB for display (images stored as 0..1 are stretched)."""
+    from core.overlay import as_rgb
+
+    image = np.asarray(image, np.float32)
+    if image.size and float(image.max()) <= 1.0:
+        image = image * 255.0
+    return as_rgb(image).astype(np.uint8)
+
+
+def _pruning_figure(sw: Any, prune: Any) -> Any:
+    fig = _figure(8.5, 3.6)
+    ax = fig.add_subplot()
+    frac = [100 * p.fraction for p in sw.curve]
+    ax.plot(frac, [100 * p.clean_accuracy for p in sw.curve], color="#2860b0", lw=2, label="clean accuracy")
+    if any(p.attack_success_rate is not None for p in sw.curve):
+        ax.plot(frac, [100 * (p.attack_success_rate if p.attack_success_rate is not None else float("nan")) for p in sw.curve],
+                color="#c0392b", lw=2, label="attack success rate")
+    stop = 100 * sw.curve[sw.stop].fraction
+    ax.axvline(stop, color="#555", ls="--", lw=1)
+    ax.annotate(f"stop: {sw.stop}/{sw.channels_total}", (stop, 50), xytext=(4, 0), textcoords="offset points", fontsize=9, color="#333")
+    if prune is not None and prune.after_fine_tune.clean_accuracy is not None:
+        ax.scatter([stop], [100 * prune.after_fine_tune.clean_accuracy], marker="*", s=140, color="#2860b0", zorder=3,
+                   label="after fine-tuning: clean")
+        if prune.after_fine_tune.attack_success_rate is not None:
+            ax.scatter([stop], [100 * prune.after_fine_tune.attack_success_rate], marker="*", s=140, color="#c0392b", zorder=3,
+                       label="after fine-tuning: attack")
+    ax.set_xlabel(f"channels of {sw.layer} pruned, least active on clean data first (%)")
+    ax.set_ylabel("%")
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def _strip_figure(profile: Any, scan: Any) -> Any:
+    fig = _figure(8.5, 3.4)
+    ax = fig.add_subplot()
+    clean = np.asarray(profile.clean_entropies, np.float64)
+    scanned = np.asarray([r.entropy for r in scan.rows], np.float64) if scan is not None else np.zeros(0)
+    both = np.concatenate([clean, scanned]) if len(scanned) else clean
+    top = max(float(both.max()) if both.size else 1.0, profile.threshold) * 1.05 + 1e-6
+    bins = np.linspace(min(0.0, profile.threshold), top, 41)
+    ax.hist(clean, bins=bins, density=True, alpha=0.55, color="#2860b0", label=f"clean calibration ({len(clean)})")
+    if len(scanned):
+        ax.hist(scanned, bins=bins, density=True, alpha=0.55, color="#e67e22", label=f"scanned ({len(scanned)})")
+    ax.axvline(profile.threshold, color="#c0392b", lw=2, label=f"threshold {profile.threshold:.3f} (FRR {profile.frr:.1%})")
+    ax.set_xlabel("mean entropy over the blends (bits); trojaned inputs sit at the low end")
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _flagged_figure(flagged: Sequence[FlaggedImage], num_classes: int, columns: int = 8) -> Any:
+    rows = math.ceil(len(flagged) / columns)
+    fig = _figure(1.15 * columns, 1.35 * rows)
+    for k, item in enumerate(flagged):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(_display(item.image), interpolation="nearest")
+        ax.set_title(f"H={_entropy(item.row.entropy)}\nmodel: {item.row.predicted}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def _inspection_figure(inspections: Sequence[Any]) -> Any:
+    from core.overlay import render
+
+    names = ["image"] + [m for m in ("gradcam", "occlusion") if any(m in i.maps for i in inspections)]
+    titles = {"image": "flagged image + box", "gradcam": "Grad-CAM", "occlusion": "occlusion"}
+    fig = _figure(2.2 * len(names), 2.3 * len(inspections))
+    for r, ins in enumerate(inspections):
+        image = _display(ins.image).astype(np.float32)
+        for c, name in enumerate(names):
+            ax = fig.add_subplot(len(inspections), len(names), r * len(names) + c + 1)
+            if name == "image":
+                tile = render(image, None, ins.primary.box, zoom=4)
+                ax.set_title(f"{Path(getattr(ins, 'source', '') or '').name[:24]}\npredicted {ins.predicted} ({ins.confidence:.0%})", fontsize=8)
+            elif name in ins.maps:
+                smap = ins.maps[name]
+                tile = render(image, smap.heat, smap.box, zoom=4)
+                ax.set_title(f"{titles[name]}\n{smap.detail}", fontsize=8)
+            else:
+                tile = np.full((4, 4, 3), 255, np.uint8)
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def _cleanse_figure(c: Any) -> Any:
+    fig = _figure(8.5, 3.2)
+    ax = fig.add_subplot()
+    classes = sorted(c.norms)
+    colours = ["#c0392b" if k in c.flagged_classes else "#2860b0" for k in classes]
+    ax.bar([str(k) for k in classes], [c.norms[k] for k in classes], color=colours)
+    if math.isfinite(c.threshold_norm):
+        ax.axhline(c.threshold_norm, color="#c0392b", ls="--", lw=1, label="anomaly index 2")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("class")
+    ax.set_ylabel("reversed trigger L1 norm (px)")
+    ax.grid(alpha=0.3, axis="y")
+    if len(classes) > 40:
+        ax.set_xticks([])
+    return fig
+
+
+# ------------------------------------------------------------------- JSON
+
+
+def _clean_json(value: Any) -> Any:
+    """Plain JSON: NumPy scalars and arrays unwrapped, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+# ------------------------------------------------------------------- page
+
+_CSS = """
+body { font: 15px/1.45 -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d2330; margin: 0; background: #f4f5f7; }
+main { max-width: 1020px; margin: 0 auto; padding: 24px 28px 48px; background: white; }
+h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 20px; border-bottom: 2px solid #dfe3ea; padding-bottom: 4px; margin-top: 34px; }
+h3 { font-size: 16px; margin: 18px 0 6px; }
+.meta { color: #667; font-size: 13px; margin: 0 0 14px; }
+.key { background: #eef3fb; border-left: 4px solid #2860b0; padding: 6px 16px; }
+table { border-collapse: collapse; margin: 10px 0; font-size: 14px; }
+table.kv th { text-align: left; font-weight: 600; padding: 3px 18px 3px 0; vertical-align: top; white-space: nowrap; }
+table.kv td { padding: 3px 0; word-break: break-all; }
+table.grid th, table.grid td { border: 1px solid #dfe3ea; padding: 4px 10px; text-align: left; }
+table.grid th { background: #f4f5f7; }
+figure { margin: 10px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eceef2; }
+.not-run { color: #8a5a00; background: #fff6e0; border-left: 4px solid #e0a100; padding: 6px 12px; }
+.verdict.backdoored { color: #8b1a10; font-weight: 600; } .verdict.clean { color: #1d6b2a; font-weight: 600; }
+code { font-size: 13px; }
+@media print { body { background: white; } main { padding: 0; } section { break-inside: avoid-page; } }
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="TrojanScope">
+<title>TrojanScope findings: {model}</title>
+<style>{css}</style>
+</head>
+<body>
+<main>
+<h1>TrojanScope findings: {model}</h1>
+<p class="meta">Generated {generated}. Figures are embedded; this file needs nothing else to open. The same numbers are in the JSON file beside it.</p>
+<div class="key"><h3>Key findings</h3>{key}</div>
+{sections}
+</main>
+</body>
+</html>
+"""

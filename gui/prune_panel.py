@@ -1,0 +1,452 @@
+"""Fine-Pruning: sweep a conv layer's channels, pick the prune point, fine-tune, save.
+
+Two jobs, so the analyst can look before committing: the sweep draws the
+clean-accuracy and attack-success curves live and proposes a stop point (the
+largest prune within the accuracy budget); a draggable line picks another
+point; "Prune && fine-tune" then prunes exactly that many channels, fine-tunes
+with live loss and per-epoch curves, and fills the before/after table. Save
+writes the repaired model atomically beside the input (never over it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.jobs import Progress
+
+CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
+ASR_PEN = pg.mkPen("#d62728", width=2)
+KEPT_BRUSH = pg.mkBrush("#7f9fbf")
+PRUNED_BRUSH = pg.mkBrush("#d62728")
+
+
+class _Buffer:
+    """A growable pair of float arrays: append cheaply, plot the filled part."""
+
+    def __init__(self) -> None:
+        self.x = np.zeros(256)
+        self.y = np.zeros(256)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self.x):
+            self.x = np.resize(self.x, 2 * self.n)
+            self.y = np.resize(self.y, 2 * self.n)
+        self.x[self.n], self.y[self.n] = x, y
+        self.n += 1
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def draw(self, curve: Any) -> None:
+        curve.setData(self.x[: self.n], self.y[: self.n])
+
+
+def _plot(title: str, xlabel: str, ylabel: str, legend: tuple[int, int] = (-10, 10)) -> pg.PlotWidget:
+    plot = pg.PlotWidget(background="w")
+    plot.setTitle(title, color="k")
+    plot.setLabel("bottom", xlabel)
+    plot.setLabel("left", ylabel)
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    plot.addLegend(offset=legend, labelTextColor="k", brush=pg.mkBrush(255, 255, 255, 200))
+    return plot
+
+
+class PrunePanel(QWidget):
+    TITLE = "Fine-Pruning"
+
+    def __init__(self, window: Any) -> None:
+        super().__init__()
+        self.window = window
+        self.state = window.state
+        self.sweep_result: Any = None
+        self.repair_result: Any = None
+        self._arrays: Any = None  # (clean Arrays, poisoned Arrays or None, scale)
+        self._channels = 0
+        self._buffers = {k: _Buffer() for k in ("clean", "asr", "loss", "ep_clean", "ep_asr")}
+        layout = QHBoxLayout(self)
+        layout.addWidget(self._controls(), 0)
+        layout.addWidget(self._plots(), 1)
+        self._timer = QTimer(self)
+        self._timer.setInterval(80)
+        self._timer.timeout.connect(self._redraw)
+        self.state.model_changed.connect(self._model_changed)
+        self.state.data_changed.connect(lambda _role: self._refresh_buttons())
+        self._model_changed()
+
+    # --------------------------------------------------------------- layout
+
+    def _controls(self) -> QWidget:
+        from core import pruning
+
+        box = QWidget()
+        box.setMaximumWidth(340)
+        column = QVBoxLayout(box)
+        settings = QGroupBox("Settings")
+        form = QFormLayout(settings)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.layer_combo.setToolTip("Conv layer to prune; the default is the last conv layer that feeds the dense head")
+        form.addRow("Layer", self.layer_combo)
+        self.max_drop = QDoubleSpinBox()
+        self.max_drop.setRange(0.0, 100.0)
+        self.max_drop.setDecimals(1)
+        self.max_drop.setSuffix(" points")
+        self.max_drop.setValue(pruning.DEFAULT_MAX_ACC_DROP * 100)
+        self.max_drop.valueChanged.connect(self._rule_changed)
+        form.addRow("Max accuracy drop", self.max_drop)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(0, 500)
+        self.epochs.setValue(pruning.DEFAULT_EPOCHS)
+        form.addRow("Fine-tune epochs", self.epochs)
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(5)
+        self.learning_rate.setRange(1e-5, 1.0)
+        self.learning_rate.setSingleStep(1e-3)
+        self.learning_rate.setValue(pruning.DEFAULT_LEARNING_RATE)
+        self.learning_rate.setToolTip("Adam's initial rate, cosine-decayed to zero over the run")
+        form.addRow("Learning rate", self.learning_rate)
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 4096)
+        self.batch_size.setValue(pruning.DEFAULT_BATCH_SIZE)
+        form.addRow("Batch size", self.batch_size)
+        self.augment = QCheckBox("Random shifts while fine-tuning")
+        self.augment.setChecked(pruning.DEFAULT_AUGMENT)
+        form.addRow(self.augment)
+        column.addWidget(settings)
+
+        self.run_button = QPushButton("Run sweep")
+        self.run_button.clicked.connect(lambda: self.run_sweep())
+        self.tune_button = QPushButton("Prune && fine-tune")
+        self.tune_button.clicked.connect(lambda: self.run_repair())
+        self.save_button = QPushButton("Save repaired model…")
+        self.save_button.clicked.connect(self._ask_save)
+        for button in (self.run_button, self.tune_button, self.save_button):
+            column.addWidget(button)
+        self.stop_label = QLabel("Run the sweep to see how accuracy and attack success fall as channels go.")
+        self.stop_label.setWordWrap(True)
+        column.addWidget(self.stop_label)
+
+        self.table = QTableWidget(3, 2)
+        self.table.setHorizontalHeaderLabels(["Clean accuracy", "Attack success"])
+        self.table.setVerticalHeaderLabels(["Before", "After pruning", "After fine-tuning"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setFixedHeight(self.table.horizontalHeader().sizeHint().height() + 3 * 30 + 4)
+        for row in range(3):
+            self.table.setRowHeight(row, 30)
+        column.addWidget(self.table)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        column.addWidget(self.note)
+        column.addStretch(1)
+        return box
+
+    def _plots(self) -> QWidget:
+        grid_widget = QWidget()
+        grid = QGridLayout(grid_widget)
+        self.sweep_plot = _plot("Pruning sweep", "fraction of channels pruned", "rate", legend=(10, -40))
+        self.sweep_plot.setYRange(0, 1.02)
+        self.sweep_plot.setXRange(0, 1)
+        self.clean_curve = self.sweep_plot.plot([], [], pen=CLEAN_PEN, name="clean accuracy")
+        self.asr_curve = self.sweep_plot.plot([], [], pen=ASR_PEN, name="attack success")
+        self.stop_marker = pg.ScatterPlotItem(size=12, symbol="star", brush=pg.mkBrush("#2ca02c"), pen=pg.mkPen("k"))
+        self.sweep_plot.addItem(self.stop_marker)
+        self.prune_line = pg.InfiniteLine(pos=0, angle=90, movable=True, pen=pg.mkPen("#2ca02c", width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
+                                          label="prune here", labelOpts={"position": 0.08, "color": "#2ca02c"})
+        self.prune_line.setBounds((0, 1))
+        self.prune_line.setVisible(False)
+        self.prune_line.sigPositionChangeFinished.connect(self._line_moved)
+        self.sweep_plot.addItem(self.prune_line)
+
+        self.bar_plot = _plot("Mean activation on clean data", "channel", "mean activation")
+        self.bar_plot.addLegend().setVisible(False)
+        self.bars: Optional[pg.BarGraphItem] = None
+
+        self.loss_plot = _plot("Fine-tuning loss", "batch", "loss")
+        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#555555", width=1), name="loss per batch")
+        self.epoch_plot = _plot("Fine-tuning (held-out clean data)", "epoch", "rate", legend=(-10, -60))
+        self.epoch_plot.setYRange(0, 1.02)
+        self.ep_clean_curve = self.epoch_plot.plot([], [], pen=CLEAN_PEN, symbol="o", symbolSize=6, symbolBrush="#1f77b4", name="clean accuracy")
+        self.ep_asr_curve = self.epoch_plot.plot([], [], pen=ASR_PEN, symbol="o", symbolSize=6, symbolBrush="#d62728", name="attack success")
+        grid.addWidget(self.sweep_plot, 0, 0)
+        grid.addWidget(self.bar_plot, 0, 1)
+        grid.addWidget(self.loss_plot, 1, 0)
+        grid.addWidget(self.epoch_plot, 1, 1)
+        return grid_widget
+
+    # ---------------------------------------------------------------- state
+
+    def _model_changed(self) -> None:
+        self.layer_combo.clear()
+        self.sweep_result = self.repair_result = self._arrays = None
+        loaded = self.state.loaded
+        if loaded is not None:
+            from core.errors import TrojanScopeError
+            from core.pruning import conv_layers, default_layer
+
+            try:
+                default = default_layer(loaded.model)
+            except TrojanScopeError:
+                default = None
+            for name, channels in conv_layers(loaded.model):
+                tag = ", default" if name == default else ""
+                self.layer_combo.addItem(f"{name} ({channels} channels{tag})", name)
+            if default is not None:
+                self.layer_combo.setCurrentIndex(self.layer_combo.findData(default))
+        self._refresh_buttons()
+
+    def _refresh_buttons(self) -> None:
+        clean = self.state.clean_for_calibration()
+        ready = self.state.loaded is not None and clean is not None and self.layer_combo.count() > 0
+        self.run_button.setEnabled(ready)
+        self.tune_button.setEnabled(ready and self.sweep_result is not None)
+        self.save_button.setEnabled(self.repair_result is not None)
+
+    def selected_count(self) -> int:
+        """Channels to prune at the line's position (snapped to a sweep step)."""
+        if not self._channels:
+            return 0
+        return int(round(self.prune_line.value() * self._channels))
+
+    # ---------------------------------------------------------------- sweep
+
+    def run_sweep(self, then: Optional[Callable[[bool], None]] = None) -> bool:
+        from core.data import load_arrays
+        from core.evaluate import choose_scale
+        from core.pruning import sweep
+
+        loaded = self.state.loaded
+        clean = self.state.data.get("clean_valid") or self.state.data.get("clean_test")
+        poisoned = self.state.data.get("poisoned")
+        if loaded is None or clean is None:
+            return False
+        layer = self.layer_combo.currentData()
+        requested_scale, target = self.state.scale, self.state.target
+        max_drop = self.max_drop.value() / 100.0
+
+        def job():
+            yield Progress(None, f"Reading {clean.path.name}")
+            scale, _note = choose_scale(loaded, clean, requested_scale)
+            cx = load_arrays(clean, loaded.input_shape)
+            px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
+            result = yield from sweep(loaded, cx.x, cx.y, scale, layer, None if px is None else px.x,
+                                      None if px is None else px.y, target, max_drop)
+            return result, (cx, px, scale)
+
+        def finished(value: Any) -> None:
+            self.sweep_result, self._arrays = value
+            self._show_stop(self.sweep_result.stop)
+            self._refresh_buttons()
+            self._timer.stop()
+            self._redraw()
+            if then:
+                then(True)
+
+        self._reset_sweep()
+        started = self.window.start_job("Pruning sweep", job, finished, self._on_event,
+                                        on_error=lambda _m: then(False) if then else None)
+        if started:
+            self._timer.start()
+        return started
+
+    def _reset_sweep(self) -> None:
+        self.sweep_result = self.repair_result = None
+        for buffer in self._buffers.values():
+            buffer.clear()
+        self.stop_marker.setData([], [])
+        self.prune_line.setVisible(False)
+        self.table.clearContents()
+        self.note.setText("")
+        self._redraw()
+        self._refresh_buttons()
+
+    def _on_event(self, event: Any) -> None:
+        from core.finetune import BatchLoss, EpochMetrics
+        from core.pruning import Ranking, StageMetrics, SweepPoint
+
+        if isinstance(event, SweepPoint):
+            self._channels = event.channels_total
+            self._buffers["clean"].append(event.fraction, event.clean_accuracy)
+            if event.attack_success_rate is not None:
+                self._buffers["asr"].append(event.fraction, event.attack_success_rate)
+        elif isinstance(event, Ranking):
+            self._activations, self._order = np.array(event.activations), np.array(event.order)
+            self._draw_bars(0)
+        elif isinstance(event, BatchLoss):
+            self._buffers["loss"].append(event.step, event.loss)
+        elif isinstance(event, EpochMetrics):
+            if "clean" in event.metrics:
+                self._buffers["ep_clean"].append(event.epoch, event.metrics["clean"])
+            if "attack_success_rate" in event.metrics:
+                self._buffers["ep_asr"].append(event.epoch, event.metrics["attack_success_rate"])
+        elif isinstance(event, StageMetrics):
+            row = {"before": 0, "after_prune": 1, "after_fine_tune": 2}[event.stage]
+            self._set_row(row, event.metrics)
+
+    def _redraw(self) -> None:
+        b = self._buffers
+        b["clean"].draw(self.clean_curve)
+        b["asr"].draw(self.asr_curve)
+        b["loss"].draw(self.loss_curve)
+        b["ep_clean"].draw(self.ep_clean_curve)
+        b["ep_asr"].draw(self.ep_asr_curve)
+
+    def _draw_bars(self, pruned: int) -> None:
+        if getattr(self, "_activations", None) is None:
+            return
+        brushes = [KEPT_BRUSH] * len(self._activations)
+        for channel in self._order[:pruned]:
+            brushes[int(channel)] = PRUNED_BRUSH
+        if self.bars is not None:
+            self.bar_plot.removeItem(self.bars)
+        self.bars = pg.BarGraphItem(x=np.arange(len(self._activations)), height=self._activations, width=0.8,
+                                    brushes=brushes, pens=[pg.mkPen(None)] * len(brushes))
+        self.bar_plot.addItem(self.bars)
+        self.bar_plot.setTitle(f"Mean activation on clean data ({pruned} pruned, in red)", color="k")
+
+    def _show_stop(self, count: int) -> None:
+        result = self.sweep_result
+        if result is None:
+            return
+        point = result.curve[count]
+        self.stop_marker.setData([point.fraction], [point.clean_accuracy])
+        self.prune_line.setVisible(True)
+        self.prune_line.setValue(point.fraction)
+        self._describe_point(count)
+        self._draw_bars(count)
+
+    def _describe_point(self, count: int) -> None:
+        result = self.sweep_result
+        point = result.curve[count]
+        base = result.curve[0].clean_accuracy
+        asr = "" if point.attack_success_rate is None else f", attack success {point.attack_success_rate:.1%}"
+        chosen = "proposed by the stop rule" if count == result.stop else "picked by hand"
+        self.stop_label.setText(
+            f"Prune {count}/{result.channels_total} channels of {result.layer} ({chosen}; stop rule: "
+            f"{result.stop_rule} → {result.stop}). Clean accuracy {point.clean_accuracy:.1%} "
+            f"({(point.clean_accuracy - base) * 100:+.1f} points){asr}. Drag the green line to choose another point."
+        )
+
+    def _line_moved(self) -> None:
+        if self.sweep_result is None:
+            return
+        count = self.selected_count()
+        self.prune_line.setValue(count / self._channels)  # snap to a step
+        self._describe_point(count)
+        self._draw_bars(count)
+
+    def _rule_changed(self) -> None:
+        if self.sweep_result is None:
+            return
+        from core.pruning import choose_stop
+
+        stop, rule = choose_stop(self.sweep_result.curve, self.max_drop.value() / 100.0)
+        self.sweep_result.stop, self.sweep_result.stop_rule = stop, rule
+        self._show_stop(stop)
+
+    # --------------------------------------------------------------- repair
+
+    def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
+        from core.pruning import repair
+
+        if self.sweep_result is None or self._arrays is None:
+            return False
+        loaded, result = self.state.loaded, self.sweep_result
+        cx, px, _scale = self._arrays
+        count = self.selected_count()
+        epochs, lr, batch, augment = self.epochs.value(), self.learning_rate.value(), self.batch_size.value(), self.augment.isChecked()
+        for key in ("loss", "ep_clean", "ep_asr"):
+            self._buffers[key].clear()
+        self.table.clearContents()
+        self.repair_result = None
+        self._refresh_buttons()
+
+        def job():
+            return (yield from repair(loaded, result, cx.x, cx.y, count, None if px is None else px.x,
+                                      None if px is None else px.y, epochs, lr, batch, augment))
+
+        def finished(repaired: Any) -> None:
+            self.repair_result = repaired
+            self._timer.stop()
+            self._redraw()
+            for row, stage in enumerate(("before", "after_prune", "after_fine_tune")):
+                self._set_row(row, getattr(repaired, stage))
+            self.note.setText(
+                f"Pruned channels {repaired.pruned_channels} of {repaired.layer}; they stay exactly zero. "
+                f"Figures on {repaired.n_holdout} held-out clean images never used for fine-tuning."
+            )
+            self._refresh_buttons()
+            if then:
+                then(True)
+
+        started = self.window.start_job("Pruning and fine-tuning", job, finished, self._on_event,
+                                        on_error=lambda _m: then(False) if then else None)
+        if started:
+            self._timer.start()
+        return started
+
+    def _set_row(self, row: int, metrics: Any) -> None:
+        for col, value in enumerate((metrics.clean_accuracy, metrics.attack_success_rate)):
+            self.table.setItem(row, col, QTableWidgetItem("—" if value is None else f"{value:.1%}"))
+
+    # ----------------------------------------------------------------- save
+
+    def _ask_save(self) -> None:
+        from core.pruning import default_output_path
+
+        if self.repair_result is None:
+            return
+        suggested = default_output_path(self.state.loaded.summary.path)
+        path, _ = QFileDialog.getSaveFileName(self, "Save the repaired model", str(suggested),
+                                              "Keras model (*.keras);;Legacy HDF5 (*.h5)")
+        if path:
+            self.save_to(path)
+
+    def save_to(self, path: str, then: Optional[Callable[[bool], None]] = None) -> bool:
+        """Save the repaired model (and its JSON record) on the worker thread."""
+        from core.pruning import save_result
+
+        repaired, loaded = self.repair_result, self.state.loaded
+        if repaired is None:
+            return False
+        inputs = [str(s.path) for s in self.state.data.values()]
+
+        def job():
+            yield Progress(None, f"Saving {Path(path).name}")
+            return save_result(repaired, loaded, path, inputs)
+
+        def finished(result: Any) -> None:
+            self.window.status.setText(f"Saved {result.saved} and its record {result.record_path}")
+            if then:
+                then(True)
+
+        return self.window.start_job("Saving the repaired model", job, finished,
+                                     on_error=lambda _m: then(False) if then else None)
+
+    # ----------------------------------------------------------- screenshot
+
+    def run_default(self, done: Callable[[], None]) -> None:
+        if not self.run_sweep(lambda ok: self.window.after_idle(lambda: self.run_repair(lambda _ok: done()) or done()) if ok else done()):
+            done()

@@ -1,0 +1,689 @@
+"""STRIP: calibrate the entropy detector, drag its threshold, scan folders into a live table.
+
+The engine is :mod:`core.strip`; this panel only drives its jobs and shows
+what they yield. Scan rows arrive in chunks on the worker thread's events,
+wait in a pending list, and a 100 ms timer moves them into the table model
+and redraws the histograms, so 5,000 rows never mean 5,000 repaints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core import strip
+from core.atomic import write_text_atomic
+from core.jobs import Progress
+from gui.images import to_pixmap
+
+FLUSH_MS = 100
+THRESHOLD_MS = 50
+THUMB_PX = 40
+BINS = 50
+EMPTY_X, EMPTY_Y = np.array([0.0, 1e-6]), np.array([0.0])  # an empty step curve
+CLEAN_BRUSH = (60, 110, 200, 110)
+SCAN_BRUSH = (230, 120, 30, 110)
+FLAGGED = QColor("#b3261e")
+ACCEPTED = QColor("#1b7f3a")
+DATA_FILTER = "Data (*.h5 *.hdf5 *.npz);;All files (*)"
+PROFILE_FILTER = "STRIP profiles (*.npz);;All files (*)"
+
+
+class StripTableModel(QAbstractTableModel):
+    """Scanned rows; verdicts follow the current threshold, not the one at scan time."""
+
+    HEADERS = ["Image", "File", "Entropy", "Predicted", "Verdict"]
+    THUMB, FILE, ENTROPY, PREDICTED, VERDICT = range(5)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[strip.StripRow] = []
+        self.thumbs: list[np.ndarray] = []
+        self.entropy = np.zeros(1024)  # doubles when full (cheap appends, vectorised verdicts)
+        self.threshold = 0.0
+        self.num_classes = 0
+
+    # -- feeding
+    def clear(self) -> None:
+        self.beginResetModel()
+        self.rows, self.thumbs = [], []
+        self.endResetModel()
+
+    def append(self, rows: list[strip.StripRow], thumbs: list[np.ndarray]) -> None:
+        if not rows:
+            return
+        n = len(self.rows)
+        while n + len(rows) > len(self.entropy):
+            self.entropy = np.concatenate([self.entropy, np.zeros_like(self.entropy)])
+        self.entropy[n : n + len(rows)] = [r.entropy for r in rows]
+        self.beginInsertRows(QModelIndex(), n, n + len(rows) - 1)
+        self.rows.extend(rows)
+        self.thumbs.extend(thumbs)
+        self.endInsertRows()
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+        if self.rows:
+            self.dataChanged.emit(self.index(0, self.PREDICTED), self.index(len(self.rows) - 1, self.VERDICT))
+
+    # -- reading
+    def entropies(self) -> np.ndarray:
+        return self.entropy[: len(self.rows)]
+
+    def flagged_mask(self) -> np.ndarray:
+        return self.entropies() < self.threshold
+
+    def is_flagged(self, row: int) -> bool:
+        return bool(self.entropy[row] < self.threshold)
+
+    def guarded_label(self, row: int) -> int:
+        return self.num_classes if self.is_flagged(row) else self.rows[row].predicted
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 (Qt API)
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        r, c = index.row(), index.column()
+        row = self.rows[r]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if c == self.FILE:
+                return display_name(row)
+            if c == self.ENTROPY:
+                return f"{row.entropy:.4f}"
+            if c == self.PREDICTED:
+                return f"{row.predicted} ({row.confidence:.0%})"
+            if c == self.VERDICT:
+                return f"FLAGGED → {self.num_classes}" if self.is_flagged(r) else "accepted"
+        elif role == Qt.ItemDataRole.DecorationRole and c == self.THUMB and r < len(self.thumbs) and self.thumbs[r].size:
+            return to_pixmap(self.thumbs[r], THUMB_PX)
+        elif role == Qt.ItemDataRole.ForegroundRole and c == self.VERDICT:
+            return FLAGGED if self.is_flagged(r) else ACCEPTED
+        elif role == Qt.ItemDataRole.ToolTipRole:
+            return f"{row.source} (item {row.index})"
+        elif role == Qt.ItemDataRole.UserRole:  # sort keys
+            return (r, display_name(row), row.entropy, row.predicted, int(self.is_flagged(r)))[c]
+        return None
+
+
+class FlaggedFilter(QSortFilterProxyModel):
+    """Sorting by value, and the 'flagged only' filter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.only_flagged = False
+        self.setSortRole(Qt.ItemDataRole.UserRole)
+
+    def set_only_flagged(self, on: bool) -> None:
+        self.only_flagged = on
+        self.invalidateFilter()
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:  # noqa: N802
+        return not self.only_flagged or self.sourceModel().is_flagged(row)
+
+
+def display_name(row: strip.StripRow) -> str:
+    """The file name, or file#item for images inside an HDF5/npz file."""
+    name = Path(row.source).name
+    return name if Path(row.source).suffix.lower() not in (".h5", ".hdf5", ".npz") else f"{name}#{row.index}"
+
+
+class StripPanel(QWidget):
+    TITLE = "STRIP"
+    send_to_inspector = Signal(object)  # {source, index, image, predicted, entropy, flagged}: for the Inspector panel
+
+    def __init__(self, window: Any) -> None:
+        super().__init__()
+        self.window = window
+        self.state = window.state
+        self.profile: Optional[strip.StripProfile] = None
+        self.threshold: Optional[float] = None
+        self.skipped: list = []
+        self.scan_name = ""
+        self._pending: list[tuple[list, list]] = []
+        self._hist_dirty = False
+        self._build()
+        self.flush_timer = QTimer(self)
+        self.flush_timer.setInterval(FLUSH_MS)
+        self.flush_timer.timeout.connect(self._flush)
+        self.threshold_timer = QTimer(self)
+        self.threshold_timer.setSingleShot(True)
+        self.threshold_timer.setInterval(THRESHOLD_MS)
+        self.threshold_timer.timeout.connect(self._apply_threshold)
+        self.state.model_changed.connect(self._model_changed)
+        self.state.data_changed.connect(lambda _role: self._refresh_buttons())
+        self._refresh_buttons()
+
+    # ------------------------------------------------------------- layout
+
+    def _build(self) -> None:
+        layout = QHBoxLayout(self)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        layout.addWidget(splitter)
+        splitter.addWidget(self._left())
+        splitter.addWidget(self._right())
+        splitter.setSizes([560, 700])
+
+    def _left(self) -> QWidget:
+        host = QWidget()
+        column = QVBoxLayout(host)
+        column.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("Calibration on clean data")
+        form = QFormLayout(box)
+        self.overlays_spin = QSpinBox()
+        self.overlays_spin.setRange(2, 1000)
+        self.overlays_spin.setValue(strip.DEFAULT_OVERLAYS)
+        self.overlays_spin.setToolTip("Clean images superimposed on each input (the paper uses 100)")
+        self.frr_spin = QDoubleSpinBox()
+        self.frr_spin.setRange(0.1, 49.0)
+        self.frr_spin.setDecimals(1)
+        self.frr_spin.setSuffix(" %")
+        self.frr_spin.setValue(strip.DEFAULT_FRR * 100)
+        self.frr_spin.setToolTip("False rejection rate: the share of clean inputs the threshold may flag")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setValue(strip.DEFAULT_SEED)
+        weights = QHBoxLayout()
+        self.input_weight = self._weight_spin(strip.DEFAULT_INPUT_WEIGHT, "Weight of the scanned input in each blend")
+        self.overlay_weight = self._weight_spin(strip.DEFAULT_OVERLAY_WEIGHT, "Weight of the clean overlay in each blend")
+        weights.addWidget(QLabel("input"))
+        weights.addWidget(self.input_weight)
+        weights.addWidget(QLabel("overlay"))
+        weights.addWidget(self.overlay_weight)
+        form.addRow("Overlays (N)", self.overlays_spin)
+        form.addRow("False rejection", self.frr_spin)
+        form.addRow("Seed", self.seed_spin)
+        form.addRow("Blend weights", weights)
+        buttons = QHBoxLayout()
+        self.calibrate_button = QPushButton("Calibrate")
+        self.calibrate_button.clicked.connect(lambda: self.calibrate())
+        self.load_profile_button = QPushButton("Load profile…")
+        self.load_profile_button.clicked.connect(self.choose_profile)
+        self.save_profile_button = QPushButton("Save profile…")
+        self.save_profile_button.clicked.connect(self.choose_save_profile)
+        for b in (self.calibrate_button, self.load_profile_button, self.save_profile_button):
+            buttons.addWidget(b)
+        form.addRow(buttons)
+        column.addWidget(box)
+
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setMinimumHeight(260)
+        self.plot.setLabel("bottom", "mean entropy per blend (bits)")
+        self.plot.setLabel("left", "share of images")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.addLegend(offset=(-10, 10))
+        self.clean_curve = pg.PlotCurveItem(x=EMPTY_X, y=EMPTY_Y, stepMode="center", fillLevel=0, brush=CLEAN_BRUSH, pen=pg.mkPen((40, 80, 170), width=1.5), name="clean (calibration)")
+        self.scan_curve = pg.PlotCurveItem(x=EMPTY_X, y=EMPTY_Y, stepMode="center", fillLevel=0, brush=SCAN_BRUSH, pen=pg.mkPen((200, 100, 20), width=1.5), name="scanned")
+        self.plot.addItem(self.clean_curve)
+        self.plot.addItem(self.scan_curve)
+        self.line = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen(FLAGGED, width=2), hoverPen=pg.mkPen(FLAGGED, width=4),
+                                    label="threshold", labelOpts={"position": 0.92, "color": FLAGGED, "movable": True})
+        self.line.setVisible(False)
+        self.line.sigPositionChanged.connect(lambda _line: self.threshold_timer.start())
+        self.plot.addItem(self.line)
+        column.addWidget(self.plot, 1)
+
+        info_row = QHBoxLayout()
+        self.info = QLabel("Calibrate on the clean validation data to set a threshold. Drag the red line to move it.")
+        self.info.setWordWrap(True)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("Back to the threshold the calibration chose")
+        self.reset_button.clicked.connect(self.reset_threshold)
+        info_row.addWidget(self.info, 1)
+        info_row.addWidget(self.reset_button, 0, Qt.AlignmentFlag.AlignTop)
+        column.addLayout(info_row)
+        return host
+
+    def _weight_spin(self, value: float, tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(0.05, 5.0)
+        spin.setSingleStep(0.1)
+        spin.setDecimals(2)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    def _right(self) -> QWidget:
+        host = QWidget()
+        column = QVBoxLayout(host)
+        column.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("Scan")
+        row = QVBoxLayout(box)
+        buttons = QHBoxLayout()
+        self.scan_loaded_button = QPushButton("Scan loaded set")
+        self.scan_loaded_button.setToolTip("Scan the 'folder to scan' opened with the model (the demo's PNG folder)")
+        self.scan_loaded_button.clicked.connect(lambda: self.scan())
+        self.scan_folder_button = QPushButton("Scan folder…")
+        self.scan_folder_button.setToolTip("A folder of images, searched recursively")
+        self.scan_folder_button.clicked.connect(self.choose_scan_folder)
+        self.scan_file_button = QPushButton("Scan HDF5/npz…")
+        self.scan_file_button.clicked.connect(self.choose_scan_file)
+        for b in (self.scan_loaded_button, self.scan_folder_button, self.scan_file_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        row.addLayout(buttons)
+        tools = QHBoxLayout()
+        self.only_flagged = QCheckBox("Flagged only")
+        self.only_flagged.toggled.connect(self._filter_changed)
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_csv_button.clicked.connect(lambda: self._choose_export("csv"))
+        self.export_json_button = QPushButton("Export JSON…")
+        self.export_json_button.clicked.connect(lambda: self._choose_export("json"))
+        self.counts = QLabel("")
+        tools.addWidget(self.only_flagged)
+        tools.addWidget(self.counts, 1)
+        tools.addWidget(self.export_csv_button)
+        tools.addWidget(self.export_json_button)
+        row.addLayout(tools)
+        column.addWidget(box)
+
+        self.model = StripTableModel()
+        self.proxy = FlaggedFilter()
+        self.proxy.setSourceModel(self.model)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setDefaultSectionSize(THUMB_PX + 4)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setIconSize(QSize(THUMB_PX, THUMB_PX))
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(StripTableModel.FILE, QHeaderView.ResizeMode.Stretch)
+        for col, width in ((StripTableModel.THUMB, THUMB_PX + 16), (StripTableModel.ENTROPY, 80), (StripTableModel.PREDICTED, 90), (StripTableModel.VERDICT, 110)):
+            header.resizeSection(col, width)
+        self.table.doubleClicked.connect(self.open_row)
+        column.addWidget(self.table, 1)
+        self.skipped_label = QLabel("")
+        self.skipped_label.setWordWrap(True)
+        column.addWidget(self.skipped_label)
+        return host
+
+    def _refresh_buttons(self) -> None:
+        loaded = self.state.loaded is not None
+        self.calibrate_button.setEnabled(loaded and self.state.clean_for_calibration() is not None)
+        have_profile = loaded and self.profile is not None
+        self.save_profile_button.setEnabled(self.profile is not None)
+        self.load_profile_button.setEnabled(loaded)
+        self.scan_loaded_button.setEnabled(have_profile and "scan" in self.state.data)
+        self.scan_folder_button.setEnabled(have_profile)
+        self.scan_file_button.setEnabled(have_profile)
+        has_rows = bool(self.model.rows)
+        self.export_csv_button.setEnabled(has_rows)
+        self.export_json_button.setEnabled(has_rows)
+        self.reset_button.setEnabled(self.profile is not None)
+
+    # ---------------------------------------------------------- calibrate
+
+    def calibrate(self, done: Optional[Callable[[], None]] = None) -> bool:
+        """Calibrate on the clean validation data (else clean test) with the settings shown."""
+        loaded, clean = self.state.loaded, self.state.clean_for_calibration()
+        if loaded is None or clean is None:
+            self.window.status.setText("STRIP needs a model and clean data: open them in Model & Data")
+            return False
+        n, frr, seed = self.overlays_spin.value(), self.frr_spin.value() / 100.0, self.seed_spin.value()
+        weights = strip.BlendWeights(self.input_weight.value(), self.overlay_weight.value())
+        scale = self.state.scale
+
+        def finished(profile: strip.StripProfile) -> None:
+            self.set_profile(profile)
+            self.window.status.setText(
+                f"STRIP calibrated on {len(profile.clean_entropies)} clean images: threshold {profile.threshold:.4f} bits"
+            )
+            if done:
+                done()
+
+        started = self.window.start_job(
+            "Calibrating STRIP", lambda: strip.calibrate(loaded, clean, n, frr, seed, weights, scale), finished,
+            on_error=lambda _m: done() if done else None,
+        )
+        if not started and done:
+            done()
+        return started
+
+    def set_profile(self, profile: strip.StripProfile) -> None:
+        self.profile = profile
+        self.model.num_classes = profile.num_classes
+        self.overlays_spin.setValue(profile.n_overlays)
+        self.frr_spin.setValue(profile.frr * 100)
+        self.seed_spin.setValue(profile.seed)
+        self.input_weight.setValue(profile.weights.input)
+        self.overlay_weight.setValue(profile.weights.overlay)
+        self.line.setVisible(True)
+        self.set_threshold(profile.threshold)
+        self._draw_histograms()
+        self.plot.enableAutoRange()
+        self._refresh_buttons()
+
+    def set_threshold(self, threshold: float) -> None:
+        """Move the threshold (and the line); verdicts, counts and expected FRR follow."""
+        self.line.blockSignals(True)
+        self.line.setValue(threshold)
+        self.line.blockSignals(False)
+        self.threshold = float(threshold)
+        self._apply_threshold()
+
+    def reset_threshold(self) -> None:
+        if self.profile is not None:
+            self.set_threshold(self.profile.threshold)
+
+    def _apply_threshold(self) -> None:
+        if self.profile is None:
+            return
+        self.threshold = float(self.line.value())
+        self.model.set_threshold(self.threshold)
+        if self.proxy.only_flagged:
+            self.proxy.invalidateFilter()
+        self._update_info()
+
+    def _update_info(self) -> None:
+        p = self.profile
+        if p is None:
+            return
+        normal, empirical = p.expected_frr(self.threshold)
+        moved = "" if abs(self.threshold - p.threshold) < 1e-12 else " (moved)"
+        lines = [
+            f"<b>Threshold {self.threshold:.4f} bits</b>{moved}: inputs below it are flagged as trojaned (label {p.num_classes}).",
+            f"Calibrated: {p.threshold:.4f} (normal fit μ={p.fit_mean:.3f}, σ={p.fit_std:.3f} at FRR {p.frr:.2%}); "
+            f"empirical {p.frr:.0%}-percentile {p.empirical_threshold:.4f}.",
+            f"<b>Expected false rejection here: {normal:.2%}</b> (normal fit), {empirical:.2%} of the "
+            f"{len(p.clean_entropies)} clean calibration images. N={p.n_overlays}, weights {p.weights.input:g}/{p.weights.overlay:g}, scale {p.scale}.",
+        ]
+        n = len(self.model.rows)
+        if n:
+            flagged = int(self.model.flagged_mask().sum())
+            lines.append(f"<b>Scanned {n}: {flagged} flagged ({flagged / n:.1%})</b>, {n - flagged} accepted.")
+            self.counts.setText(f"{n} scanned, {flagged} flagged" + (f", {len(self.skipped)} skipped" if self.skipped else ""))
+        self.info.setText("<br>".join(lines))
+
+    # --------------------------------------------------------- histograms
+
+    def _draw_histograms(self) -> None:
+        p = self.profile
+        if p is None:
+            return
+        scanned = self.model.entropies()
+        top = max(float(np.max(p.clean_entropies, initial=0.0)), float(np.max(scanned, initial=0.0)), self.threshold or 0.0)
+        edges = np.linspace(0.0, top * 1.05 + 1e-6, BINS + 1)
+        clean_counts, _ = np.histogram(p.clean_entropies, edges)
+        self.clean_curve.setData(edges, clean_counts / max(len(p.clean_entropies), 1))
+        if len(scanned):
+            counts, _ = np.histogram(scanned, edges)
+            self.scan_curve.setData(edges, counts / len(scanned))
+        else:
+            self.scan_curve.setData(EMPTY_X, EMPTY_Y)
+        self._hist_dirty = False
+
+    # --------------------------------------------------------------- scan
+
+    def scan(self, path: Optional[str] = None, done: Optional[Callable[[], None]] = None) -> bool:
+        """Scan ``path`` (folder, HDF5 or npz), or the loaded 'folder to scan'; rows stream in."""
+        loaded, profile = self.state.loaded, self.profile
+        if loaded is None or profile is None:
+            self.window.status.setText("Calibrate STRIP (or load a profile) before scanning")
+            return False
+        if path is None and "scan" not in self.state.data:
+            self.window.status.setText("No folder to scan is open: choose one")
+            return False
+        preset = self.state.data.get("scan") if path is None else None
+        profile = profile.with_threshold(self.threshold) if self.threshold is not None else profile
+
+        def job():
+            from core.data import open_data
+
+            if preset is None:
+                yield Progress(None, f"Opening {path}")
+            source = preset if preset is not None else open_data(path)
+            return (yield from strip.scan(loaded, profile, source))
+
+        def event(item: Any) -> None:
+            if isinstance(item, strip.ScanRows):
+                self._pending.append((list(item.rows), list(item.thumbnails)))
+                self.skipped.extend(item.skipped)
+            elif isinstance(item, Progress) and item.message.startswith("warning"):
+                self.skipped_label.setText(item.message)
+
+        def finished(result: strip.ScanResult) -> None:
+            self._stop_streaming()
+            self.window.status.setText(
+                f"STRIP scan of {Path(result.source).name}: {len(result.rows)} scanned, "
+                f"{int(self.model.flagged_mask().sum())} flagged, {len(result.skipped)} skipped"
+            )
+            if done:
+                done()
+
+        def failed(_message: str) -> None:
+            self._stop_streaming()
+            if done:
+                done()
+
+        self.model.clear()
+        self.skipped = []
+        self.skipped_label.setText("")
+        self._pending.clear()
+        self.scan_name = str(path or preset.path)
+        started = self.window.start_job(f"STRIP scan of {Path(self.scan_name).name}", job, finished, event, failed)
+        if started:
+            self.flush_timer.start()
+            # rows already received stay when the analyst presses Cancel
+            self.window.runner.cancelled.connect(self._on_cancel)
+        elif done:
+            done()
+        return started
+
+    def _on_cancel(self) -> None:
+        self._stop_streaming()
+
+    def _stop_streaming(self) -> None:
+        try:
+            self.window.runner.cancelled.disconnect(self._on_cancel)
+        except (RuntimeError, TypeError):
+            pass
+        self.flush_timer.stop()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Move pending rows into the table in one insert; redraw once."""
+        if self._pending:
+            rows, thumbs = [], []
+            for r, t in self._pending:
+                rows.extend(r)
+                thumbs.extend(t)
+            self._pending.clear()
+            self.model.append(rows, thumbs)
+            self._hist_dirty = True
+        if self._hist_dirty:
+            self._draw_histograms()
+            self._update_info()
+            self._refresh_buttons()
+        if self.skipped:
+            first = self.skipped[0]
+            self.skipped_label.setText(
+                f"{len(self.skipped)} file(s) skipped, e.g. {Path(first.source).name}: {first.reason}"
+            )
+            self.skipped_label.setToolTip("\n".join(f"{s.source}: {s.reason}" for s in self.skipped[:50]))
+
+    def _filter_changed(self, on: bool) -> None:
+        self.proxy.set_only_flagged(on)
+
+    # -------------------------------------------------------------- files
+
+    def choose_scan_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of images to scan (searched recursively)", self.window._last_dir())
+        if folder:
+            self.scan(folder)
+
+    def choose_scan_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose an HDF5 or npz file to scan", self.window._last_dir(), DATA_FILTER)
+        if path:
+            self.scan(path)
+
+    def choose_profile(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a STRIP profile", self.window._last_dir(), PROFILE_FILTER)
+        if path:
+            self.load_profile(path)
+
+    def load_profile(self, path: str) -> None:
+        from core.errors import TrojanScopeError
+
+        try:
+            profile = strip.load_profile(path)
+            warnings = strip.check_profile(self.state.loaded, profile) if self.state.loaded else []
+        except TrojanScopeError as exc:
+            self.window.show_error(str(exc))
+            return
+        self.set_profile(profile)
+        self.window.status.setText(warnings[0] if warnings else f"STRIP profile loaded from {path}")
+
+    def choose_save_profile(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the STRIP profile", self.window._last_dir() + "/strip_profile.npz", PROFILE_FILTER)
+        if path:
+            self.save_profile(path)
+
+    def save_profile(self, path: str) -> Path:
+        """Save with the threshold shown (a dragged line is what the analyst chose)."""
+        profile = self.profile.with_threshold(self.threshold) if self.threshold is not None else self.profile
+        saved = strip.save_profile(profile, path)
+        self.window.status.setText(f"STRIP profile saved to {saved}")
+        return saved
+
+    def _choose_export(self, kind: str) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, f"Export the scan as {kind.upper()}", self.window._last_dir() + f"/strip_scan.{kind}", f"{kind.upper()} (*.{kind})")
+        if path:
+            self.export(path, kind)
+
+    def export(self, path: str, kind: str) -> Path:
+        """Every scanned row with its verdict at the current threshold, written atomically."""
+        rows = self.result_rows()
+        if kind == "json":
+            p = self.profile
+            text = json.dumps({
+                "threshold": self.threshold, "frr": p.expected_frr(self.threshold)[0], "overlays": p.n_overlays,
+                "num_classes": p.num_classes, "scanned": len(rows), "flagged": sum(r["flagged"] for r in rows),
+                "results": rows, "skipped": [s.as_dict() for s in self.skipped], "source": self.scan_name,
+            }, indent=1, allow_nan=False)
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=["source", "index", "entropy", "flagged", "label", "predicted", "confidence"])
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buffer.getvalue()
+        saved = write_text_atomic(path, text)
+        self.window.status.setText(f"Exported {len(rows)} rows to {saved}")
+        return saved
+
+    def result_rows(self) -> list[dict[str, Any]]:
+        out = []
+        for i, row in enumerate(self.model.rows):
+            d = row.as_dict()
+            d["flagged"] = self.model.is_flagged(i)
+            d["label"] = self.model.guarded_label(i)
+            out.append(d)
+        return out
+
+    # ----------------------------------------------------------- big view
+
+    def open_row(self, proxy_index: QModelIndex) -> None:
+        """Show the image large, and offer it to the Inspector panel."""
+        r = self.proxy.mapToSource(proxy_index).row()
+        row = self.model.rows[r]
+        image = self._full_image(r)
+        flagged = self.model.is_flagged(r)
+        self.send_to_inspector.emit({
+            "source": row.source, "index": row.index, "image": image, "predicted": row.predicted,
+            "entropy": row.entropy, "flagged": flagged,
+        })
+        dialog = QDialog(self)
+        dialog.setWindowTitle(display_name(row))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        v = QVBoxLayout(dialog)
+        picture = QLabel()
+        picture.setPixmap(to_pixmap(image, 336))
+        picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        caption = QLabel(
+            f"{row.source}<br>entropy {row.entropy:.4f} bits, model class {row.predicted} ({row.confidence:.0%}) → "
+            f"<b style='color:{(FLAGGED if flagged else ACCEPTED).name()}'>{'FLAGGED, label ' + str(self.model.num_classes) if flagged else 'accepted'}</b>"
+        )
+        caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        v.addWidget(picture)
+        v.addWidget(caption)
+        self.image_dialog = dialog
+        dialog.open()
+
+    def _full_image(self, r: int) -> np.ndarray:
+        """The model's view of the input: re-read image files; arrays keep their stored copy."""
+        row = self.model.rows[r]
+        path = Path(row.source)
+        if self.state.loaded is not None and path.is_file() and path.suffix.lower() not in (".h5", ".hdf5", ".npz"):
+            from core.data import ImageUnreadable, conform, read_image
+
+            try:
+                return conform(read_image(path)[None].astype(np.float32), self.state.loaded.input_shape)[0]
+            except ImageUnreadable:
+                pass
+        return self.model.thumbs[r].astype(np.float32)
+
+    # --------------------------------------------------------------- misc
+
+    def _model_changed(self) -> None:
+        """A profile belongs to one model: drop it (and the rows) when another is loaded."""
+        loaded = self.state.loaded
+        if self.profile is not None and loaded is not None and self.profile.model_sha256 != loaded.summary.sha256:
+            self.profile = None
+            self.threshold = None
+            self.line.setVisible(False)
+            self.model.clear()
+            self.clean_curve.setData(EMPTY_X, EMPTY_Y)
+            self.scan_curve.setData(EMPTY_X, EMPTY_Y)
+            self.info.setText("Model changed: calibrate again.")
+        self._refresh_buttons()
+
+    def run_default(self, done: Callable[[], None]) -> None:
+        """Screenshots: calibrate on clean validation data, then scan the loaded folder."""
+        if self.state.loaded is None or self.state.clean_for_calibration() is None:
+            done()
+            return
+
+        def then_scan() -> None:
+            if self.profile is None or "scan" not in self.state.data:
+                done()
+                return
+            self.window.after_idle(lambda: self.scan(done=done))
+
+        self.calibrate(done=then_scan)

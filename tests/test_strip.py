@@ -1,0 +1,181 @@
+"""STRIP engine: entropy, threshold maths, determinism, profiles, robust streaming scans, detection."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from core import strip
+from core.data import ArraySource, open_data, write_png
+from core.errors import DataError, JobCancelled
+from core.jobs import CancelToken, collect, run_job
+
+N = 16  # overlays in tests: fast, and enough to separate the demo's triggered inputs
+
+
+@pytest.fixture(scope="module")
+def profile(demo_model, demo_bundle):
+    return run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), n_overlays=N, seed=0, scale="255", max_clean=300))
+
+
+def test_entropy_of_one_hot_is_zero_uniform_is_log2_k_and_a_hand_case():
+    k = 10
+    assert strip.shannon_entropy(np.eye(k)[3]) == 0.0
+    assert strip.shannon_entropy(np.full(k, 1 / k)) == pytest.approx(math.log2(k))
+    assert strip.shannon_entropy([0.5, 0.25, 0.25, 0.0]) == pytest.approx(1.5)  # 0.5*1 + 2*0.25*2
+
+
+def test_kernel_gives_log2_k_for_a_model_that_always_says_uniform():
+    from core.models import LoadedModel, ModelSummary
+    from core.tf_env import keras
+
+    k = keras()
+    inputs = k.Input((6, 5, 3))
+    out = k.layers.Dense(7, activation="softmax", kernel_initializer="zeros")(k.layers.Flatten()(inputs))
+    model = k.Model(inputs, out)
+    summary = ModelSummary("uniform", "keras", (6, 5, 3), 7, (), 0, None, "0" * 64)
+    loaded = LoadedModel(model, summary)
+    overlays = np.random.default_rng(0).uniform(0, 255, (4, 6, 5, 3)).astype(np.float32)
+    kernel = strip.StripKernel(loaded, overlays, strip.BlendWeights(), "255", 255.0)
+    entropy, probs = kernel(np.zeros((3, 6, 5, 3), np.float32))
+    np.testing.assert_allclose(entropy, math.log2(7), rtol=1e-6)
+    assert probs.shape == (3, 7)
+
+
+def test_threshold_is_the_normal_fit_quantile_beside_the_empirical_percentile():
+    e = np.random.default_rng(1).normal(0.6, 0.15, 500)
+    threshold, mean, std, empirical = strip.fit_threshold(e, 0.01)
+    assert mean == pytest.approx(e.mean()) and std == pytest.approx(e.std(ddof=0))  # MLE, as norm.fit
+    assert threshold == pytest.approx(norm.ppf(0.01, *norm.fit(e)))
+    assert threshold == pytest.approx(e.mean() - 2.3263478740408408 * e.std())  # z(0.01), by hand
+    assert empirical == pytest.approx(np.percentile(e, 1))
+    with pytest.raises(DataError):
+        strip.fit_threshold(e, 0.7)
+
+
+def test_same_seed_same_results_other_seed_other_overlays(demo_model, demo_bundle, profile):
+    again = run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), n_overlays=N, seed=0, scale="255", max_clean=300))
+    np.testing.assert_array_equal(again.overlays, profile.overlays)
+    np.testing.assert_array_equal(again.clean_entropies, profile.clean_entropies)
+    assert again.threshold == profile.threshold
+    other = run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), n_overlays=N, seed=1, scale="255", max_clean=300))
+    assert not np.array_equal(other.overlays, profile.overlays)
+
+
+def test_vectorised_kernel_agrees_with_the_per_image_opencv_loop(demo_model, demo_arrays, profile):
+    x = demo_arrays[2].x[:3]  # triggered inputs
+    _, entropy, _ = strip.classify(demo_model, profile, x)
+    np.testing.assert_allclose(entropy, strip.blend_loop_entropy(demo_model, profile, x), rtol=1e-4, atol=1e-5)
+
+
+def test_profile_round_trip_and_hash_mismatch_warns(demo_model, demo_arrays, profile, tmp_path):
+    path = strip.save_profile(profile, tmp_path / "p.strip")  # any suffix: a plain npz inside
+    back = strip.load_profile(path)
+    np.testing.assert_array_equal(back.overlays, profile.overlays)
+    np.testing.assert_array_equal(back.clean_entropies, profile.clean_entropies)
+    for key in ("threshold", "frr", "scale", "pixel_max", "model_sha256", "num_classes", "input_shape", "seed", "weights"):
+        assert getattr(back, key) == getattr(profile, key), key
+    x = demo_arrays[1].x[:20]
+    np.testing.assert_array_equal(strip.classify(demo_model, back, x)[0], strip.classify(demo_model, profile, x)[0])
+    assert strip.check_profile(demo_model, back) == []
+    other = strip.StripProfile(**{**back.__dict__, "model_sha256": "f" * 64})
+    [warning] = strip.check_profile(demo_model, other)
+    assert "another model file" in warning
+
+
+def test_pickled_or_foreign_profiles_are_refused(tmp_path):
+    pickled = tmp_path / "evil.npz"
+    np.savez(pickled, overlays=np.array([object()], dtype=object), clean_entropies=np.zeros(2), metadata=np.zeros(2, np.uint8))
+    with pytest.raises(DataError):
+        strip.load_profile(pickled)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((2, 28, 28, 3)), y=np.zeros(2))
+    with pytest.raises(DataError, match="not a STRIP profile"):
+        strip.load_profile(data)
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(DataError):
+        strip.load_profile(tmp_path / "text.npz")
+
+
+def test_corrupt_images_are_skipped_and_the_scan_goes_on(demo_model, demo_arrays, profile, tmp_path):
+    folder = tmp_path / "scan"
+    (folder / "sub").mkdir(parents=True)
+    x = demo_arrays[1].x
+    for i in range(4):
+        write_png(folder / f"img_{i}.png", x[i])
+    (folder / "img_1_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (folder / "img_2_empty.png").write_bytes(b"")
+    write_png(folder / "sub" / "nested.png", x[5])  # folders are searched recursively
+    events, result = collect(strip.scan(demo_model, profile, open_data(folder), chunk=2 * N))
+    names = sorted(r.source.split("/")[-1] for r in result.rows)
+    assert names == ["img_0.png", "img_1.png", "img_2.png", "img_3.png", "nested.png"]
+    assert {s.source.split("/")[-1] for s in result.skipped} == {"img_1_corrupt.png", "img_2_empty.png"}
+    assert all(s.reason for s in result.skipped)
+    assert len(strip.iter_rows(events)) == 5  # every row was also streamed as a partial result
+    assert sum(len(e.skipped) for e in events if isinstance(e, strip.ScanRows)) == 2
+
+
+def test_cancel_mid_scan_stops_with_partial_rows(demo_model, demo_arrays, profile):
+    source = ArraySource(demo_arrays[1].x[:40], None, "forty")
+    token = CancelToken()
+    seen = []
+
+    def on_event(event):
+        if isinstance(event, strip.ScanRows):
+            seen.extend(event.rows)
+            token.cancel()
+
+    with pytest.raises(JobCancelled):
+        run_job(strip.scan(demo_model, profile, source, chunk=4 * N), on_event, token)
+    assert 0 < len(seen) < 40
+
+
+def test_demo_triggered_inputs_are_flagged_clean_ones_mostly_accepted(demo_model, demo_arrays, demo_bundle, profile):
+    _, clean_test, poisoned = demo_arrays
+    labels_c, _, _ = strip.classify(demo_model, profile, clean_test.x[:300])
+    labels_p, _, _ = strip.classify(demo_model, profile, poisoned.x[:300])
+    n = demo_model.num_classes
+    assert np.mean(labels_c == n) <= 0.05  # false rejection near the 1% asked for
+    assert np.mean(labels_p == n) >= 0.8  # triggered inputs flagged (the small test BadNet, 16 overlays)
+    assert np.mean(labels_p == demo_bundle.info["target"]) <= 0.1  # attack success after filtering
+
+
+def test_cli_strip_json_and_classify_lines(capsys, demo_bundle, tmp_path):
+    import cli
+    from core.demo import read_manifest
+
+    prof = tmp_path / "demo.npz"
+    code = cli.main(["strip", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid), "--overlays", str(N),
+                     "--max-clean", "300", "--scan", str(demo_bundle.scan_dir), "--save-profile", str(prof), "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    for key in ("threshold", "frr", "overlays", "num_classes", "scanned", "flagged", "results", "skipped"):
+        assert key in result
+    assert result["overlays"] == N and result["num_classes"] == 10 and result["frr"] == 0.01
+    assert result["scanned"] == len(result["results"]) == len(read_manifest(demo_bundle.manifest))
+    row = result["results"][0]
+    assert set(row) >= {"source", "index", "entropy", "flagged", "label"}
+    assert all((r["label"] == 10) == r["flagged"] for r in result["results"])
+
+    manifest = read_manifest(demo_bundle.manifest)[:12]
+    files = [str(demo_bundle.scan_dir / m["file"]) for m in manifest]
+    code = cli.main(["classify", "--model", str(demo_bundle.model), "--profile", str(prof), *files])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.split()
+    assert len(lines) == len(files) and all(0 <= int(line) <= 10 for line in lines)
+    triggered = [line for line, m in zip(lines, manifest) if m["triggered"]]
+    assert triggered and sum(line == "10" for line in triggered) >= 0.75 * len(triggered)
+
+
+def test_cli_strip_needs_clean_or_profile(capsys, demo_bundle):
+    import cli
+
+    code = cli.main(["strip", "--model", str(demo_bundle.model), "--scan", str(demo_bundle.scan_dir), "--json"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--clean" in err

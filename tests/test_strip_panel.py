@@ -1,0 +1,141 @@
+"""The STRIP panel as an analyst clicks it: calibrate, drag the threshold, scan, filter, export, open."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+from core import strip
+from core.jobs import Progress
+from tests.conftest import wait_idle
+
+SHOTS = Path(__file__).resolve().parent.parent / "out" / "screenshots"
+
+
+def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings, demo_bundle, tmp_path):
+    from core.demo import read_manifest
+
+    window.demo_settings = demo_settings
+    window.load_demo()
+    wait_idle(qtbot, window)
+    panel = window.panels["StripPanel"]
+    panel.overlays_spin.setValue(16)
+    assert panel.calibrate_button.isEnabled() and not panel.scan_loaded_button.isEnabled()
+    panel.calibrate_button.click()
+    wait_idle(qtbot, window)
+    assert panel.profile is not None and panel.line.isVisible()
+    assert "Expected false rejection" in panel.info.text()
+
+    panel.scan_loaded_button.click()
+    wait_idle(qtbot, window)
+    manifest = read_manifest(demo_bundle.manifest)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == len(manifest), timeout=5000)
+    triggered = {m["file"] for m in manifest if m["triggered"]}
+    flagged = {Path(r.source).name for i, r in enumerate(panel.model.rows) if panel.model.is_flagged(i)}
+    assert len(flagged & triggered) >= 0.75 * len(triggered)  # small test BadNet, 16 overlays
+    assert len(flagged - triggered) <= 0.1 * (len(manifest) - len(triggered))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert window.grab().save(str(SHOTS / "strip_panel_after_scan.png"))
+
+    # Dragging the line (here: moving it) updates verdicts, counts and the expected FRR live.
+    panel.line.setValue(10.0)
+    qtbot.waitUntil(lambda: f"{len(manifest)} flagged" in panel.counts.text(), timeout=2000)
+    assert "100.00%</b> (normal fit)" in panel.info.text()
+    panel.reset_threshold()
+    panel.only_flagged.setChecked(True)
+    assert panel.proxy.rowCount() == int(panel.model.flagged_mask().sum()) == len(flagged)
+
+    panel.export(str(tmp_path / "scan.csv"), "csv")
+    panel.export(str(tmp_path / "scan.json"), "json")
+    with open(tmp_path / "scan.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(manifest)
+    data = json.loads((tmp_path / "scan.json").read_text())
+    assert data["flagged"] == len(flagged) and data["scanned"] == len(manifest)
+    assert all((r["label"] == 10) == r["flagged"] for r in data["results"])
+
+    with qtbot.waitSignal(panel.send_to_inspector, timeout=2000) as signal:
+        panel.table.doubleClicked.emit(panel.proxy.index(0, 1))
+    assert signal.args[0]["image"].shape == (28, 28, 3) and signal.args[0]["flagged"]
+    assert panel.image_dialog.isVisible()
+    panel.image_dialog.close()
+
+    saved = panel.save_profile(str(tmp_path / "p.npz"))
+    assert strip.load_profile(saved).threshold == panel.threshold
+
+
+def _fake_profile() -> strip.StripProfile:
+    rng = np.random.default_rng(0)
+    return strip.StripProfile(
+        overlays=np.zeros((4, 28, 28, 3), np.float32), weights=strip.BlendWeights(), scale="255", pixel_max=255.0,
+        threshold=0.2, frr=0.01, fit_mean=0.6, fit_std=0.17, empirical_threshold=0.21,
+        clean_entropies=rng.normal(0.6, 0.17, 900), model_sha256="0" * 64, num_classes=10, input_shape=(28, 28, 3), seed=0,
+    )
+
+
+def _fake_scan(total: int, chunk: int, pause: float):
+    def scan(loaded, profile, source, *args, **kwargs):
+        rng = np.random.default_rng(1)
+        thumbs = np.zeros((chunk, 28, 28, 3), np.uint8)
+        done = 0
+        while done < total:
+            rows = tuple(
+                strip.StripRow(f"/data/img_{done + i:05d}.png", done + i, float(e), bool(e < profile.threshold), 0, 3, 0.9)
+                for i, e in enumerate(rng.uniform(0, 1.2, chunk))
+            )
+            done += chunk
+            time.sleep(pause)
+            yield strip.ScanRows(rows, thumbs, (), done, total)
+            yield Progress(done / total, f"{done}/{total}")
+        return strip.ScanResult(profile, [], [], [], "/data")
+    return scan
+
+
+def _fake_loaded(window, monkeypatch, scan):
+    window.state.loaded = types.SimpleNamespace(input_shape=(28, 28, 3), num_classes=10, summary=types.SimpleNamespace(sha256="0" * 64))
+    window.state.data["scan"] = types.SimpleNamespace(path=Path("/data"))
+    monkeypatch.setattr(strip, "scan", scan)
+    panel = window.panels["StripPanel"]
+    panel.set_profile(_fake_profile())
+    return panel
+
+
+def test_five_thousand_rows_stream_in_without_freezing_the_window(qtbot, window, monkeypatch):
+    panel = _fake_loaded(window, monkeypatch, _fake_scan(5000, 100, 0.01))
+    gaps, last = [], [time.monotonic()]
+
+    def tick():
+        now = time.monotonic()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    from PySide6.QtCore import QTimer
+
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(tick)
+    heartbeat.start(20)
+    assert panel.scan()
+    qtbot.waitUntil(lambda: panel.model.rowCount() > 0, timeout=5000)
+    assert panel.model.rowCount() < 5000  # rows show while the scan still runs
+    wait_idle(qtbot, window, timeout=30_000)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 5000, timeout=5000)
+    heartbeat.stop()
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+    assert "5000 scanned" in panel.counts.text()
+
+
+def test_cancel_mid_scan_keeps_the_rows_so_far(qtbot, window, monkeypatch):
+    panel = _fake_loaded(window, monkeypatch, _fake_scan(5000, 50, 0.05))
+    assert panel.scan()
+    qtbot.waitUntil(lambda: panel.model.rowCount() >= 100, timeout=10_000)
+    window.cancel_button.click()
+    wait_idle(qtbot, window, timeout=5000)
+    n = panel.model.rowCount()
+    assert 100 <= n < 5000
+    assert "Cancelled" in window.status.text()
+    assert not panel.flush_timer.isActive()
