@@ -106,6 +106,8 @@ def bench(name: str, loaded, x: np.ndarray, overlays: np.ndarray, n_loop: int, r
     print(f"  RATIO vectorised / per-image loop (cv2 + predict per input): {vec_rate / loop_rate:6.1f}x   (target >= 10x)")
     print(f"  ratio vectorised / per-image loop (cv2 + compiled fn)     : {vec_rate / cloop_rate:6.1f}x")
     print(f"  RATIO vectorised / raw forward pass: {vec_rate * n / raw_rate:6.1%}   (target >= 70%)")
+    # No implementation can beat the forward pass itself: this is the most any speed-up over the loop can be here.
+    print(f"  ceiling for any STRIP implementation on this CPU: {raw_rate / n / loop_rate:6.1f}x the per-image loop (raw forward rate / N)")
 
 
 def main() -> int:

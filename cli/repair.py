@@ -16,6 +16,7 @@ from core.repair import (
     DEFAULT_FRACTION,
     DEFAULT_HOLDOUT,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_RESTARTS,
     METHODS,
     repair,
 )
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="unlearning epochs (default %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, help="Adam rate, cosine-decayed (default %(default)g)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default %(default)s")
+    parser.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS,
+                        help="extra reversed triggers per flagged class (other seeds) to unlearn as well (default %(default)s)")
     parser.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, help="share of clean data kept out of training to measure the result (default %(default)g)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="repaired model to write (.keras or .h5); a JSON record goes to OUT.json")
@@ -45,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if not 0 <= args.holdout < 1 or not 0 < args.fraction < 1 or args.epochs < 0:
-        raise DataError("--holdout must lie in [0, 1), --fraction in (0, 1), and --epochs be >= 0")
+    if not 0 <= args.holdout < 1 or not 0 < args.fraction < 1 or args.epochs < 0 or args.restarts < 0:
+        raise DataError("--holdout must lie in [0, 1), --fraction in (0, 1), and --epochs and --restarts be >= 0")
     clean = open_optional(args.clean)
     poisoned = open_optional(args.poisoned)
     loaded = open_model(args)
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
         loaded, arrays.x, arrays.y, scale, method=args.method, targets=args.target_class,
         x_poisoned=None if pois is None else pois.x, y_poisoned=None if pois is None else pois.y, target=args.target,
         fraction=args.fraction, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        holdout=args.holdout, seed=args.seed, cleanse_settings=CleanseSettings(candidates=args.classes, seed=args.seed),
+        holdout=args.holdout, seed=args.seed, restarts=args.restarts, cleanse_settings=CleanseSettings(candidates=args.classes, seed=args.seed),
         out=Path(args.out), inputs=[args.clean, args.poisoned, getattr(args, "arch", None)],
     ), args)
     out = result.as_dict()

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tuning epochs after pruning (default %(default)s; 0: prune only)")
     parser.add_argument("--overlays", type=int, default=QUICK_OVERLAYS, help="STRIP overlays (default %(default)s)")
     parser.add_argument("--top", type=int, default=TOP_INSPECTED, help="flagged images to inspect (default %(default)s)")
+    parser.add_argument("--cleanse", action="store_true", help="also run Neural Cleanse (minutes; off by default)")
+    parser.add_argument("--cleanse-classes", type=int, default=10,
+                        help="with --cleanse: classes fully optimised after screening (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the HTML report to write; the JSON goes beside it (OUT.json)")
     add_scale_argument(parser)
@@ -49,8 +52,13 @@ def run(args: argparse.Namespace) -> dict:
     loaded = open_model(args)
     if not clean.labelled:
         raise DataError(f"{clean.path}: clean data must be labelled to evaluate and calibrate")
+    cleanse_settings = None
+    if args.cleanse:
+        from core.cleanse import CleanseSettings
+
+        cleanse_settings = CleanseSettings(candidates=args.cleanse_classes, seed=args.seed)
     findings = drive(quick_findings(loaded, clean, poisoned, scan_source, args.target, args.scale, args.fine_tune_epochs,
-                                    args.overlays, args.top, args.seed), args)
+                                    args.overlays, args.top, args.seed, cleanse_settings), args)
     findings.inputs = inputs
     html_path, json_path = write_report(findings, out)
     say(args, f"wrote {html_path} and {json_path}")
@@ -59,5 +67,6 @@ def run(args: argparse.Namespace) -> dict:
     record.update({"clean_accuracy": ev.clean_accuracy, "attack_success_rate": ev.attack_success_rate,
                    "flagged": findings.scan.flagged if findings.scan is not None else None,
                    "scanned": len(findings.scan.rows) if findings.scan is not None else None,
-                   "inspected": len(findings.inspections)})
+                   "inspected": len(findings.inspections),
+                   "verdict": findings.cleanse.verdict if findings.cleanse is not None else None})
     return record

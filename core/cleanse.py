@@ -41,6 +41,7 @@ from core.evaluate import choose_scale
 from core.inference import scale_factor
 from core.jobs import Job, Progress
 from core.models import LoadedModel
+from core.tf_env import keras as _keras
 from core.tf_env import tf as _tf
 
 # The paper's consistency constant: for normally distributed norms,
@@ -323,6 +324,31 @@ def cleanse(
 # ------------------------------------------------------------ optimisation
 
 
+def _logits_of(loaded: LoadedModel) -> tuple[Any, bool]:
+    """(callable x -> scores, whether they are logits).
+
+    The cross-entropy is taken on the logits before the final softmax when we
+    can reach them: on probabilities, a class the model rules out completely
+    (p ~ 1e-20, e.g. while a random initial mask covers a backdoor pixel)
+    gives no usable gradient and its optimisation never starts.
+    """
+    keras = _keras()
+    model = loaded.model
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    try:
+        if isinstance(last, keras.layers.Dense) and getattr(activation, "__name__", "") == "softmax":
+            body = keras.Model(model.inputs, last.input)
+            bias = last.bias if last.use_bias else 0.0
+            return (lambda x: _tf().matmul(body(x, training=False), last.kernel) + bias), True
+        if type(last).__name__ == "Softmax":
+            body = keras.Model(model.inputs, last.input)
+            return (lambda x: body(x, training=False)), True
+    except (ValueError, AttributeError):  # a layer used twice, or no single input: fall back to probabilities
+        pass
+    return (lambda x: model(x, training=False)), not loaded.summary.outputs_probabilities
+
+
 class _Optimiser:
     """The compiled trigger optimisation, built once per model and reused for every class.
 
@@ -336,8 +362,7 @@ class _Optimiser:
         self.s = settings
         self.shape = tuple(int(d) for d in shape)
         self.pixel_max = pixel_max
-        model = loaded.model
-        from_logits = not loaded.summary.outputs_probabilities
+        model, from_logits = _logits_of(loaded)
         h, w, c = self.shape
         self.mask_t = tf.Variable(tf.zeros((h, w, 1)))
         self.pattern_t = tf.Variable(tf.zeros((h, w, c)))
@@ -355,7 +380,7 @@ class _Optimiser:
             if from_logits:
                 return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=out)
             p = tf.gather(out, target, axis=1, batch_dims=1)
-            return -tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))
+            return -tf.math.log(p + 1e-30)  # no clipping: a clip's zero gradient would stall far-off classes
 
         def adam_update(variables, grads, states):  # noqa: ANN001, ANN202
             self.t.assign_add(1.0)
@@ -372,7 +397,7 @@ class _Optimiser:
                 mask = to_mask(self.mask_t)
                 pattern = to_pattern(self.pattern_t)
                 stamped = (1.0 - mask) * xb + mask * pattern
-                out = model(stamped * factor, training=False)
+                out = model(stamped * factor)
                 targets = tf.fill(tf.shape(xb)[:1], target)
                 ce = tf.reduce_mean(class_loss(out, targets))
                 norm = tf.reduce_sum(mask)
@@ -484,7 +509,7 @@ class _Optimiser:
                 mask = self._to_mask(mask_t)
                 pattern = self._to_pattern(pattern_t)
                 stamped = (1.0 - mask) * xs[None] + mask * pattern  # (group, n, h, w, c)
-                out = model(tf.reshape(stamped, (-1, h, w, c)) * factor, training=False)
+                out = model(tf.reshape(stamped, (-1, h, w, c)) * factor)
                 ce = tf.reshape(class_loss(out, tf.repeat(targets, n)), (group, n))
                 per_class = tf.reduce_mean(ce, axis=1) + cost * tf.reduce_sum(mask, axis=[1, 2, 3, 4])
                 loss = tf.reduce_sum(per_class)  # classes are independent: their gradients do not mix

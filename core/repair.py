@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -44,14 +44,16 @@ from core.models import LoadedModel, file_sha256
 METHODS = ("unlearn", "fine-prune", "both")
 DEFAULT_FRACTION = 0.2  # the paper's share of stamped images per batch
 DEFAULT_EPOCHS = 10
-DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_HOLDOUT = 0.2
+DEFAULT_RESTARTS = 2  # extra reversed triggers per flagged class: one optimisation can land on a look-alike
 DEFAULT_SCHEDULE = "cosine"  # decays to 0: unlearns fully, then settles clean accuracy
 DEFAULTS_NOTE = (
     "demo BadNet (python main.py demo), 1,000 clean validation images, 800 trained on, 200 held out; "
-    "10 epochs, Adam 1e-3 cosine-decayed, 20% stamped: attack success on poisoned_test.h5 98.4% -> 0.8%, "
-    "clean accuracy on clean_test.h5 96.0% -> 95.6%; 5 epochs at a constant 1e-3 lost 1-2.5 points"
+    "10 epochs, Adam 2e-3 cosine-decayed, 20% stamped, verdict trigger + 2 restarts: attack success on "
+    "poisoned_test.h5 98.4% -> 0.9/1.4/1.4% and clean accuracy on clean_test.h5 96.0% -> 96.0/94.9/95.8% "
+    "(hold-out seeds 0/1/2). One trigger only: 3-10% left; constant 1e-3 for 5 epochs lost 1-2.5 points."
 )
 
 
@@ -157,6 +159,7 @@ def repair(
     holdout: float = DEFAULT_HOLDOUT,
     seed: int = 0,
     schedule: str = DEFAULT_SCHEDULE,
+    restarts: int = DEFAULT_RESTARTS,
     cleanse_settings: Optional[CleanseSettings] = None,
     out: Optional[str | Path] = None,
     inputs: Iterable[Any] = (),
@@ -205,6 +208,21 @@ def repair(
             "use --method fine-prune, or name a class with --target-class"
         )
 
+    # Neural Cleanse's optimisation is not convex: on the demo BadNet one seed
+    # recovers the sticker, another a 7-shaped stroke that also triggers the
+    # backdoor. Unlearning several reversed triggers per class (different
+    # seeds) covers the real one far more reliably than the single verdict trigger.
+    unlearn_triggers = list(triggers)
+    if method != "fine-prune" and restarts > 0:
+        base = cleanse_settings or CleanseSettings(seed=seed)
+        for i in range(restarts):
+            extra = yield from _rescaled(
+                cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, replace(base, seed=base.seed + 1000 * (i + 1)),
+                        classes=flagged),
+                0.5 + 0.1 * i / restarts, 0.5 + 0.1 * (i + 1) / restarts,
+            )
+            unlearn_triggers.extend(extra.triggers[c] for c in flagged)
+
     # 2. how attack success is measured
     if x_poisoned is not None and len(x_poisoned):
         asr_source = f"the {len(x_poisoned)} suspected-poisoned images given"
@@ -237,7 +255,7 @@ def repair(
         stages.append(event)
         return event
 
-    yield Progress(0.5, "Measuring the model before repair")
+    yield Progress(0.6, "Measuring the model before repair")
     yield stage("before", loaded.model)
 
     # 3. fine-prune first (methods fine-prune and both)
@@ -246,7 +264,7 @@ def repair(
         pruned = yield from _rescaled(
             fine_prune(loaded, x_clean, y_clean, scale, x_poisoned=x_poisoned, y_poisoned=yp, target=target,
                        holdout=holdout, seed=seed),
-            0.5, 0.75 if method == "both" else 0.97,
+            0.6, 0.8 if method == "both" else 0.97,
         )
         model, tuned = pruned.model, pruned.fine_tune
         masks = {pruned.layer: channel_mask(pruned.channels_total, pruned.pruned_channels)}
@@ -263,9 +281,9 @@ def repair(
             eval_sets["attack_success_rate"] = (xs, None, t)
         tuned = yield from _rescaled(
             fine_tune(model, x_fit, y_fit, scale, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                      masks=masks, seed=seed, eval_sets=eval_sets, transform=stamp_transform(triggers, fraction),
+                      masks=masks, seed=seed, eval_sets=eval_sets, transform=stamp_transform(unlearn_triggers, fraction),
                       schedule=schedule),
-            0.75 if method == "both" else 0.5, 0.97,
+            0.8 if method == "both" else 0.6, 0.97,
         )
         model = tuned.model
     after = stage("after", model)
@@ -276,7 +294,8 @@ def repair(
         asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx),
         settings={"method": method, "fraction": fraction, "epochs": epochs, "learning_rate": learning_rate,
                   "batch_size": batch_size, "schedule": schedule, "holdout": holdout, "seed": seed, "scale": scale,
-                  "targets": flagged, "pruned_layers": sorted(masks) if masks else []},
+                  "targets": flagged, "restarts": restarts,
+                  "unlearned_trigger_norms": [round(t.norm, 2) for t in unlearn_triggers], "pruned_layers": sorted(masks) if masks else []},
         seconds=time.perf_counter() - started,
     )
     if out is not None:

@@ -123,13 +123,14 @@ def quick_findings(
     overlays: int = QUICK_OVERLAYS,
     top: int = TOP_INSPECTED,
     seed: int = 0,
+    cleanse_settings: Any = None,
 ) -> Job[Findings]:
     """Run every quick analysis the report shows (the CLI's ``report``): evaluation,
     a Fine-Pruning sweep with a short fine-tune, STRIP calibration and scan (of
     ``scan_source``, else of the poisoned set), and heat-maps of the top flagged images.
 
-    Neural Cleanse takes minutes per class, so it is left to its own command;
-    its section then says "not run".
+    Neural Cleanse takes minutes, so it runs only when ``cleanse_settings``
+    (a :class:`core.cleanse.CleanseSettings`) is given; its section says "not run" otherwise.
     """
     from core.data import load_arrays
     from core.evaluate import evaluate
@@ -162,6 +163,11 @@ def quick_findings(
         findings.inspections = yield from _scaled(inspect_flagged(loaded, findings.flagged, scale, top), 0.85, 1.0)
     else:
         findings.notes.append("No scan set and no poisoned set: STRIP was calibrated but scanned nothing.")
+    if cleanse_settings is not None:
+        from core.cleanse import cleanse
+
+        yield Progress(None, "Neural Cleanse")
+        findings.cleanse = yield from cleanse(loaded, x, scale, cleanse_settings)
     yield Progress(1.0, "Analyses done")
     return findings
 
@@ -304,18 +310,20 @@ def _pruning(f: Findings) -> tuple[str, Optional[dict]]:
     sw = f.sweep if f.sweep is not None else getattr(f.prune, "sweep", None)
     if sw is None:
         return _not_run("no Fine-Pruning sweep", "Fine-Pruning > Run, or the prune command."), None
+    count = _pruned_count(sw, f.prune)
     figure = _img(_pruning_figure(sw, f.prune), f"Pruning curve of {sw.layer}")
-    stop = sw.curve[sw.stop]
-    rows = [("Layer", f"{sw.layer} ({sw.channels_total} channels)"), ("Stop rule", sw.stop_rule),
-            ("Channels pruned", f"{sw.stop} of {sw.channels_total}"),
+    stop = sw.curve[count]
+    rule = sw.stop_rule if count == sw.stop else f"{count} channels picked by the analyst (the stop rule, {sw.stop_rule}, proposed {sw.stop})"
+    rows = [("Layer", f"{sw.layer} ({sw.channels_total} channels)"), ("Stop rule", rule),
+            ("Channels pruned", f"{count} of {sw.channels_total}"),
             ("Measured on", f"{sw.n_clean} clean and {sw.n_poisoned} suspected-poisoned images")]
     data: dict[str, Any] = {
-        "layer": sw.layer, "channels_total": sw.channels_total, "stop": sw.stop, "stop_rule": sw.stop_rule,
-        "pruned_channels": sw.channels_for(sw.stop), "curve": [p.as_dict() for p in sw.curve],
+        "layer": sw.layer, "channels_total": sw.channels_total, "stop": sw.stop, "stop_rule": sw.stop_rule, "pruned": count,
+        "pruned_channels": sw.channels_for(count), "curve": [p.as_dict() for p in sw.curve],
         "at_stop": {"clean_accuracy": stop.clean_accuracy, "attack_success_rate": stop.attack_success_rate},
     }
     stages = [("Unpruned (sweep)", sw.curve[0].clean_accuracy, sw.curve[0].attack_success_rate),
-              (f"Pruned {sw.stop} channels (sweep)", stop.clean_accuracy, stop.attack_success_rate)]
+              (f"Pruned {count} channels (sweep)", stop.clean_accuracy, stop.attack_success_rate)]
     if f.prune is not None:
         p = f.prune
         held = f" (held-out {p.n_holdout})" if p.n_holdout else ""
@@ -328,6 +336,11 @@ def _pruning(f: Findings) -> tuple[str, Optional[dict]]:
     stage_rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_pct(a)}</td><td>{_pct(b)}</td></tr>" for n, a, b in stages)
     stage_table = f'<table class="grid"><tr><th>Model</th><th>Clean accuracy</th><th>Attack success</th></tr>{stage_rows}</table>'
     return figure + _table(rows) + stage_table, data
+
+
+def _pruned_count(sw: Any, prune: Any) -> int:
+    """Channels actually pruned: the repair's (the analyst may have moved the line), else the stop rule's."""
+    return len(prune.pruned_channels) if prune is not None else int(sw.stop)
 
 
 def _strip(f: Findings) -> tuple[str, Optional[dict]]:
@@ -463,9 +476,10 @@ def _pruning_figure(sw: Any, prune: Any) -> Any:
     if any(p.attack_success_rate is not None for p in sw.curve):
         ax.plot(frac, [100 * (p.attack_success_rate if p.attack_success_rate is not None else float("nan")) for p in sw.curve],
                 color="#c0392b", lw=2, label="attack success rate")
-    stop = 100 * sw.curve[sw.stop].fraction
+    count = _pruned_count(sw, prune)
+    stop = 100 * sw.curve[count].fraction
     ax.axvline(stop, color="#555", ls="--", lw=1)
-    ax.annotate(f"stop: {sw.stop}/{sw.channels_total}", (stop, 50), xytext=(4, 0), textcoords="offset points", fontsize=9, color="#333")
+    ax.annotate(f"pruned: {count}/{sw.channels_total}", (stop, 50), xytext=(4, 0), textcoords="offset points", fontsize=9, color="#333")
     if prune is not None and prune.after_fine_tune.clean_accuracy is not None:
         ax.scatter([stop], [100 * prune.after_fine_tune.clean_accuracy], marker="*", s=140, color="#2860b0", zorder=3,
                    label="after fine-tuning: clean")
@@ -538,8 +552,11 @@ def _inspection_figure(inspections: Sequence[Any]) -> Any:
 
 
 def _cleanse_figure(c: Any) -> Any:
-    fig = _figure(8.5, 3.2)
-    ax = fig.add_subplot()
+    """Mask norms per class (flagged in red) and, beside them, the reversed triggers of the flagged classes."""
+    shown = [k for k in c.flagged_classes if k in c.triggers][:3]
+    fig = _figure(8.5 + 1.8 * len(shown), 3.2)
+    grid = fig.add_gridspec(1, 1 + len(shown), width_ratios=[4.5] + [1] * len(shown))
+    ax = fig.add_subplot(grid[0, 0])
     classes = sorted(c.norms)
     colours = ["#c0392b" if k in c.flagged_classes else "#2860b0" for k in classes]
     ax.bar([str(k) for k in classes], [c.norms[k] for k in classes], color=colours)
@@ -551,6 +568,13 @@ def _cleanse_figure(c: Any) -> Any:
     ax.grid(alpha=0.3, axis="y")
     if len(classes) > 40:
         ax.set_xticks([])
+    for n, k in enumerate(shown, 1):
+        t = c.triggers[k]
+        tile = fig.add_subplot(grid[0, n])
+        tile.imshow(_display(t.fusion), interpolation="nearest")
+        tile.set_title(f"class {k} trigger\n{t.norm:.0f} px, {t.attack_success:.0%} attack", fontsize=8)
+        tile.set_xticks([])
+        tile.set_yticks([])
     return fig
 
 

@@ -169,11 +169,20 @@ class MainWindow(QMainWindow):
         demo = QAction("Load &demo BadNet", self)
         demo.triggered.connect(self.load_demo)
         file_menu.addAction(demo)
+        export_report = QAction("&Export report…", self)
+        export_report.triggered.connect(lambda: self.export_report())
+        file_menu.addAction(export_report)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
         self.file_menu = file_menu
+
+    def export_report(self, path: Optional[str] = None) -> bool:
+        """File > Export report…: HTML + JSON findings from every panel's last results (gui/report_export.py)."""
+        from gui.report_export import export_report
+
+        return export_report(self, path)
 
     def choose_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a suspicious model", self._last_dir(), MODEL_FILTER)

@@ -65,6 +65,7 @@ class StripTableModel(QAbstractTableModel):
         super().__init__()
         self.rows: list[strip.StripRow] = []
         self.thumbs: list[np.ndarray] = []
+        self.names: list[str] = []
         self.entropy = np.zeros(1024)  # doubles when full (cheap appends, vectorised verdicts)
         self.threshold = 0.0
         self.num_classes = 0
@@ -72,7 +73,7 @@ class StripTableModel(QAbstractTableModel):
     # -- feeding
     def clear(self) -> None:
         self.beginResetModel()
-        self.rows, self.thumbs = [], []
+        self.rows, self.thumbs, self.names = [], [], []
         self.endResetModel()
 
     def append(self, rows: list[strip.StripRow], thumbs: list[np.ndarray]) -> None:
@@ -85,6 +86,7 @@ class StripTableModel(QAbstractTableModel):
         self.beginInsertRows(QModelIndex(), n, n + len(rows) - 1)
         self.rows.extend(rows)
         self.thumbs.extend(thumbs)
+        self.names.extend(display_name(r) for r in rows)
         self.endInsertRows()
 
     def set_threshold(self, threshold: float) -> None:
@@ -123,7 +125,7 @@ class StripTableModel(QAbstractTableModel):
         row = self.rows[r]
         if role == Qt.ItemDataRole.DisplayRole:
             if c == self.FILE:
-                return display_name(row)
+                return self.names[r]
             if c == self.ENTROPY:
                 return f"{row.entropy:.4f}"
             if c == self.PREDICTED:
@@ -137,7 +139,13 @@ class StripTableModel(QAbstractTableModel):
         elif role == Qt.ItemDataRole.ToolTipRole:
             return f"{row.source} (item {row.index})"
         elif role == Qt.ItemDataRole.UserRole:  # sort keys
-            return (r, display_name(row), row.entropy, row.predicted, int(self.is_flagged(r)))[c]
+            if c == self.FILE:
+                return self.names[r]
+            if c == self.ENTROPY:
+                return row.entropy
+            if c == self.PREDICTED:
+                return row.predicted
+            return float(self.entropy[r]) if c == self.VERDICT else r
         return None
 
 
@@ -244,7 +252,8 @@ class StripPanel(QWidget):
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMinimumHeight(260)
         self.plot.setLabel("bottom", "mean entropy per blend (bits)")
-        self.plot.setLabel("left", "share of images")
+        self.plot.setLabel("left", "% of images")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.addLegend(offset=(-10, 10))
         self.clean_curve = pg.PlotCurveItem(x=EMPTY_X, y=EMPTY_Y, stepMode="center", fillLevel=0, brush=CLEAN_BRUSH, pen=pg.mkPen((40, 80, 170), width=1.5), name="clean (calibration)")
@@ -318,6 +327,7 @@ class StripPanel(QWidget):
         self.proxy.setSourceModel(self.model)
         self.table = QTableView()
         self.table.setModel(self.proxy)
+        self.table.horizontalHeader().setSortIndicator(StripTableModel.THUMB, Qt.SortOrder.AscendingOrder)  # scan order
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -442,10 +452,10 @@ class StripPanel(QWidget):
         top = max(float(np.max(p.clean_entropies, initial=0.0)), float(np.max(scanned, initial=0.0)), self.threshold or 0.0)
         edges = np.linspace(0.0, top * 1.05 + 1e-6, BINS + 1)
         clean_counts, _ = np.histogram(p.clean_entropies, edges)
-        self.clean_curve.setData(edges, clean_counts / max(len(p.clean_entropies), 1))
+        self.clean_curve.setData(edges, 100.0 * clean_counts / max(len(p.clean_entropies), 1))
         if len(scanned):
             counts, _ = np.histogram(scanned, edges)
-            self.scan_curve.setData(edges, counts / len(scanned))
+            self.scan_curve.setData(edges, 100.0 * counts / len(scanned))
         else:
             self.scan_curve.setData(EMPTY_X, EMPTY_Y)
         self._hist_dirty = False

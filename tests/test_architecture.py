@@ -27,3 +27,17 @@ def test_window_appears_without_importing_tensorflow():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_qt_bindings_do_not_leak_references_to_none(qapp):
+    """PySide6 6.12.0 under Python 3.11 drops a reference to None on every void call;
+    live curves then crash the app within seconds ("none_dealloc"). Pinned away from it."""
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QTransform
+
+    transform = QTransform()
+    before = sys.getrefcount(None)
+    for _ in range(2000):
+        transform.setMatrix(1, 0, 0, 0, 1, 0, 0, 0, 1)
+        QPointF().setX(1.0)
+    assert sys.getrefcount(None) - before > -100

@@ -1,0 +1,200 @@
+"""Neural Cleanse and unlearning: the statistics by hand, a planted backdoor, the demo BadNet, cancel, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cleanse import CleanseSettings, anomaly_indices, cleanse, flag_classes
+from core.data import Arrays
+from core.jobs import collect, run_job
+
+# A few rounds and few classes keep these tests to seconds; the defaults are measured in bench/.
+FAST = CleanseSettings(max_rounds=20, init_cost=1e-2, patience=2, early_stop_patience=4, seed=0)
+
+H, W, CLASSES, PLANTED = 13, 12, 6, 3
+
+
+def test_anomaly_index_matches_hand_computation():
+    norms = {0: 10.0, 1: 50.0, 2: 55.0, 3: 60.0, 4: 65.0, 5: 200.0}
+    # median = (55 + 60) / 2 = 57.5; |deviations| = 47.5, 7.5, 2.5, 2.5, 7.5, 142.5
+    # their median = 7.5; MAD = 1.4826 * 7.5 = 11.1195
+    indices, median, mad = anomaly_indices(norms)
+    assert median == 57.5
+    assert mad == pytest.approx(11.1195)
+    assert indices[0] == pytest.approx(47.5 / 11.1195)  # 4.2718
+    assert indices[5] == pytest.approx(142.5 / 11.1195)  # 12.815: anomalous, but LARGE
+    assert indices[2] == pytest.approx(2.5 / 11.1195)
+    assert flag_classes(norms, indices, median) == [0]  # only the abnormally small one
+
+
+def test_anomaly_index_with_equal_norms_flags_nothing():
+    indices, median, mad = anomaly_indices({0: 5.0, 1: 5.0, 2: 5.0})
+    assert mad == 0 and set(indices.values()) == {0.0}
+    assert flag_classes({0: 5.0, 1: 5.0, 2: 5.0}, indices, median) == []
+
+
+def _planted_model(path: Path) -> None:
+    """A hand-made linear classifier: class k = brightness of rows 2k..2k+1; pixel (12, 11) -> class 3 (weight 60)."""
+    from core.tf_env import keras
+
+    keras = keras()
+    inputs = keras.Input((H, W, 1))
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    weights = np.zeros((H * W, CLASSES), np.float32)
+    pixel = np.arange(H * W).reshape(H, W)
+    for k in range(CLASSES):
+        weights[pixel[2 * k : 2 * k + 2].ravel(), k] = 1.0
+    weights[pixel[12, 11], PLANTED] = 60.0  # the one-pixel backdoor
+    model.set_weights([weights, np.zeros(CLASSES, np.float32)])
+    model.save(path)
+
+
+def _planted_images(n: int, seed: int = 0) -> Arrays:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = rng.uniform(0, 0.1, (n, H, W, 1)).astype(np.float32)
+    x[:, 12] = 0.0  # the trigger pixel is dark on clean images
+    for i, k in enumerate(y):
+        x[i, 2 * k : 2 * k + 2] = 0.5
+    return Arrays(x, y, [], [])
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from core.models import load_model
+
+    path = tmp_path_factory.mktemp("planted") / "planted.keras"
+    _planted_model(path)
+    return load_model(path)
+
+
+def test_planted_one_pixel_backdoor_is_flagged_on_its_class(planted):
+    data = _planted_images(300)
+    _events, result = collect(cleanse(planted, data, "1", FAST))
+    assert result.verdict == "backdoored"
+    assert result.flagged_classes == [PLANTED]
+    trigger = result.triggers[PLANTED]
+    assert trigger.norm < 2.0  # one pixel (a mask value of ~0.5 already flips it)
+    assert np.unravel_index(np.argmax(trigger.mask), trigger.mask.shape) == (12, 11)
+    natural = [result.norms[c] for c in range(CLASSES) if c != PLANTED]
+    assert min(natural) > 5 * trigger.norm
+
+
+def test_screening_keeps_the_planted_class_among_few_candidates(planted):
+    data = _planted_images(200)
+    settings = CleanseSettings(**{**FAST.__dict__, "candidates": 2})
+    result = run_job(cleanse(planted, data, "1", settings))
+    assert PLANTED in result.candidates and len(result.candidates) == 2
+    assert len(result.screened_out) == CLASSES - 2
+    assert "batched gradient steps" in result.screening["method"]
+
+
+def test_cleanse_yields_often_and_stops_when_closed(planted):
+    job = cleanse(planted, _planted_images(100), "1", FAST)
+    events = [next(job) for _ in range(5)]
+    job.close()  # how Cancel works: nothing is written, nothing keeps running
+    assert events and all(e is not None for e in events)
+
+
+def test_demo_badnet_is_flagged_with_its_target(demo_model, demo_arrays, demo_bundle):
+    clean_valid = demo_arrays[0]
+    settings = CleanseSettings(max_rounds=30, seed=0)
+    result = run_job(cleanse(demo_model, clean_valid, "255", settings))
+    assert result.verdict == "backdoored"
+    assert demo_bundle.info["target"] in result.flagged_classes
+
+
+def test_demo_clean_control_is_judged_clean(clean_demo_model, demo_arrays):
+    result = run_job(cleanse(clean_demo_model, demo_arrays[0], "255", CleanseSettings(max_rounds=30, seed=0)))
+    assert result.verdict == "clean", result.anomaly_index
+
+
+# ------------------------------------------------------------------ repair
+
+
+@pytest.fixture(scope="module")
+def demo_verdict(demo_model, demo_arrays):
+    """Class 7 alone, reverse-engineered quickly: enough to unlearn."""
+    return run_job(cleanse(demo_model, demo_arrays[0], "255", CleanseSettings(max_rounds=30, seed=0), classes=[7]))
+
+
+def test_unlearning_removes_the_demo_backdoor_and_saves_atomically(demo_model, demo_arrays, demo_verdict, tmp_path):
+    from core.repair import repair
+
+    clean, _test, poisoned = demo_arrays
+    out = tmp_path / "repaired.keras"
+    result = run_job(repair(demo_model, clean.x, clean.y, "255", targets=[7], verdict=demo_verdict,
+                            x_poisoned=poisoned.x, y_poisoned=poisoned.y, restarts=1, out=out))
+    assert result.before.attack_success_rate > 0.8
+    assert result.after.attack_success_rate < 0.1
+    assert result.after.clean_accuracy >= result.before.clean_accuracy - 0.05
+    record = json.loads((tmp_path / "repaired.keras.json").read_text())
+    assert record["method"] == "unlearn" and record["flagged_classes"] == [7] and record["saved"] == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repaired.keras", "repaired.keras.json"]
+
+
+def test_cancel_leaves_nothing_written(demo_model, demo_arrays, demo_verdict, tmp_path):
+    from core.finetune import BatchLoss
+    from core.repair import repair
+
+    clean = demo_arrays[0]
+    job = repair(demo_model, clean.x, clean.y, "255", targets=[7], verdict=demo_verdict, restarts=0,
+                 out=tmp_path / "never.keras")
+    for event in job:
+        if isinstance(event, BatchLoss):
+            break
+    job.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_repair_refuses_to_write_over_its_input(demo_model, demo_arrays, demo_verdict, demo_bundle):
+    from core.errors import TrojanScopeError
+    from core.repair import repair
+
+    clean = demo_arrays[0]
+    with pytest.raises(TrojanScopeError, match="refusing to write over"):
+        run_job(repair(demo_model, clean.x, clean.y, "255", verdict=demo_verdict, targets=[7], out=demo_bundle.model))
+
+
+def test_repair_on_a_clean_verdict_says_there_is_nothing_to_unlearn(planted):
+    from core.errors import TrojanScopeError
+    from core.repair import repair
+
+    data = _planted_images(100)
+    verdict = run_job(cleanse(planted, data, "1", FAST, classes=[0, 1]))  # the backdoor class left out
+    assert verdict.verdict == "clean"
+    with pytest.raises(TrojanScopeError, match="nothing to unlearn|no trigger to unlearn"):
+        run_job(repair(planted, data.x, data.y, "1", verdict=verdict))
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def test_cli_cleanse_and_repair_print_the_contract_keys(demo_bundle, tmp_path, capsys):
+    import cli
+
+    code = cli.main(["cleanse", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid),
+                     "--only", "1", "7", "9", "--rounds", "10", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"verdict", "flagged_classes", "anomaly_index", "norms", "candidates", "seconds"} <= set(out)
+    assert out["candidates"] == [1, 7, 9] and set(out["norms"]) == {"1", "7", "9"}
+
+    target = tmp_path / "unlearned.keras"
+    code = cli.main(["repair", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid),
+                     "--poisoned", str(demo_bundle.poisoned_test), "--target-class", "7", "--epochs", "2",
+                     "--restarts", "0", "--out", str(target), "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"method", "flagged_classes", "before", "after", "saved"} <= set(out)
+    assert set(out["before"]) == {"clean_accuracy", "attack_success_rate"}
+    assert out["saved"] == str(target) and target.is_file()
+
+    code = cli.main(["repair", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid),
+                     "--out", str(demo_bundle.model), "--json"])
+    assert code == 2 and "refusing to write over" in capsys.readouterr().err

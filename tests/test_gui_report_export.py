@@ -1,0 +1,42 @@
+"""File > Export report: the panels' last results end up in the HTML and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import wait_idle
+
+
+def test_export_report_gathers_the_panels_results(window, qtbot, demo_bundle, demo_model, demo_arrays, tmp_path):
+    from core.data import open_data
+    from core.jobs import run_job
+    from core.pruning import sweep
+    from core.strip import calibrate, scan
+
+    clean_valid, _test, poisoned = demo_arrays
+    window.state.set_model(demo_model)
+    scan_source = open_data(demo_bundle.scan_dir)
+    window.state.set_data("scan", scan_source)
+    window.panels["PrunePanel"].sweep_result = run_job(
+        sweep(demo_model, clean_valid.x, clean_valid.y, "255", x_poisoned=poisoned.x, y_poisoned=poisoned.y))
+    profile = run_job(calibrate(demo_model, open_data(demo_bundle.clean_valid), 8, scale="255"))
+    result = run_job(scan(demo_model, profile, scan_source, thumbnails=False))
+    strip_panel = window.panels["StripPanel"]
+    strip_panel.set_profile(profile)
+    strip_panel.model.append(result.rows, [np.zeros((28, 28, 3), np.uint8)] * len(result.rows))
+    strip_panel.scan_name = str(scan_source.path)
+
+    assert "&Export report…" in [a.text() for a in window.file_menu.actions()]
+    out = tmp_path / "exported.html"
+    assert window.export_report(str(out))
+    wait_idle(qtbot, window)
+    assert window.last_error is None
+    record = json.loads((tmp_path / "exported.json").read_text())
+    assert record["sections"]["summary"] == record["sections"]["pruning"] == record["sections"]["strip"] == "run"
+    assert record["sections"]["evaluation"] == "not run"
+    assert record["strip"]["scanned"] == len(result.rows)
+    assert record["strip"]["flagged"] == result.flagged > 0
+    assert record["sections"]["inspector"] == "run"  # heat-maps of the top flagged images
+    assert out.read_text().count("data:image/png;base64,") >= 3
