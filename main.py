@@ -23,10 +23,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if argv and not argv[0].startswith("-"):
         return cli.main(argv)
+    # Naming the commands imports every CLI module (NumPy, h5py...): only --help needs them,
+    # and the GUI's start-up budget is 2 s (bench/bench_startup.py).
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    commands = ", ".join(cli.command_names()) if wants_help else "see --help"
     parser = argparse.ArgumentParser(
         prog="trojanscope",
         description="TrojanScope: find, locate and remove backdoors in image classifiers. "
-        "Without a command it opens the GUI. Commands: " + ", ".join(cli.command_names()),
+        "Without a command it opens the GUI. Commands: " + commands,
     )
     parser.add_argument("--demo", action="store_true", help="open with the demo BadNet and its data loaded")
     parser.add_argument("--screenshot", metavar="DIR", help="render each panel on the demo to DIR/*.png and exit")

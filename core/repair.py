@@ -191,6 +191,8 @@ def repair(
     x_fit, y_fit = x_clean[fit_idx], y_clean[fit_idx]
     x_hold, y_hold = (x_clean[hold_idx], y_clean[hold_idx]) if len(hold_idx) else (x_fit, y_fit)
     yp = None if y_poisoned is None else np.asarray(y_poisoned).astype(np.int64).reshape(-1)
+    if x_poisoned is not None and len(x_poisoned) and target is None and yp is None:
+        raise DataError("the poisoned data has no labels: give the attacker's target class (--target)")
 
     # 1. the verdict: which classes, which triggers (named classes are reverse-engineered alone)
     if method != "fine-prune" or targets or x_poisoned is None:
@@ -226,8 +228,6 @@ def repair(
     # 2. how attack success is measured
     if x_poisoned is not None and len(x_poisoned):
         asr_source = f"the {len(x_poisoned)} suspected-poisoned images given"
-        if target is None and yp is None:
-            raise DataError("the poisoned data has no labels: give the attacker's target class")
     elif triggers:
         asr_source = (
             f"held-out clean images stamped with the reversed trigger of class(es) {flagged} "

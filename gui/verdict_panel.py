@@ -45,7 +45,7 @@ NORMAL_BRUSH = pg.mkBrush("#7f9fbf")
 FLAGGED_BRUSH = pg.mkBrush("#d62728")
 CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
-CELL = 64  # trigger thumbnails, pixels high
+CELL = 40  # trigger thumbnails, pixels high: ten classes fit side by side
 
 
 class _Buffer:
@@ -94,6 +94,7 @@ class VerdictPanel(QWidget):
         self._pixel_max = 255.0
         self._bars: dict[int, float] = {}
         self._current_target: Optional[int] = None
+        self._repairing = False  # the repair's extra trigger searches must not redraw the verdict's chart
         self._buffers = {k: _Buffer() for k in ("norm", "loss", "ep_clean", "ep_asr")}
 
         outer = QVBoxLayout(self)
@@ -197,17 +198,18 @@ class VerdictPanel(QWidget):
         host = QWidget()
         grid = QGridLayout(host)
         grid.setContentsMargins(0, 0, 0, 0)
-        self.norm_plot = _plot("Mask L1 norm per class (smaller = easier to trigger)", "class", "mask norm (pixels)")
+        self.norm_plot = _plot("Mask L1 norm per class (smaller = easier)", "class", "mask norm (pixels)")
         self.norm_plot.getAxis("bottom").setTickSpacing(1, 1)
         self.bar_item: Optional[pg.BarGraphItem] = None
         self.threshold_line = pg.InfiniteLine(
             angle=0, pen=pg.mkPen("#d62728", width=2, style=Qt.PenStyle.DashLine),
-            label="anomaly threshold (index 2)", labelOpts={"position": 0.8, "color": "#d62728", "anchors": [(0.5, 1), (0.5, 1)]},
         )
         self.median_line = pg.InfiniteLine(
             angle=0, pen=pg.mkPen("#555555", width=1, style=Qt.PenStyle.DotLine),
-            label="median", labelOpts={"position": 0.95, "color": "#555555", "anchors": [(0.5, 1), (0.5, 1)]},
         )
+        # legend entries for the two lines (labels on the lines would sit behind the bars)
+        self.norm_plot.plot([], [], pen=self.threshold_line.pen, name="anomaly threshold (index 2)")
+        self.norm_plot.plot([], [], pen=self.median_line.pen, name="median")
         for line in (self.threshold_line, self.median_line):
             line.setVisible(False)
             self.norm_plot.addItem(line)
@@ -308,6 +310,10 @@ class VerdictPanel(QWidget):
                 then(True)
 
         self.result = self.repair_result = None
+        self._repairing = False
+        self._current_target = None
+        self.live_plot.setLabel("bottom", "round")
+        self.live_plot.setLabel("left", "mask norm (pixels)")
         self._clear_views()
         self.verdict_label.setText("Neural Cleanse is running: reverse-engineering a trigger per candidate class…")
         self._style_verdict(None)
@@ -323,6 +329,10 @@ class VerdictPanel(QWidget):
         from core.finetune import BatchLoss, EpochMetrics
         from core.repair import RepairStage
 
+        if isinstance(event, (CleanseStep, ClassDone)) and self._repairing:
+            if isinstance(event, CleanseStep):
+                self.window.status.setText(f"Extra reversed trigger for class {event.target} (unlearned too), round {event.round}")
+            return
         if isinstance(event, CleanseStep):
             if event.target != self._current_target:
                 self._current_target = event.target
@@ -366,6 +376,7 @@ class VerdictPanel(QWidget):
         self.bar_item = pg.BarGraphItem(x=xs, height=[self._bars[c] for c in classes], width=0.7,
                                         brushes=brushes, pens=[pg.mkPen(None)] * len(classes))
         self.norm_plot.addItem(self.bar_item)
+        self.norm_plot.setXRange(float(xs.min()) - 0.6, float(xs.max()) + 0.6, padding=0)
         axis = self.norm_plot.getAxis("bottom")
         axis.setTicks([[(float(x), str(c)) for x, c in zip(xs, classes)]])
 
@@ -376,14 +387,14 @@ class VerdictPanel(QWidget):
         self._bars = dict(r.norms)
         self._draw_bars()
         self.norm_plot.setTitle(
-            f"Mask L1 norm per class (smaller = easier to trigger); flagged in red" if r.flagged_classes
-            else "Mask L1 norm per class (smaller = easier to trigger); none below the threshold", color="k")
+            "Mask L1 norm per class: flagged in red" if r.flagged_classes
+            else "Mask L1 norm per class: none below the threshold", color="k")
         if np.isfinite(r.threshold_norm) and r.mad > 0:
             self.threshold_line.setValue(max(r.threshold_norm, 0.0))
             self.threshold_line.setVisible(True)
         self.median_line.setValue(r.median)
         self.median_line.setVisible(True)
-        self.norm_plot.setYRange(0, max(r.norms.values()) * 1.1)
+        self.norm_plot.setYRange(0, max(r.norms.values()) * 1.4)  # head-room for the legend
         self._fill_triggers()
         screened = (f" {len(r.screened_out)} classes screened out ({r.screening['method']})." if r.screened_out else "")
         self.note.setText(
@@ -440,8 +451,12 @@ class VerdictPanel(QWidget):
         self.table.clearContents()
         self.repair_result = None
         self._refresh_buttons()
-        self.live_plot.setTitle("Unlearning: loss per batch", color="k")
+        self._repairing = True
         self._buffers["norm"].clear()
+        self.live_plot.setTitle("Unlearning: training loss per batch", color="k")
+        self.live_plot.setLabel("bottom", "batch")
+        self.live_plot.setLabel("left", "loss")
+        self.live_plot.enableAutoRange()
 
         def job():
             yield Progress(None, f"Reading {clean.path.name}")

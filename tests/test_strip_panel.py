@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 import types
 from pathlib import Path
@@ -80,7 +81,9 @@ def _fake_profile() -> strip.StripProfile:
     )
 
 
-def _fake_scan(total: int, chunk: int, pause: float):
+def _fake_scan(total: int, chunk: int, pause: float, halfway: "threading.Event | None" = None):
+    """A scan that streams rows; with ``halfway`` it waits there until the test has looked."""
+
     def scan(loaded, profile, source, *args, **kwargs):
         rng = np.random.default_rng(1)
         thumbs = np.zeros((chunk, 28, 28, 3), np.uint8)
@@ -92,6 +95,8 @@ def _fake_scan(total: int, chunk: int, pause: float):
             )
             done += chunk
             time.sleep(pause)
+            if halfway is not None and done == total // 2:
+                halfway.wait(30)
             yield strip.ScanRows(rows, thumbs, (), done, total)
             yield Progress(done / total, f"{done}/{total}")
         return strip.ScanResult(profile, [], [], [], "/data")
@@ -113,7 +118,8 @@ def test_five_thousand_rows_stream_in_without_freezing_the_window(qtbot, window,
     CPU time of the GUI thread (``thread_time``), not wall time, so a busy
     shared machine does not make the test flaky.
     """
-    panel = _fake_loaded(window, monkeypatch, _fake_scan(5000, 100, 0.01))
+    halfway = threading.Event()
+    panel = _fake_loaded(window, monkeypatch, _fake_scan(5000, 100, 0.01, halfway))
     costs = []
     flush = panel._flush
 
@@ -128,6 +134,7 @@ def test_five_thousand_rows_stream_in_without_freezing_the_window(qtbot, window,
     assert panel.scan()
     qtbot.waitUntil(lambda: panel.model.rowCount() > 0, timeout=10_000)
     assert panel.model.rowCount() < 5000  # rows show while the scan still runs
+    halfway.set()
     wait_idle(qtbot, window, timeout=60_000)
     qtbot.waitUntil(lambda: panel.model.rowCount() == 5000, timeout=5000)
     assert len(costs) > 3 and max(costs) < 0.3, f"a table update took {max(costs):.2f} s of GUI-thread CPU"

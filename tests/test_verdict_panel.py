@@ -49,5 +49,6 @@ def test_verdict_then_unlearning_fills_chart_grid_and_table(qtbot, window, demo_
     panel.save_to(str(out))
     wait_idle(qtbot, window)
     assert out.is_file() and (tmp_path / "unlearned.keras.json").is_file()
+    window.tabs.setCurrentWidget(panel)
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert window.grab().save(str(SHOTS / "verdict_panel.png"))
