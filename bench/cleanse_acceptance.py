@@ -61,7 +61,11 @@ def main() -> int:
     args = parser.parse_args()
     demo = Path(args.demo)
     want = (lambda step: args.only in (None, step))
-    if not (demo / "demo.json").is_file():
+    sys.path.insert(0, str(ROOT))
+    from core.demo import DEMO_VERSION
+
+    stale = (demo / "demo.json").is_file() and json.loads((demo / "demo.json").read_text()).get("version") != DEMO_VERSION
+    if stale or not (demo / "demo.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "main.py"), "demo", "--out", str(demo)], check=True,
                        stdout=subprocess.DEVNULL, cwd=ROOT)
     target = json.loads((demo / "demo.json").read_text())["target"]

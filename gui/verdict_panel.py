@@ -334,6 +334,8 @@ class VerdictPanel(QWidget):
                 self.window.status.setText(f"Extra reversed trigger for class {event.target} (unlearned too), round {event.round}")
             return
         if isinstance(event, CleanseStep):
+            if event.round == 1:  # a new class, or another random start of the same class
+                self._buffers["norm"].clear()
             if event.target != self._current_target:
                 self._current_target = event.target
                 self._buffers["norm"].clear()
