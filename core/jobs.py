@@ -70,6 +70,24 @@ def run_job(
         job.close()
 
 
+def rescaled(job: Job[R], lo: float, hi: float) -> Job[R]:
+    """Pass a sub-job's events through, mapping its progress into [lo, hi].
+
+    Lets a job that chains sub-jobs (sweep then fine-tune, cleanse then
+    unlearn) report one progress bar that only moves forward.
+    """
+    try:
+        while True:
+            event = next(job)
+            if isinstance(event, Progress) and event.fraction is not None:
+                event = Progress(lo + (hi - lo) * event.fraction, event.message)
+            yield event
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        job.close()
+
+
 def collect(job: Job[R]) -> tuple[list[Any], R]:
     """Run ``job`` and return (all events, result); handy in tests."""
     events: list[Any] = []

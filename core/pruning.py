@@ -53,7 +53,7 @@ from core.finetune import (
     fine_tune,
 )
 from core.inference import scale_factor
-from core.jobs import Job, Progress
+from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel, file_sha256
 from core.tf_env import keras as _keras
 from core.tf_env import tf as _tf
@@ -688,26 +688,12 @@ def fine_prune(
         if Path(out).suffix.lower() not in (".keras", ".h5"):
             raise TrojanScopeError(f"the output must end in .keras or .h5; received {out}")
         refuse_overwriting(out, loaded.summary.path, *[i for i in inputs if i])
-    result = yield from _rescaled(sweep(loaded, x_clean, y_clean, scale, layer, x_poisoned, y_poisoned, target,
+    result = yield from rescaled(sweep(loaded, x_clean, y_clean, scale, layer, x_poisoned, y_poisoned, target,
                                         max_acc_drop, fraction, count), 0.0, 0.4)
-    repaired = yield from _rescaled(repair(loaded, result, x_clean, y_clean, None, x_poisoned, y_poisoned, epochs,
+    repaired = yield from rescaled(repair(loaded, result, x_clean, y_clean, None, x_poisoned, y_poisoned, epochs,
                                            learning_rate, batch_size, augment, holdout, seed), 0.4, 0.97)
     if out is not None:
         yield Progress(0.98, f"Saving {out}")
         save_result(repaired, loaded, out, inputs)
     yield Progress(1.0, "Fine-pruning done")
     return repaired
-
-
-def _rescaled(job: Job[Any], lo: float, hi: float) -> Job[Any]:
-    """Pass a sub-job's events through, mapping its progress into [lo, hi]."""
-    try:
-        while True:
-            event = next(job)
-            if isinstance(event, Progress) and event.fraction is not None:
-                event = Progress(lo + (hi - lo) * event.fraction, event.message)
-            yield event
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        job.close()

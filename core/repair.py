@@ -38,8 +38,9 @@ from core.data import Arrays
 from core.errors import DataError, TrojanScopeError
 from core.finetune import FineTuneResult, fine_tune
 from core.inference import predict_labels
-from core.jobs import Job, Progress
+from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel, file_sha256
+from core.pruning import Metrics
 
 METHODS = ("unlearn", "fine-prune", "both")
 DEFAULT_FRACTION = 0.2  # the paper's share of stamped images per batch
@@ -56,15 +57,6 @@ DEFAULTS_NOTE = (
     "Demo v1, hold-out seeds 0/1/2: 98.4% -> 0.9/1.4/1.4%, 96.0% -> 96.0/94.9/95.8%. "
     "One trigger only: 3-10% left; a constant 1e-3 for 5 epochs lost 1-2.5 points."
 )
-
-
-@dataclass(frozen=True)
-class Metrics:
-    clean_accuracy: Optional[float]
-    attack_success_rate: Optional[float]
-
-    def as_dict(self) -> dict[str, Optional[float]]:
-        return {"clean_accuracy": self.clean_accuracy, "attack_success_rate": self.attack_success_rate}
 
 
 @dataclass(frozen=True)
@@ -199,7 +191,7 @@ def repair(
     if method != "fine-prune" or targets or x_poisoned is None:
         if verdict is None or (targets and not set(targets) <= set(verdict.triggers)):
             settings = cleanse_settings or CleanseSettings(seed=seed)
-            verdict = yield from _rescaled(
+            verdict = yield from rescaled(
                 cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, settings, classes=list(targets) if targets else None),
                 0.0, 0.5,
             )
@@ -219,7 +211,7 @@ def repair(
     if method != "fine-prune" and restarts > 0:
         base = cleanse_settings or CleanseSettings(seed=seed)
         for i in range(restarts):
-            extra = yield from _rescaled(
+            extra = yield from rescaled(
                 cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, replace(base, seed=base.seed + 1000 * (i + 1)),
                         classes=flagged),
                 0.5 + 0.1 * i / restarts, 0.5 + 0.1 * (i + 1) / restarts,
@@ -262,7 +254,7 @@ def repair(
     # 3. fine-prune first (methods fine-prune and both)
     model, masks, tuned = loaded.model, None, None
     if method in ("fine-prune", "both"):
-        pruned = yield from _rescaled(
+        pruned = yield from rescaled(
             fine_prune(loaded, x_clean, y_clean, scale, x_poisoned=x_poisoned, y_poisoned=yp, target=target,
                        holdout=holdout, seed=seed),
             0.6, 0.8 if method == "both" else 0.97,
@@ -280,7 +272,7 @@ def repair(
         else:
             t, xs = stamped_sets[0]
             eval_sets["attack_success_rate"] = (xs, None, t)
-        tuned = yield from _rescaled(
+        tuned = yield from rescaled(
             fine_tune(model, x_fit, y_fit, scale, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                       masks=masks, seed=seed, eval_sets=eval_sets, transform=stamp_transform(unlearn_triggers, fraction),
                       schedule=schedule),
@@ -362,17 +354,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "items"):
         return dict(value)
     return str(value)
-
-
-def _rescaled(job: Job[Any], lo: float, hi: float) -> Job[Any]:
-    """Pass a sub-job's events through, mapping its progress into [lo, hi]."""
-    try:
-        while True:
-            event = next(job)
-            if isinstance(event, Progress) and event.fraction is not None:
-                event = Progress(lo + (hi - lo) * event.fraction, event.message)
-            yield event
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        job.close()
