@@ -17,6 +17,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from core.atomic import json_default
 from core.errors import JobCancelled, TrojanScopeError
 
 # Module names under cli/, in the order --help lists them.
@@ -72,15 +73,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"internal error ({type(exc).__name__}): {exc}; set TROJANSCOPE_DEBUG=1 for the traceback", file=sys.stderr)
         return 1
     if getattr(args, "json", False) and isinstance(result, dict):
-        sys.stdout.write(json.dumps(result, allow_nan=False, default=_jsonable) + "\n")
+        sys.stdout.write(json.dumps(result, allow_nan=False, default=json_default) + "\n")
     return 0
-
-
-def _jsonable(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

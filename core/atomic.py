@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 from core.errors import TrojanScopeError
 
@@ -69,6 +69,19 @@ def atomic_dir(final: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for the NumPy scalars and arrays results carry."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "items"):
+        return dict(value)
+    return str(value)
 
 
 def write_text_atomic(final: PathLike, text: str) -> Path:

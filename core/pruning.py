@@ -44,7 +44,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from core.atomic import atomic_path, refuse_overwriting, write_text_atomic
+from core.atomic import atomic_path, json_default, refuse_overwriting, write_text_atomic
 from core.errors import DataError, ModelError, TrojanScopeError
 from core.finetune import (
     FineTuneResult,
@@ -648,18 +648,8 @@ def save_result(result: PruneResult, loaded: LoadedModel, out: str | Path, input
         "fine_tune_history": [asdict(e) for e in result.fine_tune.history] if result.fine_tune else [],
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-    write_text_atomic(record_path, json.dumps(record, indent=2, default=_plain))
+    write_text_atomic(record_path, json.dumps(record, indent=2, default=json_default))
     return result
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return dict(value)
-    return str(value)
 
 
 def fine_prune(

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from core.atomic import atomic_path, refuse_overwriting, write_text_atomic
+from core.atomic import atomic_path, json_default, refuse_overwriting, write_text_atomic
 from core.cleanse import CleanseResult, CleanseSettings, ReversedTrigger, cleanse
 from core.data import Arrays
 from core.errors import DataError, TrojanScopeError
@@ -342,15 +342,5 @@ def save_result(result: RepairResult, loaded: LoadedModel, out: str | Path, inpu
     })
     if result.method == "fine-prune":
         record["method_reference"] = "Fine-Pruning (Liu et al., RAID 2018)"
-    write_text_atomic(record_path, json.dumps(record, indent=2, default=_plain))
+    write_text_atomic(record_path, json.dumps(record, indent=2, default=json_default))
     return result
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if hasattr(value, "items"):
-        return dict(value)
-    return str(value)

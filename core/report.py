@@ -34,7 +34,7 @@ import numpy as np
 
 from core.atomic import atomic_path, refuse_overwriting
 from core.errors import TrojanScopeError
-from core.jobs import Job, Progress
+from core.jobs import Job, Progress, rescaled
 
 # Section ids, in report order (tests and the self-test check each is present).
 SECTIONS = ("summary", "evaluation", "pruning", "strip", "inspector", "cleanse")
@@ -139,7 +139,7 @@ def quick_findings(
 
     findings = Findings(summary=loaded.summary)
     yield Progress(0.0, "Evaluating")
-    ev = yield from _scaled(evaluate(loaded, clean, poisoned, target, scale), 0.0, 0.1)
+    ev = yield from rescaled(evaluate(loaded, clean, poisoned, target, scale), 0.0, 0.1)
     findings.evaluation = ev
     scale, target = ev.scale, ev.target
 
@@ -148,19 +148,19 @@ def quick_findings(
     x = load_arrays(clean, shape)
     xp = load_arrays(poisoned, shape) if poisoned is not None else None
     px, py = (xp.x, xp.y) if xp is not None else (None, None)
-    findings.sweep = yield from _scaled(sweep(loaded, x.x, x.y, scale, None, px, py, target), 0.1, 0.3)
+    findings.sweep = yield from rescaled(sweep(loaded, x.x, x.y, scale, None, px, py, target), 0.1, 0.3)
     if fine_tune_epochs > 0:
-        result = yield from _scaled(repair(loaded, findings.sweep, x.x, x.y, None, px, py, epochs=fine_tune_epochs, seed=seed), 0.3, 0.55)
+        result = yield from rescaled(repair(loaded, findings.sweep, x.x, x.y, None, px, py, epochs=fine_tune_epochs, seed=seed), 0.3, 0.55)
         result.model = None  # the report does not save the repaired model; free it
         findings.prune = result
 
-    findings.profile = yield from _scaled(calibrate(loaded, clean, overlays, seed=seed, scale=scale), 0.55, 0.7)
+    findings.profile = yield from rescaled(calibrate(loaded, clean, overlays, seed=seed, scale=scale), 0.55, 0.7)
     target_source = scan_source if scan_source is not None else poisoned
     if target_source is not None:
-        findings.scan = yield from _scaled(scan(loaded, findings.profile, target_source, thumbnails=False), 0.7, 0.85)
+        findings.scan = yield from rescaled(scan(loaded, findings.profile, target_source, thumbnails=False), 0.7, 0.85)
         yield Progress(0.85, "Reading the flagged images back")
         findings.flagged = flagged_images(target_source, shape, findings.scan)
-        findings.inspections = yield from _scaled(inspect_flagged(loaded, findings.flagged, scale, top), 0.85, 1.0)
+        findings.inspections = yield from rescaled(inspect_flagged(loaded, findings.flagged, scale, top), 0.85, 1.0)
     else:
         findings.notes.append("No scan set and no poisoned set: STRIP was calibrated but scanned nothing.")
     if cleanse_settings is not None:
@@ -170,20 +170,6 @@ def quick_findings(
         findings.cleanse = yield from cleanse(loaded, x, scale, cleanse_settings)
     yield Progress(1.0, "Analyses done")
     return findings
-
-
-def _scaled(job: Job[Any], lo: float, hi: float) -> Job[Any]:
-    """Pass a sub-job's events through, mapping its progress fractions into [lo, hi]."""
-    try:
-        while True:
-            event = next(job)
-            if isinstance(event, Progress) and event.fraction is not None:
-                event = Progress(lo + (hi - lo) * event.fraction, event.message)
-            yield event
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        job.close()
 
 
 # ---------------------------------------------------------------- writing

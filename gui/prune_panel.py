@@ -10,7 +10,6 @@ writes the repaired model atomically beside the input (never over it).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -20,7 +19,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
@@ -35,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.jobs import Progress
+from gui.saving import ask_save_path, save_in_background
 
 CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
@@ -418,9 +417,7 @@ class PrunePanel(QWidget):
 
         if self.repair_result is None:
             return
-        suggested = default_output_path(self.state.loaded.summary.path)
-        path, _ = QFileDialog.getSaveFileName(self, "Save the repaired model", str(suggested),
-                                              "Keras model (*.keras);;Legacy HDF5 (*.h5)")
+        path = ask_save_path(self, default_output_path(self.state.loaded.summary.path))
         if path:
             self.save_to(path)
 
@@ -428,22 +425,7 @@ class PrunePanel(QWidget):
         """Save the repaired model (and its JSON record) on the worker thread."""
         from core.pruning import save_result
 
-        repaired, loaded = self.repair_result, self.state.loaded
-        if repaired is None:
-            return False
-        inputs = [str(s.path) for s in self.state.data.values()]
-
-        def job():
-            yield Progress(None, f"Saving {Path(path).name}")
-            return save_result(repaired, loaded, path, inputs)
-
-        def finished(result: Any) -> None:
-            self.window.status.setText(f"Saved {result.saved} and its record {result.record_path}")
-            if then:
-                then(True)
-
-        return self.window.start_job("Saving the repaired model", job, finished,
-                                     on_error=lambda _m: then(False) if then else None)
+        return save_in_background(self.window, save_result, self.repair_result, path, then)
 
     # ----------------------------------------------------------- screenshot
 

@@ -14,7 +14,6 @@ beside the input, never over it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -23,7 +22,6 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
@@ -39,6 +37,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.jobs import Progress
+from gui.saving import ask_save_path, save_in_background
 from gui.images import to_pixmap
 
 NORMAL_BRUSH = pg.mkBrush("#7f9fbf")
@@ -501,9 +500,7 @@ class VerdictPanel(QWidget):
 
         if self.repair_result is None:
             return
-        suggested = default_output_path(self.state.loaded.summary.path, self.repair_result.method)
-        path, _ = QFileDialog.getSaveFileName(self, "Save the repaired model", str(suggested),
-                                              "Keras model (*.keras);;Legacy HDF5 (*.h5)")
+        path = ask_save_path(self, default_output_path(self.state.loaded.summary.path, self.repair_result.method))
         if path:
             self.save_to(path)
 
@@ -511,22 +508,7 @@ class VerdictPanel(QWidget):
         """Save the repaired model (and its JSON record) on the worker thread."""
         from core.repair import save_result
 
-        repaired, loaded = self.repair_result, self.state.loaded
-        if repaired is None:
-            return False
-        inputs = [str(s.path) for s in self.state.data.values()]
-
-        def job():
-            yield Progress(None, f"Saving {Path(path).name}")
-            return save_result(repaired, loaded, path, inputs)
-
-        def finished(result: Any) -> None:
-            self.window.status.setText(f"Saved {result.saved} and its record {result.record_path}")
-            if then:
-                then(True)
-
-        return self.window.start_job("Saving the repaired model", job, finished,
-                                     on_error=lambda _m: then(False) if then else None)
+        return save_in_background(self.window, save_result, self.repair_result, path, then)
 
     # ----------------------------------------------------------- screenshot
 
