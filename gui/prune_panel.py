@@ -26,13 +26,12 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from core.jobs import Progress
+from gui.before_after import BeforeAfterTable
 from gui.saving import ask_save_path, save_in_background
 
 CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
@@ -148,13 +147,7 @@ class PrunePanel(QWidget):
         self.stop_label.setWordWrap(True)
         column.addWidget(self.stop_label)
 
-        self.table = QTableWidget(3, 2)
-        self.table.setHorizontalHeaderLabels(["Clean accuracy", "Attack success"])
-        self.table.setVerticalHeaderLabels(["Before", "After pruning", "After fine-tuning"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setFixedHeight(self.table.horizontalHeader().sizeHint().height() + 3 * 30 + 4)
-        for row in range(3):
-            self.table.setRowHeight(row, 30)
+        self.table = BeforeAfterTable(["Before", "After pruning", "After fine-tuning"])
         column.addWidget(self.table)
         self.note = QLabel("")
         self.note.setWordWrap(True)
@@ -302,7 +295,7 @@ class PrunePanel(QWidget):
                 self._buffers["ep_asr"].append(event.epoch, event.metrics["attack_success_rate"])
         elif isinstance(event, StageMetrics):
             row = {"before": 0, "after_prune": 1, "after_fine_tune": 2}[event.stage]
-            self._set_row(row, event.metrics)
+            self.table.set_row(row, event.metrics)
 
     def _redraw(self) -> None:
         b = self._buffers
@@ -391,7 +384,7 @@ class PrunePanel(QWidget):
             self._timer.stop()
             self._redraw()
             for row, stage in enumerate(("before", "after_prune", "after_fine_tune")):
-                self._set_row(row, getattr(repaired, stage))
+                self.table.set_row(row, getattr(repaired, stage))
             self.note.setText(
                 f"Pruned channels {repaired.pruned_channels} of {repaired.layer}; they stay exactly zero. "
                 f"Figures on {repaired.n_holdout} held-out clean images never used for fine-tuning."
@@ -405,10 +398,6 @@ class PrunePanel(QWidget):
         if started:
             self._timer.start()
         return started
-
-    def _set_row(self, row: int, metrics: Any) -> None:
-        for col, value in enumerate((metrics.clean_accuracy, metrics.attack_success_rate)):
-            self.table.setItem(row, col, QTableWidgetItem("—" if value is None else f"{value:.1%}"))
 
     # ----------------------------------------------------------------- save
 

@@ -30,13 +30,12 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from core.jobs import Progress
+from gui.before_after import BeforeAfterTable
 from gui.saving import ask_save_path, save_in_background
 from gui.images import to_pixmap
 
@@ -175,13 +174,7 @@ class VerdictPanel(QWidget):
         rform.addRow(self.repair_button)
         column.addWidget(rep)
 
-        self.table = QTableWidget(3, 2)
-        self.table.setHorizontalHeaderLabels(["Clean accuracy", "Attack success"])
-        self.table.setVerticalHeaderLabels(["Before", "After pruning", "After"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        for row in range(3):
-            self.table.setRowHeight(row, 28)
-        self.table.setFixedHeight(self.table.horizontalHeader().sizeHint().height() + 3 * 28 + 4)
+        self.table = BeforeAfterTable(["Before", "After pruning", "After"])
         column.addWidget(self.table)
         self.save_button = QPushButton("Save repaired model…")
         self.save_button.clicked.connect(self._ask_save)
@@ -354,7 +347,7 @@ class VerdictPanel(QWidget):
         elif isinstance(event, RepairStage):
             row = {"before": 0, "after_prune": 1, "after": 2}.get(event.stage)
             if row is not None:
-                self._set_row(row, event.metrics)
+                self.table.set_row(row, event.metrics)
 
     def _redraw(self) -> None:
         b = self._buffers
@@ -474,7 +467,7 @@ class VerdictPanel(QWidget):
             self._timer.stop()
             self._redraw()
             for stage in result.stages:
-                self._set_row({"before": 0, "after_prune": 1, "after": 2}[stage.stage], stage.metrics)
+                self.table.set_row({"before": 0, "after_prune": 1, "after": 2}[stage.stage], stage.metrics)
             self.note.setText(
                 f"{self.note.text()}\n\nRepair ({result.method}): clean accuracy on {result.n_holdout} held-out images; "
                 f"attack success on {result.asr_source}."
@@ -488,10 +481,6 @@ class VerdictPanel(QWidget):
         if started:
             self._timer.start()
         return started
-
-    def _set_row(self, row: int, metrics: Any) -> None:
-        for col, value in enumerate((metrics.clean_accuracy, metrics.attack_success_rate)):
-            self.table.setItem(row, col, QTableWidgetItem("—" if value is None else f"{value:.1%}"))
 
     # ----------------------------------------------------------------- save
 
