@@ -15,6 +15,7 @@ reported with the reason; they never stop a job.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -315,10 +316,13 @@ class FolderSource(DataSource):
         self.class_names = class_names
         if labels is not None:
             self.kind = "class folders"
+        self.listing_skipped: list[Skipped] = []  # links out, loops, repeats, special files
 
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
         for start in range(0, self.count, batch_size):
             images, sources, indices, labels, skipped = [], [], [], [], []
+            if start == 0:
+                skipped.extend(self.listing_skipped)
             for i in range(start, min(start + batch_size, self.count)):
                 file = self.files[i]
                 try:
@@ -337,33 +341,110 @@ class FolderSource(DataSource):
 
 
 def _open_folder(path: Path) -> FolderSource:
-    entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
-    subdirs = [p for p in entries if p.is_dir()]
+    """List a folder in either layout; links are resolved and every odd entry is listed in ``skipped``.
+
+    Anything a link leads to outside the chosen folder, a link loop, a second
+    path to a file or folder already listed, and anything that is not a
+    regular file or folder (FIFO, device, socket) is skipped with that reason
+    and never opened.
+    """
+    walker = _FolderWalker(path)
+    entries = walker.entries(path)
+    subdirs = [(p, real) for p, real in entries if real.is_dir()]
     if entries and len(subdirs) == len(entries):
-        names = [d.name for d in subdirs]
+        names = [d.name for d, _ in subdirs]
         if all(n.isdigit() for n in names):
             label_of = {n: int(n) for n in names}
         else:
             label_of = {n: i for i, n in enumerate(sorted(names))}
         files, labels = [], []
-        for d in subdirs:
-            for f in _walk_files(d):
+        for d, real in subdirs:
+            for f in walker.walk(d, real):
                 files.append(f)
                 labels.append(label_of[d.name])
         source = FolderSource(path, files, labels, sorted(names, key=lambda n: label_of[n]))
     else:
-        source = FolderSource(path, _walk_files(path), None, [])
+        source = FolderSource(path, walker.walk(path, walker.root, entries), None, [])
+    source.listing_skipped = walker.skipped
     if source.count == 0:
-        raise DataError(f"{path} holds no files to read")
+        reasons = f" ({len(walker.skipped)} skipped: {walker.skipped[0].reason})" if walker.skipped else ""
+        raise DataError(f"{path} holds no files to read{reasons}")
     return source
 
 
-def _walk_files(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return found
+class _FolderWalker:
+    """Walks a chosen folder without ever leaving it, looping, or listing a file twice."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.seen: set[Path] = {self.root}
+        self.skipped: list[Skipped] = []
+
+    def entries(self, folder: Path) -> list[tuple[Path, Path]]:
+        """(path as listed, resolved path) of the usable entries of ``folder``, sorted, hidden ones left out."""
+        try:
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        except OSError as exc:
+            self.skipped.append(Skipped(str(folder), f"cannot list: {exc.strerror or exc}"))
+            return []
+        kept = []
+        for name in names:
+            entry = folder / name
+            real = self._resolve(entry)
+            if real is not None:
+                kept.append((entry, real))
+        return kept
+
+    def walk(self, folder: Path, real_folder: Path, entries: Optional[list[tuple[Path, Path]]] = None) -> list[Path]:
+        found: list[Path] = []
+        stack = [(folder, entries)]
+        while stack:
+            current, listed = stack.pop()
+            listed = self.entries(current) if listed is None else listed
+            subfolders = []
+            for entry, real in listed:
+                if real.is_dir():
+                    subfolders.append((entry, None))
+                else:
+                    found.append(entry)
+            stack.extend(reversed(subfolders))
+        return found
+
+    def _resolve(self, entry: Path) -> Optional[Path]:
+        """The real path of ``entry`` if it may be listed, else None (with the reason in ``skipped``)."""
+        try:
+            real = Path(os.path.realpath(entry, strict=True))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._skip(entry, "symbolic link loop")
+            elif entry.is_symlink():
+                self._skip(entry, "broken symbolic link")
+            else:
+                self._skip(entry, f"cannot read: {exc.strerror or exc}")
+            return None
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            self._skip(entry, f"cannot read: {exc.strerror or exc}")
+            return None
+        via = f" (symbolic link to {real})" if entry.is_symlink() else ""
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            self._skip(entry, f"{safety.file_kind(mode)}, not a regular file{via}")
+            return None
+        if real != self.root and self.root not in real.parents:
+            self._skip(entry, f"symbolic link to {real}, outside the chosen folder")
+            return None
+        if stat.S_ISDIR(mode) and (real == self.root or real in entry.parent.resolve().parents or real == entry.parent.resolve()):
+            self._skip(entry, "symbolic link loop (leads back to a folder that contains it)")
+            return None
+        if real in self.seen:
+            self._skip(entry, f"repeats {real}, already listed")
+            return None
+        self.seen.add(real)
+        return real
+
+    def _skip(self, entry: Path, reason: str) -> None:
+        self.skipped.append(Skipped(str(entry), reason))
 
 
 # ------------------------------------------------------------------- images
@@ -382,14 +463,20 @@ def read_image(path: Path) -> np.ndarray:
     import cv2
 
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageUnreadable("empty file")
-        if size > MAX_IMAGE_FILE_BYTES:
-            raise ImageUnreadable(f"file too large for an image ({size >> 20} MiB)")
-        data = path.read_bytes()
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageUnreadable(f"{safety.file_kind(mode)}, not a regular file")
+        with safety.open_regular(path, ImageUnreadable) as handle:  # non-blocking open: a swapped-in FIFO cannot hang
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise ImageUnreadable("empty file")
+            if size > MAX_IMAGE_FILE_BYTES:
+                raise ImageUnreadable(f"file too large for an image ({size >> 20} MiB)")
+            data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
     except OSError as exc:
         raise ImageUnreadable(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise ImageUnreadable(f"file grew past {MAX_IMAGE_FILE_BYTES >> 20} MiB while being read")
     _check_complete(data)
     buffer = np.frombuffer(data, np.uint8)
     try:
