@@ -213,11 +213,10 @@ class HDF5Source(ArraySource):
     def open(cls, path: Path) -> "HDF5Source":
         import h5py
 
-        handle = safety.open_regular(path, DataError)
+        safety.open_regular(path, DataError).close()  # a regular file, not a FIFO or device (h5py would block on one)
         try:
-            h5 = h5py.File(handle, "r")
+            h5 = h5py.File(path, "r")
         except (OSError, ValueError) as exc:
-            handle.close()
             raise DataError(f"{path} is not a readable HDF5 file ({_short(exc)}): truncated or corrupt?") from None
         try:
             safety.scan_hdf5(h5, str(path), error=DataError)
@@ -236,16 +235,13 @@ class HDF5Source(ArraySource):
             src = cls(x, y, str(path))
             src.path = path
             src._h5 = h5
-            src._handle = handle
             return src
         except Exception:
             h5.close()
-            handle.close()
             raise
 
     def close(self) -> None:
         self._h5.close()
-        self._handle.close()
 
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
         for batch in super().batches(shape, batch_size):

@@ -146,8 +146,10 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 
 def _apply_limits(limits: dict) -> None:
-    import resource
-
+    try:
+        import resource
+    except ImportError:  # Windows: the timeout and the budget checks remain
+        return
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # each BLAS thread reserves address space
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if hasattr(signal, "SIGXFSZ"):

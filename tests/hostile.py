@@ -61,14 +61,36 @@ def repeated_deflate(chunk: bytes, times: int, zlib_wrapper: bool = False) -> tu
     block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
     tail = compressor.flush()
     if zlib_wrapper:
-        adler = 1
-        for _ in range(times):
-            adler = zlib.adler32(chunk, adler)
+        adler = _repeat_checksum(zlib.adler32(chunk), len(chunk), times, _adler_concat, initial=1)
         tail = tail[:-4] + adler.to_bytes(4, "big")
-    crc = 0
-    for _ in range(times):
-        crc = zlib.crc32(chunk, crc)
+    crc = _repeat_checksum(zlib.crc32(chunk), len(chunk), times, _crc_concat, initial=0)
     return head + block * times + tail, crc, len(chunk) * times
+
+
+def _repeat_checksum(single: int, length: int, times: int, concat, initial: int) -> int:
+    """Checksum of a block repeated ``times`` times, by doubling (O(log times) combines)."""
+    result, result_len, base, base_len = initial, 0, single, length
+    while times:
+        if times & 1:
+            result = base if result_len == 0 else concat(result, base, base_len)
+            result_len += base_len
+        base = concat(base, base, base_len)
+        base_len *= 2
+        times >>= 1
+    return result
+
+
+def _adler_concat(adler_a: int, adler_b: int, len_b: int) -> int:
+    """adler32(a + b) from the parts (zlib's adler32_combine, in Python)."""
+    base = 65521
+    rem = len_b % base
+    sum1 = adler_a & 0xFFFF
+    sum2 = (rem * sum1) % base
+    sum1 += (adler_b & 0xFFFF) + base - 1
+    sum2 += (adler_a >> 16) + (adler_b >> 16) + base - rem
+    sum1 %= base
+    sum2 %= base
+    return sum1 | (sum2 << 16)
 
 
 def ratio_chunk(ratio: int, size: int = 1 << 20, seed: int = 0) -> bytes:
