@@ -179,7 +179,11 @@ class ArraySource(DataSource):
         step = bounded_batch(self.x.shape[1:], shape, batch_size)
         for start in range(0, self.count, step):
             stop = min(start + step, self.count)
-            x = conform(_to_nhwc(np.asarray(self.x[start:stop]), layout), shape)
+            try:
+                stored = np.asarray(self.x[start:stop])
+            except (OSError, ValueError, RuntimeError) as exc:  # a damaged chunk deep inside an HDF5 file
+                raise DataError(f"{self.path}: images {start}-{stop - 1} cannot be read ({_short(exc)}): damaged file?") from None
+            x = conform(_to_nhwc(stored, layout), shape)
             y = None if self.y is None else self.y[start:stop]
             yield Batch(x, y, [f"{self.path}#{i}" for i in range(start, stop)], np.arange(start, stop))
 
