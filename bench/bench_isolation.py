@@ -47,6 +47,7 @@ def main() -> None:
         for path in paths:
             target = _target(path)
             inside, child = [], []
+            cpu_before = _children_cpu()
             for _ in range(5):
                 os.environ["TROJANSCOPE_ISOLATION"] = "0"
                 started = time.perf_counter()
@@ -56,11 +57,17 @@ def main() -> None:
                 started = time.perf_counter()
                 run_isolated(target, (str(path),), str(path), limits)
                 child.append(time.perf_counter() - started)
+            cpu = (_children_cpu() - cpu_before) / 5
             a, b = statistics.median(inside), statistics.median(child)
-            print(f"{path.name}: in-process {a:.3f} s, isolated child {b:.3f} s, ratio {b / max(a, 1e-9):.1f}x, "
-                  f"extra {b - a:.3f} s per load")
+            print(f"{path.name}: in-process {a:.3f} s, isolated child {b:.3f} s wall ({cpu:.3f} s CPU in the child), "
+                  f"ratio {b / max(a, 1e-9):.1f}x, extra {b - a:.3f} s per load; load average {os.getloadavg()[0]:.1f}")
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"peak resident memory of a scan child: {peak:.0f} MB")
+        print(f"peak resident memory of a scan child: {peak:.0f} MB (counts the parent's pages the child shared before exec)")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

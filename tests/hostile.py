@@ -288,7 +288,18 @@ def measure_refusal(kind: str, path: Path, tmp: Path, timeout: float = 120, env:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["tmp_left_mb"] = sum(f.stat().st_size for f in tmpdir.rglob("*") if f.is_file()) / 2**20
+    log = os.environ.get("TROJANSCOPE_HOSTILE_LOG")  # the numbers for a report: one JSON line per refusal
+    if log:
+        with open(log, "a") as handle:
+            handle.write(json.dumps({"file": Path(path).name, "file_mb": _size_mb(Path(path)), **result}) + "\n")
     return result
+
+
+def _size_mb(path: Path) -> float:
+    try:
+        return path.stat().st_size / 2**20 if path.is_file() else 0.0
+    except OSError:
+        return 0.0
 
 
 def allocate_forever() -> None:
