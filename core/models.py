@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core import safety
-from core.errors import ModelError, UnsafeModelError
+from core.errors import ModelError, UnsafeModelError, WeightsOnlyError
 from core.tf_env import keras as _keras
 
 
@@ -102,7 +102,7 @@ def load_model(path: str | Path, arch: str | Path | None = None) -> LoadedModel:
         _load_weights(model, scanned, path, Path(arch))
         return _describe(model, path, "weights+arch", scanned, arch_path=str(arch))
     if scanned.kind.startswith("h5-weights"):
-        raise ModelError(
+        raise WeightsOnlyError(
             f"{path} holds weights only (no model config): give the architecture with --arch OTHER_MODEL"
         )
     model = _load_full(scanned, path)
