@@ -8,6 +8,7 @@ and redraws the histograms, so 5,000 rows never mean 5,000 repaints.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -521,10 +522,8 @@ class StripPanel(QWidget):
         self._stop_streaming()
 
     def _stop_streaming(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, TypeError):  # not connected
             self.window.runner.cancelled.disconnect(self._on_cancel)
-        except (RuntimeError, TypeError):
-            pass
         self.flush_timer.stop()
         self._flush()
 

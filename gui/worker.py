@@ -46,7 +46,7 @@ class _Worker(QObject):
             self.cancelled.emit()
         except TrojanScopeError as exc:
             self.failed.emit(str(exc))
-        except Exception as exc:  # a bug: report it, never crash the window
+        except Exception as exc:  # noqa: BLE001 -- a bug: report it, never crash the window
             traceback.print_exc()
             self.failed.emit(f"Internal error ({type(exc).__name__}): {exc}")
         finally:
