@@ -217,7 +217,7 @@ class PrunePanel(QWidget):
     def run_sweep(self, then: Optional[Callable[[bool], None]] = None) -> bool:
         from core.data import load_arrays
         from core.evaluate import choose_scale
-        from core.pruning import sweep
+        from core.pruning import PruneSettings, sweep
 
         loaded = self.state.loaded
         clean = self.state.data.get("clean_valid") or self.state.data.get("clean_test")
@@ -233,8 +233,8 @@ class PrunePanel(QWidget):
             scale, _note = choose_scale(loaded, clean, requested_scale)
             cx = load_arrays(clean, loaded.input_shape)
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
-            result = yield from sweep(loaded, cx.x, cx.y, scale, layer, None if px is None else px.x,
-                                      None if px is None else px.y, target, max_drop)
+            result = yield from sweep(loaded, cx.x, cx.y, scale, PruneSettings(layer=layer, max_acc_drop=max_drop),
+                                      x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target)
             return result, (cx, px, scale)
 
         roles = [self.state.calibration_role(), "poisoned"]
@@ -340,7 +340,7 @@ class PrunePanel(QWidget):
     # --------------------------------------------------------------- repair
 
     def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
-        from core.pruning import repair
+        from core.pruning import PruneSettings, repair
 
         if self.sweep_result is None or self._arrays is None:
             return False
@@ -355,8 +355,9 @@ class PrunePanel(QWidget):
         roles = [self.state.calibration_role(), "poisoned"]
 
         def job():
-            return (yield from repair(loaded, result, cx.x, cx.y, count, None if px is None else px.x,
-                                      None if px is None else px.y, epochs, lr, batch, augment))
+            settings = PruneSettings(count=count, epochs=epochs, learning_rate=lr, batch_size=batch, augment=augment)
+            return (yield from repair(loaded, result, cx.x, cx.y, settings, x_poisoned=None if px is None else px.x,
+                                      y_poisoned=None if px is None else px.y))
 
         def finished(repaired: Any) -> None:
             self.repair_result = repaired

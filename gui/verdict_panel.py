@@ -413,7 +413,7 @@ class VerdictPanel(QWidget):
     def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
         """Repair with the chosen method, reusing this verdict's triggers."""
         from core.data import load_arrays
-        from core.repair import repair
+        from core.repair import RepairSettings, repair
 
         verdict = self.state.results.value(Kind.CLEANSE)  # the session's current verdict, not a stale one
         if verdict is None or self.state.loaded is None:
@@ -442,9 +442,8 @@ class VerdictPanel(QWidget):
             cx = load_arrays(clean, loaded.input_shape)
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
             return (yield from repair(
-                loaded, cx.x, cx.y, verdict.scale, method=method, verdict=verdict,
-                x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
-                fraction=fraction, epochs=epochs, learning_rate=lr, seed=seed,
+                loaded, cx.x, cx.y, verdict.scale, RepairSettings(method=method, fraction=fraction, epochs=epochs, learning_rate=lr, seed=seed),
+                verdict=verdict, x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
             ))
 
         roles = [self.state.calibration_role(), "poisoned"]
