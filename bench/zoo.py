@@ -339,7 +339,7 @@ def write_h5(path: Path, x_nhwc: np.ndarray, y: np.ndarray) -> None:
 
 def build_network(keras: Any, spec: ZooSpec) -> Any:
     """The spec's architecture on (28, 28, channels) inputs, softmax output."""
-    L = keras.layers
+    L = keras.layers  # noqa: N806 -- reads like the Keras examples
     inputs = keras.Input((IMAGE, IMAGE, spec.channels), name="input")
     x = L.Rescaling(1.0 / 255.0, name="rescale")(inputs) if spec.scale_inside else inputs
     if spec.arch == "plain":  # the demo's network
