@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import budget  # noqa: E402
-from core.isolation import run_isolated  # noqa: E402
+from core import budget
+from core.isolation import run_isolated
 
 
 def _files(folder: Path) -> list[Path]:

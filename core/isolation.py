@@ -16,6 +16,8 @@ Set ``TROJANSCOPE_ISOLATION=0`` to scan in-process (debugging only).
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import json
 import multiprocessing
@@ -161,10 +163,8 @@ def _apply_limits(limits: dict) -> None:
         soft, hard = resource.getrlimit(kind)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
-        try:
+        with contextlib.suppress(ValueError, OSError):  # a limit this platform will not lower
             resource.setrlimit(kind, (value, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def _serve(request: dict) -> list:
@@ -198,7 +198,7 @@ def _pipe_child(conn: Any, request: dict) -> None:
     """Entry point of the multiprocessing child (frozen app)."""
     try:
         conn.send(json.dumps(_serve(request)))
-    except Exception:  # noqa: BLE001  (the parent reports the death instead)
+    except Exception:  # noqa: BLE001, S110 -- the parent reports the child's silence as a refusal
         pass
     finally:
         conn.close()

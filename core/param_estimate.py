@@ -161,7 +161,7 @@ def _bias(c: dict) -> int:
     return 0 if c.get("use_bias") is False else 1
 
 
-def _spatial(s: Shape, rank: int, kernel: tuple[int, ...], strides: tuple[int, ...], padding: Any, dilation=None) -> tuple:
+def _spatial(s: Shape, rank: int, kernel: tuple[int, ...], strides: tuple[int, ...], padding: Any, dilation: Optional[tuple[int, ...]] = None) -> tuple:
     dims = list(s[:-1]) if s else [None] * rank
     dilation = dilation or (1,) * rank
     out = []

@@ -551,7 +551,8 @@ def inflate_member(
 def read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
     """Inflate one member into memory, never past ``limit`` (the directory can lie)."""
     data = inflate_member(archive, name, limit, source)
-    assert data is not None
+    if data is None:  # inflate_member keeps the bytes whenever it is asked to
+        raise UnsafeModelError(f"{source}: member {name} could not be read")
     return data
 
 

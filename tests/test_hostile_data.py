@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import zipfile
-from pathlib import Path
 
 import h5py
 import numpy as np
