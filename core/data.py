@@ -15,15 +15,21 @@ reported with the reason; they never stop a job.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from core import budget as budget_module
 from core import safety
+from core.budget import setting_hint, size_text
 from core.errors import DataError
+from core.isolation import run_isolated
 
 # OpenCV refuses to decode images above this many pixels (decompression bombs);
 # set before cv2 is imported anywhere.
@@ -33,6 +39,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 MAX_IMAGE_FILE_BYTES = 64 << 20
 MAX_IMAGE_SIDE = 8192
 DEFAULT_BATCH = 256
+MAX_BATCH_BYTES = 64 << 20  # one batch of float32 images, whatever the file declares
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,9 @@ class DataSource:
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release open files (HDF5 sources keep theirs open to stream batches)."""
+
     def describe(self) -> str:
         labels = "labelled" if self.labelled else "unlabelled"
         return f"{self.path.name}: {self.count} images ({self.kind}, {labels})"
@@ -90,29 +100,68 @@ class DataSource:
 
 
 def open_data(path: str | Path) -> DataSource:
-    """Open any supported data source; raise :class:`DataError` with the reason otherwise."""
+    """Open any supported data source; raise :class:`DataError` with the reason otherwise.
+
+    Only folders and regular files are opened (a FIFO would hang the read, a
+    device never ends). HDF5 and ``.npz`` files are first checked in a child
+    process with memory and time limits (:mod:`core.isolation`), then opened
+    here with every declared size checked against :mod:`core.budget`.
+    """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist")
-    if path.is_dir():
-        return _open_folder(path)
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(8192)
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        return _open_folder(path)
+    with safety.open_regular(path, DataError) as handle:
+        head = handle.read(8192)
     if not head:
         raise DataError(f"{path} is empty")
+    fmt = _file_format(path, head)
+    if fmt == "image":
+        return FolderSource(path, [path], None, [])
+    if fmt is None:
+        raise DataError(
+            f"{path} is not a data set TrojanScope reads: expected HDF5 (data/label or x/y), .npz (x/y) or a folder of images"
+        )
+    run_isolated("core.data:prescan", (str(path),), str(path), budget_module.current(), DataError)
+    return _open_file(path, fmt)
+
+
+def _file_format(path: Path, head: bytes) -> Optional[str]:
     fmt = safety.sniff_format(head)
     if fmt == "hdf5":
-        return HDF5Source.open(path)
+        return "hdf5"
     if fmt == "zip" or path.suffix.lower() == ".npz":
-        return NPZSource.open(path)
+        return "npz"
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return FolderSource(path, [path], None, [])
-    raise DataError(
-        f"{path} is not a data set TrojanScope reads: expected HDF5 (data/label or x/y), .npz (x/y) or a folder of images"
-    )
+        return "image"
+    return None
+
+
+def _open_file(path: Path, fmt: str) -> DataSource:
+    return HDF5Source.open(path) if fmt == "hdf5" else NPZSource.open(path)
+
+
+def prescan(path: str) -> None:
+    """Open a data file as :func:`open_data` would and read its first batch (run in the isolated child)."""
+    file = Path(path)
+    with safety.open_regular(file, DataError) as handle:
+        head = handle.read(8192)
+    fmt = _file_format(file, head)
+    if fmt not in ("hdf5", "npz"):
+        return None
+    source = _open_file(file, fmt)
+    try:
+        x = source.x
+        first = x[: min(len(x), 16)]
+        np.asarray(first)
+    finally:
+        source.close()
+    return None
 
 
 class ArraySource(DataSource):
@@ -127,11 +176,38 @@ class ArraySource(DataSource):
 
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
         layout = _layout(self.x.shape, shape, str(self.path))
-        for start in range(0, self.count, batch_size):
-            stop = min(start + batch_size, self.count)
-            x = conform(_to_nhwc(np.asarray(self.x[start:stop]), layout), shape)
+        step = bounded_batch(self.x.shape[1:], shape, batch_size)
+        for start in range(0, self.count, step):
+            stop = min(start + step, self.count)
+            try:
+                stored = np.asarray(self.x[start:stop])
+            except (OSError, ValueError, RuntimeError) as exc:  # a damaged chunk deep inside an HDF5 file
+                raise DataError(f"{self.path}: images {start}-{stop - 1} cannot be read ({_short(exc)}): damaged file?") from None
+            x = conform(_to_nhwc(stored, layout), shape)
             y = None if self.y is None else self.y[start:stop]
             yield Batch(x, y, [f"{self.path}#{i}" for i in range(start, stop)], np.arange(start, stop))
+
+
+def bounded_batch(image_shape: Sequence[int], model_shape: Sequence[int], batch_size: int) -> int:
+    """Images per batch so that one batch, as stored and as float32, stays under MAX_BATCH_BYTES."""
+    per_image = 4 * max(math.prod(int(n) for n in image_shape), math.prod(int(n) for n in model_shape), 1)
+    return max(1, min(batch_size, MAX_BATCH_BYTES // per_image))
+
+
+def _check_declared_images(path: Path, key: str, shape: Sequence[int], itemsize: int) -> None:
+    """Refuse absurd image counts and image sizes before anything is read."""
+    limits = budget_module.current()
+    if len(shape) not in (3, 4):
+        raise DataError(f"{path}: expected images shaped N,H,W,C or N,C,H,W in '{key}'; received shape {tuple(shape)}")
+    count = int(shape[0])
+    if count > limits.max_images:
+        raise DataError(
+            f"refusing to open {path}: '{key}' declares {count:,} images, over the limit of {limits.max_images:,}; "
+            f"{setting_hint('images')}"
+        )
+    dims = [int(n) for n in shape[1:]]
+    if any(n > MAX_IMAGE_SIDE for n in dims):
+        raise DataError(f"refusing to open {path}: '{key}' declares images of {'x'.join(map(str, dims))} (absurd dimensions)")
 
 
 class HDF5Source(ArraySource):
@@ -141,6 +217,7 @@ class HDF5Source(ArraySource):
     def open(cls, path: Path) -> "HDF5Source":
         import h5py
 
+        safety.open_regular(path, DataError).close()  # a regular file, not a FIFO or device (h5py would block on one)
         try:
             h5 = h5py.File(path, "r")
         except (OSError, ValueError) as exc:
@@ -151,11 +228,13 @@ class HDF5Source(ArraySource):
             x = h5[x_key]
             if not isinstance(x, h5py.Dataset) or x.dtype.kind not in "uif":
                 raise DataError(f"{path}: '{x_key}' must be a numeric array of images; received {getattr(x, 'dtype', type(x))}")
+            _check_declared_images(path, x_key, x.shape, x.dtype.itemsize)
             y = None
             if y_key is not None:
                 y = h5[y_key]
                 if not isinstance(y, h5py.Dataset) or y.dtype.kind not in "uif":
                     raise DataError(f"{path}: '{y_key}' must be a numeric array of labels")
+                _check_label_shape(path, y_key, y.shape, y.dtype.itemsize, len(x))
                 y = y[()]
             src = cls(x, y, str(path))
             src.path = path
@@ -165,10 +244,26 @@ class HDF5Source(ArraySource):
             h5.close()
             raise
 
+    def close(self) -> None:
+        self._h5.close()
+
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
         for batch in super().batches(shape, batch_size):
             batch.sources = [str(self.path)] * len(batch.indices)
             yield batch
+
+
+def _check_label_shape(path: Path, key: str, shape: Sequence[int], itemsize: int, images: int) -> None:
+    """Labels are read whole: their declared size must fit, and match the images, before reading."""
+    if not shape or int(shape[0]) != images:
+        raise DataError(f"{path}: {images} images but {int(shape[0]) if shape else 0} labels ('{key}' is shaped {tuple(shape)})")
+    nbytes = math.prod(int(n) for n in shape) * itemsize
+    limit = budget_module.current().memory_bytes
+    if nbytes > limit or (len(shape) == 2 and int(shape[1]) > 100_000) or len(shape) > 2:
+        raise DataError(
+            f"refusing to open {path}: '{key}' declares labels shaped {tuple(shape)} ({size_text(nbytes)}); "
+            "expected one label (or one one-hot row) per image"
+        )
 
 
 class NPZSource(ArraySource):
@@ -176,20 +271,24 @@ class NPZSource(ArraySource):
 
     @classmethod
     def open(cls, path: Path) -> "NPZSource":
-        safety.scan_zip(path, str(path), error=DataError, broken=DataError)
-        try:
-            npz = np.load(path, allow_pickle=False)
-            if "config.json" in npz.files:
+        limit = budget_module.current().memory_bytes
+        with safety.open_regular(path, DataError) as handle:
+            archive = safety.scan_zip(handle, str(path), error=DataError, broken=DataError, member_limit=limit)
+            files = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
+            if "config.json" in archive.namelist():
                 raise DataError(f"{path} is a Keras model archive, not a data set: expected .npz arrays x/y")
-            x_key, y_key = _pick_keys([k for k in npz.files], path)
-            x = npz[x_key]
-            y = npz[y_key] if y_key is not None else None
-        except DataError:
-            raise
-        except (ValueError, OSError, EOFError, KeyError) as exc:
-            raise DataError(f"{path} is not a readable .npz file ({_short(exc)}): truncated, corrupt or pickled?") from None
-        if x.dtype.kind not in "uif":
-            raise DataError(f"{path}: '{x_key}' must be a numeric array of images; received dtype {x.dtype}")
+            x_key, y_key = _pick_keys(list(files), path)
+            x_header = safety.npz_member_header(archive, files[x_key], str(path), DataError)
+            if x_header.dtype.kind not in "uif":
+                raise DataError(f"{path}: '{x_key}' must be a numeric array of images; received dtype {x_header.dtype}")
+            _check_declared_images(path, x_key, x_header.shape, x_header.dtype.itemsize)
+            if y_key is not None:
+                y_header = safety.npz_member_header(archive, files[y_key], str(path), DataError)
+                if y_header.dtype.kind not in "uif":
+                    raise DataError(f"{path}: '{y_key}' must be a numeric array of labels; received dtype {y_header.dtype}")
+                _check_label_shape(path, y_key, y_header.shape, y_header.dtype.itemsize, x_header.shape[0])
+            x = safety.read_npz_array(archive, files[x_key], str(path), limit, DataError)
+            y = safety.read_npz_array(archive, files[y_key], str(path), limit, DataError) if y_key is not None else None
         src = cls(x, y, str(path))
         src.path = path
         return src
@@ -217,10 +316,13 @@ class FolderSource(DataSource):
         self.class_names = class_names
         if labels is not None:
             self.kind = "class folders"
+        self.listing_skipped: list[Skipped] = []  # links out, loops, repeats, special files
 
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
         for start in range(0, self.count, batch_size):
             images, sources, indices, labels, skipped = [], [], [], [], []
+            if start == 0:
+                skipped.extend(self.listing_skipped)
             for i in range(start, min(start + batch_size, self.count)):
                 file = self.files[i]
                 try:
@@ -239,33 +341,110 @@ class FolderSource(DataSource):
 
 
 def _open_folder(path: Path) -> FolderSource:
-    entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
-    subdirs = [p for p in entries if p.is_dir()]
+    """List a folder in either layout; links are resolved and every odd entry is listed in ``skipped``.
+
+    Anything a link leads to outside the chosen folder, a link loop, a second
+    path to a file or folder already listed, and anything that is not a
+    regular file or folder (FIFO, device, socket) is skipped with that reason
+    and never opened.
+    """
+    walker = _FolderWalker(path)
+    entries = walker.entries(path)
+    subdirs = [(p, real) for p, real in entries if real.is_dir()]
     if entries and len(subdirs) == len(entries):
-        names = [d.name for d in subdirs]
+        names = [d.name for d, _ in subdirs]
         if all(n.isdigit() for n in names):
             label_of = {n: int(n) for n in names}
         else:
             label_of = {n: i for i, n in enumerate(sorted(names))}
         files, labels = [], []
-        for d in subdirs:
-            for f in _walk_files(d):
+        for d, real in subdirs:
+            for f in walker.walk(d, real):
                 files.append(f)
                 labels.append(label_of[d.name])
         source = FolderSource(path, files, labels, sorted(names, key=lambda n: label_of[n]))
     else:
-        source = FolderSource(path, _walk_files(path), None, [])
+        source = FolderSource(path, walker.walk(path, walker.root, entries), None, [])
+    source.listing_skipped = walker.skipped
     if source.count == 0:
-        raise DataError(f"{path} holds no files to read")
+        reasons = f" ({len(walker.skipped)} skipped: {walker.skipped[0].reason})" if walker.skipped else ""
+        raise DataError(f"{path} holds no files to read{reasons}")
     return source
 
 
-def _walk_files(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return found
+class _FolderWalker:
+    """Walks a chosen folder without ever leaving it, looping, or listing a file twice."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.seen: set[Path] = {self.root}
+        self.skipped: list[Skipped] = []
+
+    def entries(self, folder: Path) -> list[tuple[Path, Path]]:
+        """(path as listed, resolved path) of the usable entries of ``folder``, sorted, hidden ones left out."""
+        try:
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        except OSError as exc:
+            self.skipped.append(Skipped(str(folder), f"cannot list: {exc.strerror or exc}"))
+            return []
+        kept = []
+        for name in names:
+            entry = folder / name
+            real = self._resolve(entry)
+            if real is not None:
+                kept.append((entry, real))
+        return kept
+
+    def walk(self, folder: Path, real_folder: Path, entries: Optional[list[tuple[Path, Path]]] = None) -> list[Path]:
+        found: list[Path] = []
+        stack = [(folder, entries)]
+        while stack:
+            current, listed = stack.pop()
+            listed = self.entries(current) if listed is None else listed
+            subfolders = []
+            for entry, real in listed:
+                if real.is_dir():
+                    subfolders.append((entry, None))
+                else:
+                    found.append(entry)
+            stack.extend(reversed(subfolders))
+        return found
+
+    def _resolve(self, entry: Path) -> Optional[Path]:
+        """The real path of ``entry`` if it may be listed, else None (with the reason in ``skipped``)."""
+        try:
+            real = Path(os.path.realpath(entry, strict=True))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._skip(entry, "symbolic link loop")
+            elif entry.is_symlink():
+                self._skip(entry, "broken symbolic link")
+            else:
+                self._skip(entry, f"cannot read: {exc.strerror or exc}")
+            return None
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            self._skip(entry, f"cannot read: {exc.strerror or exc}")
+            return None
+        via = f" (symbolic link to {real})" if entry.is_symlink() else ""
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            self._skip(entry, f"{safety.file_kind(mode)}, not a regular file{via}")
+            return None
+        if real != self.root and self.root not in real.parents:
+            self._skip(entry, f"symbolic link to {real}, outside the chosen folder")
+            return None
+        if stat.S_ISDIR(mode) and (real == self.root or real in entry.parent.resolve().parents or real == entry.parent.resolve()):
+            self._skip(entry, "symbolic link loop (leads back to a folder that contains it)")
+            return None
+        if real in self.seen:
+            self._skip(entry, f"repeats {real}, already listed")
+            return None
+        self.seen.add(real)
+        return real
+
+    def _skip(self, entry: Path, reason: str) -> None:
+        self.skipped.append(Skipped(str(entry), reason))
 
 
 # ------------------------------------------------------------------- images
@@ -284,14 +463,20 @@ def read_image(path: Path) -> np.ndarray:
     import cv2
 
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageUnreadable("empty file")
-        if size > MAX_IMAGE_FILE_BYTES:
-            raise ImageUnreadable(f"file too large for an image ({size >> 20} MiB)")
-        data = path.read_bytes()
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageUnreadable(f"{safety.file_kind(mode)}, not a regular file")
+        with safety.open_regular(path, ImageUnreadable) as handle:  # non-blocking open: a swapped-in FIFO cannot hang
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise ImageUnreadable("empty file")
+            if size > MAX_IMAGE_FILE_BYTES:
+                raise ImageUnreadable(f"file too large for an image ({size >> 20} MiB)")
+            data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
     except OSError as exc:
         raise ImageUnreadable(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise ImageUnreadable(f"file grew past {MAX_IMAGE_FILE_BYTES >> 20} MiB while being read")
     _check_complete(data)
     buffer = np.frombuffer(data, np.uint8)
     try:

@@ -30,6 +30,10 @@ class ModelError(TrojanScopeError):
     """The model cannot be read or is not an image classifier we can analyse."""
 
 
+class WeightsOnlyError(ModelError):
+    """The file holds weights but no architecture: the analyst must name a model file that has one."""
+
+
 class DataError(TrojanScopeError):
     """A data file or folder cannot be read, or does not fit the model."""
 

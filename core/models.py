@@ -4,9 +4,12 @@ Formats: Keras 3 ``.keras`` archives, legacy Keras 2 full-model ``.h5`` files,
 and weights-only ``.h5`` files (legacy ``layer_names`` layout or Keras 3
 ``.weights.h5``) loaded onto the architecture of another model file.
 
-Every file is read into memory and scanned by :mod:`core.safety` first;
-Keras then loads a private temporary copy of exactly those bytes with
-``compile=False`` and ``safe_mode=True`` (the second wall).
+Every file is read into memory and scanned by :mod:`core.safety` first, in a
+child process with memory and time limits (:mod:`core.isolation`), with every
+declared size checked against :mod:`core.budget` (weights, zip members, the
+weights the architecture will allocate); Keras then loads a private temporary
+copy of exactly the bytes scanned with ``compile=False`` and
+``safe_mode=True`` (the second wall).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from core import budget as budget_module
 from core import safety
-from core.errors import ModelError, UnsafeModelError
+from core.budget import Budget, setting_hint, size_text
+from core.errors import ModelError, UnsafeModelError, WeightsOnlyError
+from core.isolation import run_isolated
 from core.jobs import Job
 from core.tf_env import keras as _keras
 
@@ -96,14 +102,14 @@ class _Scanned:
 def load_model(path: str | Path, arch: str | Path | None = None) -> LoadedModel:
     """Scan and load a model; with ``arch``, ``path`` supplies only the weights."""
     path = Path(path)
-    scanned = _scan(path)
+    scanned = _scan_isolated(path)
     if arch is not None:
         base = load_model(arch)
         model = base.model
         _load_weights(model, scanned, path, Path(arch))
         return _describe(model, path, "weights+arch", scanned, arch_path=str(arch))
     if scanned.kind.startswith("h5-weights"):
-        raise ModelError(
+        raise WeightsOnlyError(
             f"{path} holds weights only (no model config): give a model file of the same network for its architecture",
             fixed_by=("architecture",),
         )
@@ -111,46 +117,102 @@ def load_model(path: str | Path, arch: str | Path | None = None) -> LoadedModel:
     return _describe(model, path, "keras" if scanned.kind == "keras" else "h5", scanned)
 
 
-def scan_model_file(path: str | Path) -> str:
-    """Scan without loading; returns the detected kind. Raises on anything unsafe."""
-    return _scan(Path(path)).kind
-
-
 # ------------------------------------------------------------------ scanning
 
 
-def _scan(path: Path) -> _Scanned:
+def _scan_isolated(path: Path) -> _Scanned:
+    """Scan in a limited child process (:mod:`core.isolation`), then keep exactly the bytes it scanned.
+
+    The parent reads the file once; the child reads and scans it and returns
+    the SHA-256 of what it scanned, so a file swapped between the two reads is
+    refused rather than loaded unscanned.
+    """
+    data = safety.read_limited(path)
+    kind, version, digest = run_isolated("core.models:prescan", (str(path),), str(path), budget_module.current(), ModelError)
+    if digest != hashlib.sha256(data).hexdigest():
+        raise ModelError(f"{path} changed while it was being checked: refusing to load it")
+    return _Scanned(data, kind, version)
+
+
+def prescan(path: str) -> tuple[str, Optional[str], str]:
+    """The whole scan of one model file: (kind, Keras version, SHA-256 of the bytes scanned).
+
+    Runs in the isolated child; never imports TensorFlow.
+    """
+    scanned = _scan(Path(path))
+    return scanned.kind, scanned.keras_version, hashlib.sha256(scanned.data).hexdigest()
+
+
+def _scan(path: Path, budget: Optional[Budget] = None) -> _Scanned:
+    budget = budget or budget_module.current()
     data = safety.read_limited(path)
     fmt = safety.sniff_format(data[:8192])
     if fmt == "zip":
-        return _scan_keras_archive(data, path)
+        return _scan_keras_archive(data, path, budget)
     if fmt == "hdf5":
-        return _scan_h5(data, path)
+        return _scan_h5(data, path, budget)
     raise ModelError(
         f"{path} is not a Keras model: expected a .keras archive (zip) or an .h5 file (HDF5); "
         f"it starts with {data[:8]!r}"
     )
 
 
-def _scan_keras_archive(data: bytes, path: Path) -> _Scanned:
-    archive = safety.scan_zip(data, str(path))
-    names = set(archive.namelist())
+# Bytes a weight costs once Keras's npz store turns it into Python lists
+# (``tolist()``): an 8-byte list slot and a 24-byte float object.
+PYTHON_FLOAT_BYTES = 32
+
+
+def _scan_keras_archive(data: bytes, path: Path, budget: Budget) -> _Scanned:
+    source = str(path)
+    archive = safety.scan_zip(data, source, member_limit=budget.memory_bytes)
+    infos = archive.infolist()
+    names = {info.filename for info in infos}
     if "config.json" not in names:
         raise ModelError(f"{path} is a zip archive but not a .keras model (no config.json inside)")
-    raw = safety.read_member(archive, "config.json", safety.MAX_CONFIG_BYTES, str(path))
-    safety.check_config(safety.parse_config_json(raw, str(path)), str(path))
+    declared = sum(info.file_size for info in infos)
+    if len(infos) > 3 and declared > budget.disk_bytes:
+        raise UnsafeModelError(
+            f"refusing to load {path}: Keras would extract its {len(infos)} members "
+            f"({size_text(declared)}) to the temporary folder, over the disk budget of {budget.disk_gb}; "
+            f"{setting_hint('disk')}"
+        )
+    raw = safety.read_member(archive, "config.json", safety.MAX_CONFIG_BYTES, source)
+    config = safety.parse_config_json(raw, source)
+    safety.check_config(config, source)
+    safety.check_architecture(config, source, budget)
     version = None
     if "metadata.json" in names:
         try:
-            meta = json.loads(safety.read_member(archive, "metadata.json", 1 << 20, str(path)))
-            version = meta.get("keras_version")
-        except ValueError:
+            meta = json.loads(safety.read_member(archive, "metadata.json", 1 << 20, source))
+            version = meta.get("keras_version") if isinstance(meta, dict) else None
+        except (ValueError, RecursionError):
             pass
-    for name in names:
+    for info in infos:
+        name = info.filename
         if name.endswith(".h5"):
-            member = safety.read_member(archive, name, safety.MAX_MEMBER_BYTES, str(path))
-            _scan_h5_bytes(member, f"{path}:{name}")
+            member = safety.read_member(archive, name, budget.memory_bytes, source)
+            _scan_h5_bytes(member, f"{path}:{name}", budget.memory_bytes).close()
+        elif name.endswith(".npz"):
+            _scan_weights_npz(safety.read_member(archive, name, budget.memory_bytes, source), f"{path}:{name}", budget)
+        elif name not in ("config.json", "metadata.json"):
+            safety.inflate_member(archive, name, budget.disk_bytes, source, keep=False)
     return _Scanned(data, "keras", version)
+
+
+def _scan_weights_npz(data: bytes, source: str, budget: Budget) -> None:
+    """Keras's npz weight store: numbers only, and small enough once turned into Python lists."""
+    inner = safety.scan_zip(data, source, member_limit=budget.memory_bytes, total_limit=budget.memory_bytes)
+    total = 0
+    for info in inner.infolist():
+        header = safety.npz_member_header(inner, info.filename, source)
+        total += header.count
+        if total * PYTHON_FLOAT_BYTES > budget.memory_bytes:
+            raise UnsafeModelError(
+                f"refusing to load {source}: its weights declare {total:,} values, which Keras's npz loader "
+                f"expands to Python lists of {size_text(total * PYTHON_FLOAT_BYTES)}, over the memory budget of "
+                f"{budget.memory_gb}; {setting_hint('memory')}"
+            )
+        safety.inflate_member(inner, info.filename, budget.memory_bytes, source, keep=False)
 
 
 def _open_h5_bytes(data: bytes, source: str) -> Any:
@@ -162,23 +224,24 @@ def _open_h5_bytes(data: bytes, source: str) -> Any:
         raise ModelError(f"{source} is not a readable HDF5 file ({exc}): truncated or corrupt?") from None
 
 
-def _scan_h5_bytes(data: bytes, source: str) -> Any:
+def _scan_h5_bytes(data: bytes, source: str, total_limit: int) -> Any:
     h5 = _open_h5_bytes(data, source)
     try:
-        safety.scan_hdf5(h5, source)
+        safety.scan_hdf5(h5, source, total_limit=total_limit)
     except Exception:
         h5.close()
         raise
     return h5
 
 
-def _scan_h5(data: bytes, path: Path) -> _Scanned:
-    with _scan_h5_bytes(data, str(path)) as h5:
+def _scan_h5(data: bytes, path: Path, budget: Budget) -> _Scanned:
+    with _scan_h5_bytes(data, str(path), budget.memory_bytes) as h5:
         attrs = h5.attrs
         version = _attr_str(attrs.get("keras_version"))
         if "model_config" in attrs:
             config = safety.parse_config_json(_attr_str(attrs["model_config"]) or "", str(path))
             safety.check_config(config, str(path))
+            safety.check_architecture(config, str(path), budget)
             return _Scanned(data, "h5-model", version)
         if "layer_names" in attrs:
             return _Scanned(data, "h5-weights-legacy", version)

@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
+import re
+import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, BinaryIO, Optional
 
+from core import budget as budget_module
+from core.budget import MAX_CHUNK_BYTES, Budget, setting_hint, size_text
 from core.errors import ModelError, UnsafeModelError
+from core.param_estimate import estimate_params
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -43,6 +51,10 @@ MAX_ARCHIVE_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 8 << 30
 MAX_COMPRESSION_RATIO = 200  # zip bombs inflate by 1000x and more
 MAX_DATASET_BYTES = 64 << 30
+MAX_JSON_DEPTH = 100
+INFLATE_STEP = 1 << 20
+MAX_HDF5_OBJECTS = 100_000
+UNCHECKED_DATASET_BYTES = 1 << 20  # below this, a data set cannot hurt
 
 # Exactly the Keras layer classes a saved image classifier may use. Left out
 # on purpose: Lambda (marshalled Python bytecode), the bare Layer base,
@@ -141,19 +153,53 @@ def sniff_format(head: bytes) -> str:
     return "unknown"
 
 
-def read_limited(path: Path, limit: int = MAX_MODEL_BYTES) -> bytes:
-    """Read a whole file, refusing absurd sizes before reading them."""
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words an analyst recognises."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_regular(path: Path, error: type = ModelError) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (links followed).
+
+    Opened non-blocking and checked with ``fstat`` on the open descriptor, so
+    a FIFO cannot hang the open and a file swapped for a device after a
+    ``stat`` is still refused.
+    """
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not path.is_file():
-        raise ModelError(f"{path} is not a file")
-    if size == 0:
-        raise ModelError(f"{path} is empty")
-    if size > limit:
-        raise ModelError(f"{path} is {size / 2**30:.1f} GiB, over the {limit / 2**30:.0f} GiB limit for a model")
-    return path.read_bytes()
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{path} is {file_kind(mode)}, not a regular file: refusing to read it")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_limited(path: Path, limit: int = MAX_MODEL_BYTES, error: type = ModelError) -> bytes:
+    """Read a whole regular file, refusing special files and absurd sizes before reading."""
+    with open_regular(path, error) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise error(f"{path} is empty")
+        if size > limit:
+            raise error(f"{path} is {size / 2**30:.1f} GiB, over the {limit / 2**30:.0f} GiB limit for a model")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path} grew past the {limit / 2**30:.0f} GiB limit while being read")
+    return data
 
 
 # --------------------------------------------------------------------- configs
@@ -233,20 +279,77 @@ def _check_object(node: dict, finding: ConfigFinding, layer_name: Optional[str],
     return name
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of ``raw`` JSON, counted without recursion (strings skipped)."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', raw)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def parse_config_json(raw: bytes | str, source: str) -> Any:
+    """Parse a model config, refusing huge or absurdly nested JSON before parsing it.
+
+    Python's ``json`` recurses once per level and raises RecursionError (an
+    internal error, not a refusal) around a thousand levels; Keras configs
+    nest a few dozen deep at most.
+    """
     if len(raw) > MAX_CONFIG_BYTES:
         raise UnsafeModelError(f"refusing to load {source}: its model config is {len(raw) >> 20} MiB, over the {MAX_CONFIG_BYTES >> 20} MiB limit")
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise UnsafeModelError(
+            f"refusing to load {source}: its model config is nested {depth} levels deep; "
+            f"expected at most {MAX_JSON_DEPTH} (a Keras config nests a few dozen)"
+        )
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{source}: the model config is not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"{source}: the model config is not valid JSON ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def check_architecture(config: Any, source: str, budget: Optional[Budget] = None) -> int:
+    """Refuse a config whose layers would allocate more weights than the memory budget.
+
+    Keras allocates every weight while building the model from its config,
+    before any stored weight is read (see :mod:`core.param_estimate`).
+    """
+    budget = budget or budget_module.current()
+    params = estimate_params(config)
+    nbytes = params * 4  # float32, the smallest dtype Keras builds weights in by default
+    if nbytes > budget.memory_bytes:
+        raise UnsafeModelError(
+            f"refusing to load {source}: its architecture declares {params:,} weights "
+            f"({size_text(nbytes)} to allocate before any weight is read), over the memory budget of "
+            f"{budget.memory_gb}; {setting_hint('memory')}"
+        )
+    return params
 
 
 # ------------------------------------------------------------------------ HDF5
 
 
-def scan_hdf5(h5file: Any, source: str, error: type = UnsafeModelError, max_ratio: float = 1000.0) -> None:
-    """Refuse links and storage that lead outside the file, and bombs.
+def scan_hdf5(
+    h5file: Any, source: str, error: type = UnsafeModelError, max_ratio: float = 1000.0, total_limit: Optional[int] = None
+) -> int:
+    """Refuse links and storage that lead outside the file, and bombs; return the declared bytes.
+
+    ``total_limit`` caps the declared size of all data sets together (a model's
+    weights are all read into memory; data files are read in batches instead).
 
     ``h5file`` is an open ``h5py.File``. Soft links are refused too: Keras
     never writes them, and refusing them keeps the walk free of cycles.
@@ -277,7 +380,15 @@ def scan_hdf5(h5file: Any, source: str, error: type = UnsafeModelError, max_rati
             if size > MAX_ATTRIBUTE_BYTES:
                 problems.append(f"attribute '{attr_name}' of '{name}' is {size >> 20} MiB")
 
+    declared_total = [0]
+    objects = [0]
+
     def visit_obj(name: str, obj: Any) -> None:
+        objects[0] += 1
+        if objects[0] > MAX_HDF5_OBJECTS:
+            if objects[0] == MAX_HDF5_OBJECTS + 1:
+                problems.append(f"it holds more than {MAX_HDF5_OBJECTS:,} groups and data sets")
+            return
         check_attrs(name, obj)
         if not isinstance(obj, h5py.Dataset):
             return
@@ -287,16 +398,10 @@ def scan_hdf5(h5file: Any, source: str, error: type = UnsafeModelError, max_rati
         if obj.is_virtual:
             problems.append(f"data set '{name}' is a virtual data set mapped from other files")
             return
-        nbytes = obj.size * obj.dtype.itemsize
-        if nbytes > MAX_DATASET_BYTES:
-            problems.append(f"data set '{name}' claims {nbytes / 2**30:.0f} GiB")
-            return
-        stored = obj.id.get_storage_size()
-        compressed = obj.compression is not None or obj.chunks is not None
-        if compressed and nbytes > (64 << 20) and nbytes > max_ratio * max(stored, 1):
-            problems.append(
-                f"data set '{name}' would inflate {stored} stored bytes to {nbytes >> 20} MiB (compression bomb?)"
-            )
+        problem = _dataset_problem(name, obj, max_ratio)
+        if problem:
+            problems.append(problem)
+        declared_total[0] += _declared_bytes(obj)
 
     try:
         check_attrs("/", h5file)
@@ -305,56 +410,254 @@ def scan_hdf5(h5file: Any, source: str, error: type = UnsafeModelError, max_rati
         raise error(f"{source} has a damaged HDF5 structure ({exc}): truncated or corrupt?") from None
     if problems:
         raise error(f"refusing to open {source}: {problems[0]}")
+    if total_limit is not None and declared_total[0] > total_limit:
+        raise error(
+            f"refusing to open {source}: its data sets declare {size_text(declared_total[0])} in all, "
+            f"over the memory budget of {size_text(total_limit)}; {setting_hint('memory')}"
+        )
+    return declared_total[0]
+
+
+def _declared_bytes(dataset: Any) -> int:
+    return int(math.prod(int(n) for n in dataset.shape or ())) * int(dataset.dtype.itemsize) if dataset.shape else int(dataset.dtype.itemsize)
+
+
+def _dataset_problem(name: str, dataset: Any, max_ratio: float) -> Optional[str]:
+    """Why reading this data set would cost far more than the file holds, or None.
+
+    The declared size counts whether or not the data was ever written: HDF5
+    hands back fill values for storage that was never allocated, so a few-KB
+    file can declare gigabytes (allocated late, never written), and one
+    compressed chunk is inflated whole even to read a single value.
+    """
+    nbytes = _declared_bytes(dataset)
+    if nbytes > MAX_DATASET_BYTES:
+        return f"data set '{name}' declares {size_text(nbytes)}"
+    if dataset.chunks is not None:
+        chunk = int(math.prod(dataset.chunks)) * int(dataset.dtype.itemsize)
+        if chunk > MAX_CHUNK_BYTES:
+            return (
+                f"data set '{name}' is stored in chunks of {size_text(chunk)} "
+                f"(over {size_text(MAX_CHUNK_BYTES)}): reading one value would inflate a whole chunk"
+            )
+    if nbytes <= UNCHECKED_DATASET_BYTES:
+        return None
+    stored = dataset.id.get_storage_size()
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    if not filtered and stored < nbytes // 2:
+        return (
+            f"data set '{name}' declares {size_text(nbytes)} but stores only {size_text(stored)} "
+            "(never written: reading it would allocate fill values)"
+        )
+    if filtered and nbytes > max_ratio * max(stored, 1):
+        return f"data set '{name}' would inflate {size_text(stored)} stored to {size_text(nbytes)} (compression bomb?)"
+    return None
 
 
 # ------------------------------------------------------------------------- zip
 
 
-def scan_zip(data: bytes | Path, source: str, error: type = UnsafeModelError, broken: type = ModelError) -> zipfile.ZipFile:
+def scan_zip(
+    data: bytes | Path | BinaryIO,
+    source: str,
+    error: type = UnsafeModelError,
+    broken: type = ModelError,
+    member_limit: int = MAX_MEMBER_BYTES,
+    total_limit: Optional[int] = None,
+) -> zipfile.ZipFile:
     """Open a zip archive after checking its directory; nothing is inflated yet.
 
     ``error`` is raised for dangerous content, ``broken`` for damaged archives.
+    Each member's declared size must fit ``member_limit`` and all together
+    ``total_limit``; the sizes are only claims, which :func:`inflate_member`
+    holds them to while inflating.
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise broken(f"{source} is not a readable zip archive ({exc}): truncated or corrupt?") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise broken(f"{source} is not a readable zip archive ({_first_line(exc)}): truncated or corrupt?") from None
     infos = archive.infolist()
     if len(infos) > MAX_ARCHIVE_MEMBERS:
         raise error(f"refusing to open {source}: it holds {len(infos)} members")
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise error(f"refusing to open {source}: member '{twice}' appears twice (which one is read depends on the reader)")
+    total = 0
     for info in infos:
         name = info.filename
         if name.startswith("/") or ".." in Path(name).parts or "\\" in name:
             raise error(f"refusing to open {source}: member '{name}' has an unsafe path")
-        if info.file_size > MAX_MEMBER_BYTES:
-            raise error(f"refusing to open {source}: member '{name}' claims {info.file_size >> 20} MiB")
+        if info.flag_bits & 0x1:
+            raise error(f"refusing to open {source}: member '{name}' is encrypted (models and data are never encrypted)")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise broken(
+                f"{source}: member '{name}' uses compression method {info.compress_type}; expected stored or deflate"
+            )
+        if info.file_size > member_limit:
+            raise error(
+                f"refusing to open {source}: member '{name}' declares {size_text(info.file_size)}, "
+                f"over the limit of {size_text(member_limit)}; {setting_hint('memory')}"
+            )
         if info.file_size > (1 << 20) and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
             raise error(
                 f"refusing to open {source}: member '{name}' would inflate {info.compress_size} bytes "
                 f"to {info.file_size >> 20} MiB (zip bomb?)"
             )
+        total += info.file_size
+    if total_limit is not None and total > total_limit:
+        raise error(
+            f"refusing to open {source}: its members declare {size_text(total)} in all, "
+            f"over the limit of {size_text(total_limit)}; {setting_hint('memory')}"
+        )
     return archive
 
 
-def read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
-    """Inflate one member, never past ``limit`` (the directory can lie)."""
+def inflate_member(
+    archive: zipfile.ZipFile, name: str, limit: int, source: str, keep: bool = True, broken: type = ModelError
+) -> Optional[bytes]:
+    """Inflate one member with a running byte count that stops at ``limit``.
+
+    The central directory's sizes can lie: zipfile stops at the declared size
+    and checks the CRC at the end, so a member that inflates to more or less
+    than it declares, or whose CRC does not match, is refused here as damaged.
+    With ``keep=False`` nothing is held in memory (a verification pass).
+    """
     info = archive.getinfo(name)
     if info.file_size > limit:
-        raise UnsafeModelError(f"refusing to open {source}: '{name}' is {info.file_size >> 20} MiB, over the {limit >> 20} MiB limit")
-    with archive.open(info) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise UnsafeModelError(f"refusing to open {source}: '{name}' inflates past its declared size")
+        raise UnsafeModelError(
+            f"refusing to open {source}: '{name}' declares {size_text(info.file_size)}, over the limit of {size_text(limit)}"
+        )
+    pieces: list[bytes] = []
+    count = 0
+    try:
+        with archive.open(info) as handle:
+            while True:
+                piece = handle.read(INFLATE_STEP)
+                if not piece:
+                    break
+                count += len(piece)
+                if count > min(limit, info.file_size):
+                    raise UnsafeModelError(f"refusing to open {source}: '{name}' inflates past its declared size")
+                if keep:
+                    pieces.append(piece)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise broken(f"{source}: member '{name}' is damaged ({_first_line(exc)}): its sizes or CRC do not match its data") from None
+    if count != info.file_size:
+        raise broken(f"{source}: member '{name}' declares {info.file_size} bytes but inflates to {count}")
+    return b"".join(pieces) if keep else None
+
+
+def read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
+    """Inflate one member into memory, never past ``limit`` (the directory can lie)."""
+    data = inflate_member(archive, name, limit, source)
+    if data is None:  # inflate_member keeps the bytes whenever it is asked to
+        raise UnsafeModelError(f"{source}: member {name} could not be read")
     return data
 
 
-def iter_strings(values: Iterable[Any]) -> list[str]:
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+# ------------------------------------------------------------------------- npy
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: Any
+    offset: int  # bytes before the array data
+
+    @property
+    def count(self) -> int:
+        return int(math.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * int(self.dtype.itemsize)
+
+
+def read_npy_header(handle: BinaryIO, where: str, error: type = UnsafeModelError) -> NpyHeader:
+    """Parse an ``.npy`` header from a stream without allocating the array.
+
+    Object arrays are refused: NumPy stores them as pickles, which run code.
+    """
+    import numpy as np
+    from numpy.lib import format as npy
+
+    try:
+        major, _minor = npy.read_magic(handle)
+        read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+        shape, fortran, dtype = read(handle)
+        offset = handle.tell()
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+        raise error(f"{where} has a malformed .npy header ({_first_line(exc)})") from None
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise error(f"{where} holds Python objects (a pickle, which could run code); expected numbers")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise error(f"{where} has an absurd .npy shape {shape}")
+    return NpyHeader(tuple(int(n) for n in shape), bool(fortran), dtype, int(offset))
+
+
+def npz_member_header(archive: zipfile.ZipFile, name: str, source: str, error: type = UnsafeModelError) -> NpyHeader:
+    """The header of one ``.npy`` member, checked against the member's declared size."""
+    info = archive.getinfo(name)
+    where = f"{source}: '{name}'"
+    try:
+        with archive.open(info) as handle:
+            header = read_npy_header(handle, where, error)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
+        raise error(f"{where} is damaged ({_first_line(exc)})") from None
+    if header.offset + header.nbytes != info.file_size:
+        raise error(
+            f"{where} has a lying .npy header: it declares shape {header.shape} ({size_text(header.nbytes)}) "
+            f"but the member holds {size_text(max(info.file_size - header.offset, 0))}"
+        )
+    return header
+
+
+def read_npz_array(archive: zipfile.ZipFile, name: str, source: str, limit: int, error: type = UnsafeModelError) -> Any:
+    """Read one array of an ``.npz`` with its size checked first and a running byte count.
+
+    ``np.load`` would allocate what the header declares before looking at
+    the data; here the header must agree with the member's size and fit the
+    budget before anything is allocated, and the inflation stops at the size.
+    """
+    import numpy as np
+
+    header = npz_member_header(archive, name, source, error)
+    if header.nbytes > limit:
+        raise error(
+            f"refusing to open {source}: '{name}' declares shape {header.shape} ({size_text(header.nbytes)}), "
+            f"over the memory budget of {size_text(limit)}; {setting_hint('memory')}"
+        )
+    array = np.empty(header.count, header.dtype)
+    target = array.view(np.uint8) if header.count else np.empty(0, np.uint8)
+    filled = 0
+    try:
+        with archive.open(name) as handle:
+            handle.read(header.offset)
+            while filled < header.nbytes:
+                piece = handle.read(min(INFLATE_STEP, header.nbytes - filled))
+                if not piece:
+                    break
+                target[filled : filled + len(piece)] = np.frombuffer(piece, np.uint8)
+                filled += len(piece)
+            if handle.read(1):
+                raise error(f"{source}: '{name}' holds more data than its header declares")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
+        raise error(f"{source}: member '{name}' is damaged ({_first_line(exc)}): its sizes or CRC do not match its data") from None
+    if filled != header.nbytes:
+        raise error(f"{source}: '{name}' ends after {filled} of the {header.nbytes} bytes its header declares")
+    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
 __all__ = [
     "ALLOWED_LAYERS",
+    "check_architecture",
     "check_config",
+    "inflate_member",
+    "open_regular",
+    "read_npz_array",
     "parse_config_json",
     "read_limited",
     "read_member",

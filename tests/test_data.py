@@ -204,3 +204,22 @@ def test_missing_and_empty_inputs(tmp_path):
     (tmp_path / "dir").mkdir()
     with pytest.raises(DataError, match="holds no files"):
         open_data(tmp_path / "dir")
+
+
+def test_damaged_chunk_deep_inside_hdf5_is_a_clear_error(tmp_path):
+    """The pre-scan reads the first images only; a chunk damaged further in still ends in a refusal."""
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("data", data=np.random.default_rng(0).integers(0, 255, (100, 6, 5, 3), dtype=np.uint8),
+                          chunks=(10, 6, 5, 3), compression="gzip")
+        h5["label"] = np.zeros(100, np.uint8)
+        offset = h5["data"].id.get_chunk_info(9).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 2 : offset + 40] = b"\xff" * 38
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as h5, pytest.raises(OSError):  # control: h5py's own error is not a refusal
+        h5["data"][90:]
+    source = open_data(path)
+    with pytest.raises(DataError, match="images 80-99 cannot be read"):
+        for _ in source.batches(SHAPE, batch_size=20):
+            pass
