@@ -110,7 +110,8 @@ class PruneSettings:
     seed: int = 0
 
     def fine_tuning(self) -> FineTuneSettings:
-        return FineTuneSettings(self.epochs, self.learning_rate, self.batch_size, self.augment, SCHEDULE, self.seed)
+        return FineTuneSettings(epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                                augment=self.augment, schedule=SCHEDULE, seed=self.seed)
 
 
 # ------------------------------------------------------------------ results

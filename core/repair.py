@@ -83,7 +83,8 @@ class RepairSettings:
     cleanse: Optional[CleanseSettings] = None
 
     def fine_tuning(self) -> FineTuneSettings:
-        return FineTuneSettings(self.epochs, self.learning_rate, self.batch_size, False, self.schedule, self.seed)
+        return FineTuneSettings(epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                                schedule=self.schedule, seed=self.seed)
 
     def cleanse_settings(self) -> CleanseSettings:
         return self.cleanse or CleanseSettings(seed=self.seed)
