@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> dict:
     from core.evaluate import choose_scale
     from core.occlusion import OcclusionSettings, clean_mean
     from core.overlay import inspection_figure, write_png_atomic
-    from core.trigger import inspect, transplant
+    from core.trigger import inspect, transplant_search
 
     if args.transplant and not args.clean:
         raise DataError("--transplant needs clean images to paste onto: give --clean DATA")
@@ -78,13 +78,12 @@ def run(args: argparse.Namespace) -> dict:
             raise DataError(f"{where}: the {args.method} map is empty, so there is no salient box to transplant")
         if clean_arrays is None or len(clean_arrays) == 0:
             raise DataError(f"{args.clean}: no readable clean images")
-        tr = drive(
-            transplant(loaded, image, primary.box, clean_arrays.x, clean_arrays.y, scale, result.explained_class, args.m, args.seed),
-            args,
-        )
+        tr = drive(transplant_search(loaded, result, clean_arrays.x, clean_arrays.y, args.m, args.seed), args)
         out.update(tr.as_dict())
+        out["n_transplant_source"] = f"{tr.n} clean images of {args.clean} not of class {tr.suspect_class}"
         skipped += clean_arrays.skipped
-        say(args, f"transplant: {tr.flip_rate:.1%} of {tr.n} clean images flipped to class {tr.suspect_class} "
+        say(args, f"transplant of the box {list(tr.box)} from the {tr.box_from} map: {tr.flip_rate:.1%} of {tr.n} "
+                  f"clean images flipped to class {tr.suspect_class} "
                   f"(baseline {tr.baseline:.1%}, same-place baseline {tr.baseline_same_place:.1%})")
     if args.out:
         out["saved"] = str(write_png_atomic(args.out, inspection_figure(result)))

@@ -46,6 +46,16 @@ class EvalResult:
     scale_note: str = ""
     clean_samples: Optional[Predictions] = None
     poisoned_samples: Optional[Predictions] = None
+    clean_source: str = ""  # the data set each figure was measured on (issue 13: name it beside the figure)
+    poisoned_source: str = ""
+
+    @property
+    def clean_measured_on(self) -> str:
+        return f"all {self.n_clean} readable images of {self.clean_source}" if self.clean_source else ""
+
+    @property
+    def poisoned_measured_on(self) -> str:
+        return f"all {self.n_poisoned} readable images of {self.poisoned_source}" if self.poisoned_source else ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +66,9 @@ class EvalResult:
             "scale": self.scale,
             "target": self.target,
             "skipped": [s.as_dict() for s in self.skipped],
+            "clean_accuracy_measured_on": self.clean_measured_on or None,
+            "attack_success_measured_on": self.poisoned_measured_on or None,
+            "scale_note": self.scale_note,
         }
 
 
@@ -126,11 +139,15 @@ def choose_scale(loaded: LoadedModel, clean: Optional[DataSource], requested: st
     # shows as absurd over-confidence, so near-ties go to the lower log-loss
     # (fine-tuning at the wrong scale diverges at once).
     nll = {s: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-12, 1.0)))) for s, p in probs.items()}
+    measured = f"accuracy on {len(y)} clean images: /255 {acc['255']:.3f}, raw {acc['1']:.3f}"
     if abs(acc["1"] - acc["255"]) <= 0.02:
         best = "1" if nll["1"] < nll["255"] else "255"
+        why = (f"; the accuracies are within 2 points, so the scale with the lower log-loss wins "
+               f"(/255 {nll['255']:.3f}, raw {nll['1']:.3f}): at the wrong scale a network is absurdly over-confident")
     else:
         best = "1" if acc["1"] > acc["255"] else "255"
-    return best, f"scale {best} chosen automatically (accuracy on {len(y)} clean images: /255 {acc['255']:.3f}, raw {acc['1']:.3f})"
+        why = ": the more accurate one"
+    return best, f"scale {best} chosen automatically ({measured}){why}"
 
 
 def evaluate(
@@ -156,6 +173,7 @@ def evaluate(
         preds = yield from predict_source(loaded, clean, scale, batch_size, "Evaluating clean")
         result.clean_accuracy = float(np.mean(preds.predicted == preds.y))
         result.n_clean = len(preds.predicted)
+        result.clean_source = str(clean.path)
         result.skipped.extend(preds.skipped)
         result.clean_samples = preds
     if poisoned is not None:
@@ -164,6 +182,7 @@ def evaluate(
         if target is None and preds.y is not None and len(np.unique(preds.y)) == 1:
             result.target = int(preds.y[0])
         result.n_poisoned = len(preds.predicted)
+        result.poisoned_source = str(poisoned.path)
         result.skipped.extend(preds.skipped)
         result.poisoned_samples = preds
     return result

@@ -34,6 +34,13 @@ from core.models import LoadedModel
 
 FILLS = ("zero", "mean", "blur")
 DEFAULT_BATCH = 1024
+# With no patch given, the Inspector tries patches of about 1/7, 1/4 and 1/2.5 of
+# the smaller side (4, 7 and 11 px at 28x28). One size cannot fit every trigger:
+# a 4 px patch covers the demo's sticker, but on a trigger made of two bars
+# covering either bar's parts leaves the other firing, so the 4 px map is flat
+# and its box flips 3% of transplants, while an 11-12 px patch covers a whole
+# bar and finds it (issue 13).
+SIZE_DIVISORS = (7.0, 4.0, 2.5)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,15 @@ class OcclusionSettings:
         if self.fill == "mean" and self.fill_value is None:
             raise DataError("occlusion fill 'mean' needs the mean colour of clean data (give clean data)")
         return OcclusionSettings(patch, stride, self.fill, self.fill_value)
+
+
+    def candidates(self, shape: Sequence[int]) -> list["OcclusionSettings"]:
+        """The settings to try: the given patch alone, or one per :data:`SIZE_DIVISORS` size (smallest first)."""
+        if self.patch is not None:
+            return [self.resolved(shape)]
+        side = min(int(shape[0]), int(shape[1]))
+        sizes = sorted({max(2, min(side, int(round(side / d)))) for d in SIZE_DIVISORS})
+        return [OcclusionSettings(p, self.stride, self.fill, self.fill_value).resolved(shape) for p in sizes]
 
 
 @dataclass

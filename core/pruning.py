@@ -216,6 +216,9 @@ class PruneResult:
             "n_holdout": self.n_holdout,
             "metrics_measured_on": "held-out clean data (never fine-tuned on) and all poisoned data"
             if self.n_holdout else "the clean data used for fine-tuning (no hold-out) and all poisoned data",
+            "clean_accuracy_measured_on": f"{self.n_holdout} held-out clean images (never fine-tuned on)"
+            if self.n_holdout else "the clean images fine-tuned on (no hold-out)",
+            "after_prune_means": "the pruned channels zeroed, before any fine-tuning",
             "settings": self.settings,
         }
 

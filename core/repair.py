@@ -114,6 +114,7 @@ class RepairResult:
     seconds: float = 0.0
     saved: Optional[str] = None
     record_path: Optional[str] = None
+    prune: Any = None  # core.pruning.PruneResult of methods fine-prune and both (sweep, channels, stages)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -276,7 +277,7 @@ def repair(
     yield stage("before", loaded.model)
 
     # 3. fine-prune first (methods fine-prune and both)
-    model, masks, tuned = loaded.model, None, None
+    model, masks, tuned, pruned = loaded.model, None, None, None
     if method in ("fine-prune", "both"):
         pruned = yield from rescaled(
             fine_prune(loaded, x_clean, y_clean, scale, PruneSettings(holdout=holdout, seed=seed),
@@ -285,7 +286,11 @@ def repair(
         )
         model, tuned = pruned.model, pruned.fine_tune
         masks = {pruned.layer: channel_mask(pruned.channels_total, pruned.pruned_channels)}
-        yield stage("after_prune", model)
+        # "after_prune" means what it means in Fine-Pruning: channels zeroed, before any fine-tuning
+        # (fine_prune measured it on the same hold-out, same seed); then the fine-tuned pruned model.
+        stages.append(RepairStage("after_prune", pruned.after_prune))
+        yield stages[-1]
+        yield stage("after_fine_prune", model)
 
     # 4. unlearn: clean data, a fraction stamped with the reversed triggers, true labels
     if method in ("unlearn", "both"):
@@ -307,7 +312,7 @@ def repair(
 
     result = RepairResult(
         method=method, flagged_classes=flagged, before=stages[0].metrics, after=after.metrics, model=model,
-        asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx),
+        asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx), prune=pruned,
         settings={"method": method, "fraction": fraction, "epochs": settings.epochs, "learning_rate": settings.learning_rate,
                   "batch_size": settings.batch_size, "schedule": settings.schedule, "holdout": holdout, "seed": seed, "scale": scale,
                   "targets": flagged, "restarts": restarts,

@@ -26,6 +26,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -37,9 +38,11 @@ from core.errors import TrojanScopeError
 from core.jobs import Job, Progress, rescaled
 
 # Section ids, in report order (tests and the self-test check each is present).
-SECTIONS = ("summary", "evaluation", "pruning", "strip", "inspector", "cleanse")
+SECTIONS = ("summary", "evaluation", "pruning", "strip", "inspector", "cleanse", "repair")
 TOP_INSPECTED = 4  # heat-maps for the lowest-entropy flagged images
 MAX_FLAGGED_SHOWN = 24
+MAX_FLAGGED_LISTED = 200  # flagged files named in each scan's table (all are in the JSON)
+TITLE_WIDTH = 26  # characters per line of a figure's image title (long names wrap, never cut)
 QUICK_OVERLAYS = 32  # STRIP overlays in the quick CLI run (the paper uses 100)
 QUICK_FINE_TUNE_EPOCHS = 2
 FORMAT = "trojanscope-report"
@@ -69,9 +72,24 @@ class Findings:
     cleanse: Any = None  # core.cleanse.CleanseResult
     inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
     notes: list[str] = field(default_factory=list)
+    # A GUI session keeps every result, not just the last (issue 13):
+    prunes: list[Any] = field(default_factory=list)  # every core.pruning.PruneResult (Fine-Pruning), oldest first
+    repairs: list[Any] = field(default_factory=list)  # every core.repair.RepairResult (unlearn / fine-prune / both)
+    scans: list[Any] = field(default_factory=list)  # every core.strip.ScanResult; ``scan`` is the last one
+    inspected: list[tuple[Any, Any]] = field(default_factory=list)  # (Inspection, Transplant or None) the analyst ran
+    measured_on: dict[str, str] = field(default_factory=dict)  # section -> the images its figures were measured on
 
     def strip_profile(self) -> Any:
         return self.profile if self.profile is not None else getattr(self.scan, "profile", None)
+
+    def all_scans(self) -> list[Any]:
+        return list(self.scans) if self.scans else ([self.scan] if self.scan is not None else [])
+
+    def all_prunes(self) -> list[tuple[str, Any]]:
+        """(where it came from, PruneResult) for Fine-Pruning runs and the fine-prune step of repairs."""
+        out = [("Fine-Pruning panel", p) for p in (self.prunes or ([self.prune] if self.prune is not None else []))]
+        out += [(f"repair ({r.method})", r.prune) for r in self.repairs if getattr(r, "prune", None) is not None]
+        return out
 
 
 # ------------------------------------------------------------ gathering inputs
@@ -228,6 +246,7 @@ _TITLES = {
     "strip": "STRIP run-time detection",
     "inspector": "Inspector: where the flagged images' decisions come from",
     "cleanse": "Neural Cleanse",
+    "repair": "Repair (Verdict panel): unlearning and fine-pruning",
 }
 
 
@@ -283,9 +302,11 @@ def _evaluation(f: Findings) -> tuple[str, Optional[dict]]:
     ev = f.evaluation
     if ev is None:
         return _not_run("the model was not evaluated", "Model & Data > Evaluate, or the evaluate command."), None
+    clean_on = getattr(ev, "clean_measured_on", "") or f"{ev.n_clean} images"
+    poisoned_on = getattr(ev, "poisoned_measured_on", "") or f"{ev.n_poisoned} suspected-poisoned images"
     rows = [
-        ("Clean accuracy", f"{_pct(ev.clean_accuracy)} of {ev.n_clean} images" if ev.clean_accuracy is not None else None),
-        ("Attack success rate", f"{_pct(ev.attack_success_rate)} of {ev.n_poisoned} suspected-poisoned images"
+        ("Clean accuracy", f"{_pct(ev.clean_accuracy)} on {clean_on}" if ev.clean_accuracy is not None else None),
+        ("Attack success rate", f"{_pct(ev.attack_success_rate)} on {poisoned_on}"
          if ev.attack_success_rate is not None else "not measured (no poisoned set)"),
         ("Attacker's target class", ev.target), ("Input scale", ev.scale_note or ev.scale),
         ("Unreadable files skipped", len(ev.skipped)),
@@ -294,35 +315,54 @@ def _evaluation(f: Findings) -> tuple[str, Optional[dict]]:
 
 
 def _pruning(f: Findings) -> tuple[str, Optional[dict]]:
-    sw = f.sweep if f.sweep is not None else getattr(f.prune, "sweep", None)
+    prunes = f.all_prunes()
+    last = prunes[-1][1] if prunes else None
+    sw = f.sweep if f.sweep is not None else getattr(last, "sweep", None)
     if sw is None:
         return _not_run("no Fine-Pruning sweep", "Fine-Pruning > Run, or the prune command."), None
-    count = _pruned_count(sw, f.prune)
-    figure = _img(_pruning_figure(sw, f.prune), f"Pruning curve of {sw.layer}")
+    count = _pruned_count(sw, last if last is not None and last.sweep is sw else None)
+    figure = _img(_pruning_figure(sw, last if last is not None and last.sweep is sw else None), f"Pruning curve of {sw.layer}")
     stop = sw.curve[count]
     rule = sw.stop_rule if count == sw.stop else f"{count} channels picked by the analyst (the stop rule, {sw.stop_rule}, proposed {sw.stop})"
     rows = [("Layer", f"{sw.layer} ({sw.channels_total} channels)"), ("Stop rule", rule),
             ("Channels pruned", f"{count} of {sw.channels_total}"),
-            ("Measured on", f"{sw.n_clean} clean and {sw.n_poisoned} suspected-poisoned images")]
+            ("Sweep measured on", f.measured_on.get("sweep") or f"{sw.n_clean} clean and {sw.n_poisoned} suspected-poisoned images")]
     data: dict[str, Any] = {
         "layer": sw.layer, "channels_total": sw.channels_total, "stop": sw.stop, "stop_rule": sw.stop_rule, "pruned": count,
         "pruned_channels": sw.channels_for(count), "curve": [p.as_dict() for p in sw.curve],
         "at_stop": {"clean_accuracy": stop.clean_accuracy, "attack_success_rate": stop.attack_success_rate},
     }
-    stages = [("Unpruned (sweep)", sw.curve[0].clean_accuracy, sw.curve[0].attack_success_rate),
-              (f"Pruned {count} channels (sweep)", stop.clean_accuracy, stop.attack_success_rate)]
-    if f.prune is not None:
-        p = f.prune
-        held = f" (held-out {p.n_holdout})" if p.n_holdout else ""
-        stages = [(f"Before{held}", p.before.clean_accuracy, p.before.attack_success_rate),
-                  (f"After pruning {len(p.pruned_channels)}{held}", p.after_prune.clean_accuracy, p.after_prune.attack_success_rate),
-                  (f"After fine-tuning {p.settings.get('epochs')} epochs{held}", p.after_fine_tune.clean_accuracy,
+    tables = []
+    if not prunes:
+        stages = [("Unpruned (sweep)", sw.curve[0].clean_accuracy, sw.curve[0].attack_success_rate),
+                  (f"Pruned {count} channels (sweep)", stop.clean_accuracy, stop.attack_success_rate)]
+        tables.append(_stage_table(stages))
+    runs = []
+    for n, (origin, p) in enumerate(prunes, 1):
+        held = f"{p.n_holdout} held-out clean images (never fine-tuned on)" if p.n_holdout else "the clean images fine-tuned on"
+        stages = [("Before", p.before.clean_accuracy, p.before.attack_success_rate),
+                  (f"After pruning {len(p.pruned_channels)} channels (zeroed, not yet fine-tuned)", p.after_prune.clean_accuracy,
+                   p.after_prune.attack_success_rate),
+                  (f"After fine-tuning {p.settings.get('epochs')} epochs", p.after_fine_tune.clean_accuracy,
                    p.after_fine_tune.attack_success_rate)]
-        data.update({k: v for k, v in p.as_dict().items() if k in ("before", "after_prune", "after_fine_tune", "pruned_channels",
-                                                                   "saved", "n_holdout", "settings")})
+        tables.append(f"<h3>Run {n}: {html.escape(origin)}, {len(p.pruned_channels)} channels of {html.escape(p.layer)}</h3>"
+                      f"<p>Clean accuracy on {html.escape(held)}; attack success on the suspected-poisoned set.</p>"
+                      + _stage_table(stages))
+        d = {k: v for k, v in p.as_dict().items() if k in ("before", "after_prune", "after_fine_tune", "pruned_channels",
+                                                            "saved", "n_holdout", "settings", "clean_accuracy_measured_on",
+                                                            "after_prune_means", "layer")}
+        d["origin"] = origin
+        runs.append(d)
+    if runs:
+        data.update({k: v for k, v in runs[-1].items() if k in ("before", "after_prune", "after_fine_tune", "pruned_channels",
+                                                                  "saved", "n_holdout", "settings")})
+        data["runs"] = runs
+    return figure + _table(rows) + "".join(tables), data
+
+
+def _stage_table(stages: Sequence[tuple[str, Optional[float], Optional[float]]]) -> str:
     stage_rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_pct(a)}</td><td>{_pct(b)}</td></tr>" for n, a, b in stages)
-    stage_table = f'<table class="grid"><tr><th>Model</th><th>Clean accuracy</th><th>Attack success</th></tr>{stage_rows}</table>'
-    return figure + _table(rows) + stage_table, data
+    return f'<table class="grid"><tr><th>Model</th><th>Clean accuracy</th><th>Attack success</th></tr>{stage_rows}</table>'
 
 
 def _pruned_count(sw: Any, prune: Any) -> int:
@@ -334,54 +374,107 @@ def _strip(f: Findings) -> tuple[str, Optional[dict]]:
     profile = f.strip_profile()
     if profile is None:
         return _not_run("STRIP was not calibrated", "STRIP > Calibrate and scan, or the strip command."), None
-    parts = [_img(_strip_figure(profile, f.scan), "STRIP entropy histogram")]
+    parts = [_img(_strip_figure(profile, f.scan), "STRIP entropy histogram (last scan)")]
     rows = [("Threshold", f"{profile.threshold:.4f} bits (normal fit at FRR {profile.frr:.2%}; "
                           f"empirical percentile {profile.empirical_threshold:.4f})"),
-            ("Overlays", profile.n_overlays), ("Clean images calibrated on", len(profile.clean_entropies))]
+            ("Overlays", profile.n_overlays)]
     data: dict[str, Any] = {"threshold": profile.threshold, "frr": profile.frr, "overlays": profile.n_overlays,
                             "empirical_threshold": profile.empirical_threshold,
                             "normal_fit": {"mean": profile.fit_mean, "std": profile.fit_std},
                             "clean_entropies": [float(e) for e in profile.clean_entropies]}
-    if f.scan is None:
+    scans = f.all_scans()
+    if not scans:
         rows.append(("Scan", "not run: nothing was scanned"))
-    else:
-        scanned = len(f.scan.rows)
-        rows += [("Scanned", f"{scanned} images from {f.scan.source or 'the scan set'}"),
-                 ("Flagged (entropy below threshold)", f"{f.scan.flagged} ({_pct(f.scan.flagged / scanned if scanned else None)})"),
-                 ("Unreadable files skipped", len(f.scan.skipped))]
-        scan_dict = f.scan.as_dict()
-        data.update({k: scan_dict[k] for k in ("scanned", "flagged", "results", "skipped", "warnings")})
-        data["source"] = f.scan.source
+    rows.append(("Calibration measured on", f.measured_on.get("strip") or f"{len(profile.clean_entropies)} clean images"))
     parts.append(_table(rows))
+    listed = []
+    for n, scan in enumerate(scans, 1):
+        scanned = len(scan.rows)
+        flagged_rows = sorted((r for r in scan.rows if r.flagged), key=lambda r: r.entropy)
+        parts.append(f"<h3>Scan {n}: {html.escape(scan.source or 'the scan set')}</h3>")
+        parts.append(_table([("Scanned", scanned),
+                             ("Flagged (entropy below threshold)", f"{len(flagged_rows)} ({_pct(len(flagged_rows) / scanned if scanned else None)})"),
+                             ("Unreadable files skipped", len(scan.skipped))] + [("Warning", w) for w in scan.warnings]))
+        if flagged_rows:
+            cells = "".join(f"<tr><td><code>{html.escape(item_name(r))}</code></td><td>{_entropy(r.entropy)}</td>"
+                            f"<td>{r.predicted} ({r.confidence:.0%})</td></tr>" for r in flagged_rows[:MAX_FLAGGED_LISTED])
+            more = (f"<p>… and {len(flagged_rows) - MAX_FLAGGED_LISTED} more (all in the JSON).</p>"
+                    if len(flagged_rows) > MAX_FLAGGED_LISTED else "")
+            parts.append('<table class="grid"><tr><th>Flagged file (HDF5/npz: file#item)</th><th>Entropy (bits)</th>'
+                         f'<th>Model class</th></tr>{cells}</table>{more}')
+        d = scan.as_dict()
+        listed.append({"source": scan.source, "scanned": scanned, "flagged": len(flagged_rows),
+                       "flagged_files": [{"file": item_name(r), "source": r.source, "index": r.index, "entropy": r.entropy,
+                                          "predicted": r.predicted} for r in flagged_rows],
+                       "skipped": d["skipped"], "warnings": d["warnings"]})
+    if scans:
+        scan_dict = scans[-1].as_dict()
+        data.update({k: scan_dict[k] for k in ("scanned", "flagged", "results", "skipped", "warnings")})
+        data["source"] = scans[-1].source
+        data["scans"] = listed
     if f.flagged:
-        parts.append(f"<h3>Flagged images, lowest entropy first ({len(f.flagged)} of {f.scan.flagged if f.scan else len(f.flagged)})</h3>")
+        parts.append(f"<h3>Flagged images of the last scan, lowest entropy first ({len(f.flagged)} of {f.scan.flagged if f.scan else len(f.flagged)})</h3>")
         parts.append(_img(_flagged_figure(f.flagged, profile.num_classes), "Flagged images"))
     elif f.scan is not None and f.scan.flagged:
         parts.append("<p>The flagged images could not be read back for display.</p>")
     return "\n".join(parts), data
 
 
+def item_name(row: Any) -> str:
+    """A flagged file's name, with the item index for images inside HDF5/npz files (``data.h5#12``)."""
+    source = str(getattr(row, "source", ""))
+    if Path(source).suffix.lower() in (".h5", ".hdf5", ".npz"):
+        return f"{source}#{int(row.index)}"
+    return source
+
+
 def _inspector(f: Findings) -> tuple[str, Optional[dict]]:
-    if not f.inspections:
+    if not f.inspections and not f.inspected:
         why = "no image was flagged by STRIP" if f.scan is not None and not f.scan.flagged else "no flagged image was inspected"
         return _not_run(why, "Inspector, or the inspect command, on a suspicious image."), None
-    parts = ["<p>Each row: the flagged image with its most salient box (green), then its heat-maps. "
-             "Occlusion repair: the box is covered and the image classified again; a trigger changes the class.</p>",
-             _img(_inspection_figure(f.inspections), "Heat-maps of the top flagged images")]
-    items = []
-    rows = []
-    for ins in f.inspections:
-        d = ins.as_dict()
-        d["source"] = getattr(ins, "source", "")
-        items.append(d)
-        rep = ins.repair
-        repair = "—" if rep is None else (f"{'left' if rep.left_class else 'stayed in'} class {rep.suspect_class}: "
-                                          f"now {rep.predicted} ({rep.confidence:.0%})")
-        rows.append(f"<tr><td><code>{html.escape(Path(d['source']).name or '—')}</code></td><td>{ins.predicted} ({ins.confidence:.1%})</td>"
-                    f"<td>{html.escape(str(d['box']))}</td><td>{html.escape(repair)}</td></tr>")
-    parts.append('<table class="grid"><tr><th>Image</th><th>Predicted</th><th>Salient box (r0, c0, r1, c1)</th>'
-                 f'<th>Occlusion repair</th></tr>{"".join(rows)}</table>')
-    return "\n".join(parts), {"inspections": items}
+    parts: list[str] = []
+    data: dict[str, Any] = {}
+    if f.inspected:
+        parts.append("<h3>Images the analyst inspected</h3><p>The transplant test pastes the salient box onto clean images "
+                     "of other classes: a trigger flips most of them; a random clean box of the same size (baseline) does not.</p>")
+        parts.append(_img(_inspection_figure([ins for ins, _tr in f.inspected]), "Heat-maps of the inspected images"))
+        rows, items = [], []
+        for ins, tr in f.inspected:
+            d = ins.as_dict()
+            d["source"] = getattr(ins, "source", "")
+            d["transplant"] = None if tr is None else tr.as_dict()
+            items.append(d)
+            if tr is None:
+                result = "not run"
+            else:
+                verdict = "looks like a trigger" if tr.looks_like_trigger else "does not behave like a trigger"
+                result = (f"{tr.flip_rate:.0%} of {tr.n} flipped to class {tr.suspect_class} (baseline {tr.baseline:.0%}): "
+                          f"{verdict}; box {list(tr.box)} from the {tr.box_from or 'salient'} map")
+            rows.append(f"<tr><td><code>{html.escape(d['source'] or '—')}</code></td><td>{ins.predicted} ({ins.confidence:.1%})</td>"
+                        f"<td>{html.escape(str(d['box']))}</td><td>{html.escape(result)}</td></tr>")
+        parts.append('<table class="grid"><tr><th>Image</th><th>Predicted</th><th>Salient box (r0, c0, r1, c1)</th>'
+                     f'<th>Transplant test</th></tr>{"".join(rows)}</table>')
+        if f.measured_on.get("transplant"):
+            parts.append(f"<p>Transplant recipients: {html.escape(f.measured_on['transplant'])}.</p>")
+        data["inspected"] = items
+    if f.inspections:
+        parts += ["<h3>The top flagged images</h3><p>Each row: the flagged image with its most salient box (green), then its "
+                  "heat-maps. Occlusion repair: the box is covered and the image classified again; a trigger changes the class.</p>",
+                  _img(_inspection_figure(f.inspections), "Heat-maps of the top flagged images")]
+        items, rows = [], []
+        for ins in f.inspections:
+            d = ins.as_dict()
+            d["source"] = getattr(ins, "source", "")
+            items.append(d)
+            rep = ins.repair
+            repair = "—" if rep is None else (f"{'left' if rep.left_class else 'stayed in'} class {rep.suspect_class}: "
+                                              f"now {rep.predicted} ({rep.confidence:.0%})")
+            rows.append(f"<tr><td><code>{html.escape(d['source'] or '—')}</code></td><td>{ins.predicted} ({ins.confidence:.1%})</td>"
+                        f"<td>{html.escape(str(d['box']))}</td><td>{html.escape(repair)}</td></tr>")
+        parts.append('<table class="grid"><tr><th>Image</th><th>Predicted</th><th>Salient box (r0, c0, r1, c1)</th>'
+                     f'<th>Occlusion repair</th></tr>{"".join(rows)}</table>')
+        data["inspections"] = items
+    return "\n".join(parts), data
 
 
 def _cleanse(f: Findings) -> tuple[str, Optional[dict]]:
@@ -390,11 +483,38 @@ def _cleanse(f: Findings) -> tuple[str, Optional[dict]]:
         return _not_run("Neural Cleanse takes minutes per class and was not part of this report",
                         "Verdict panel, or the cleanse command."), None
     verdict = f'<p class="verdict {html.escape(c.verdict)}">{html.escape(c.describe())}</p>'
-    return verdict + _img(_cleanse_figure(c), "Reversed-trigger norms per class"), c.as_dict()
+    evidence = _table([
+        ("Measured on", f.measured_on.get("cleanse") or f"{c.n_images} clean images"),
+        ("Classes optimised", ", ".join(str(k) for k in c.candidates)),
+        ("Median mask norm / MAD x 1.4826", f"{c.median:.1f} / {c.mad:.1f} px"),
+        ("Anomaly threshold (index 2)", f"{c.threshold_norm:.1f} px"),
+        ("Flagged classes", ", ".join(f"{k} ({c.norms[k]:.1f} px)" for k in c.flagged_classes) or "none"),
+    ])
+    return verdict + evidence + _img(_cleanse_figure(c), "Reversed-trigger norms per class"), c.as_dict()
+
+
+def _repair(f: Findings) -> tuple[str, Optional[dict]]:
+    if not f.repairs:
+        return _not_run("no repair by unlearning or fine-pruning was run from the Verdict panel",
+                        "Verdict & Unlearning > Repair, or the repair command."), None
+    names = {"before": "Before", "after_prune": "After pruning (channels zeroed, not yet fine-tuned)",
+             "after_fine_prune": "After fine-pruning (pruned and fine-tuned)", "after": "After the repair"}
+    parts, runs = [], []
+    for n, r in enumerate(f.repairs, 1):
+        held = f"{r.n_holdout} held-out clean images (never trained on)" if r.n_holdout else "the clean images trained on"
+        stages = [(names.get(s.stage, s.stage), s.metrics.clean_accuracy, s.metrics.attack_success_rate) for s in r.stages]
+        parts.append(f"<h3>Repair {n}: {html.escape(r.method)}"
+                     + (f", unlearning the triggers of class {', '.join(map(str, r.flagged_classes))}" if r.flagged_classes else "")
+                     + "</h3>")
+        parts.append(f"<p>Clean accuracy on {html.escape(held)}; attack success on {html.escape(r.asr_source)}."
+                     + (f" Saved to <code>{html.escape(r.saved)}</code>." if r.saved else " Not saved.") + "</p>")
+        parts.append(_stage_table(stages))
+        runs.append(r.as_dict())
+    return "\n".join(parts), {"repairs": runs}
 
 
 _SECTION_RENDERERS = {"summary": _summary, "evaluation": _evaluation, "pruning": _pruning, "strip": _strip,
-                      "inspector": _inspector, "cleanse": _cleanse}
+                      "inspector": _inspector, "cleanse": _cleanse, "repair": _repair}
 
 
 def _key_findings(f: Findings) -> str:
@@ -413,10 +533,18 @@ def _key_findings(f: Findings) -> str:
         s = f.sweep.curve[f.sweep.stop]
         lines.append(f"Pruning {f.sweep.stop} channels of {f.sweep.layer}: attack success {_pct(s.attack_success_rate)}, "
                      f"clean accuracy {_pct(s.clean_accuracy)}.")
-    if f.scan is not None:
-        lines.append(f"STRIP flagged {f.scan.flagged} of {len(f.scan.rows)} scanned images.")
+    for scan in f.all_scans():
+        lines.append(f"STRIP flagged {scan.flagged} of {len(scan.rows)} scanned images of {Path(scan.source).name or 'the scan set'}.")
+    for ins, tr in f.inspected:
+        if tr is not None:
+            lines.append(f"Transplant test of {Path(ins.source).name or 'an image'}: {tr.flip_rate:.0%} flipped to class "
+                         f"{tr.suspect_class} (baseline {tr.baseline:.0%}): "
+                         + ("looks like a trigger." if tr.looks_like_trigger else "does not behave like a trigger."))
     if f.cleanse is not None:
         lines.append(f.cleanse.describe())
+    for r in f.repairs:
+        lines.append(f"Repair ({r.method}): attack success {_pct(r.before.attack_success_rate)} → {_pct(r.after.attack_success_rate)}, "
+                     f"clean accuracy {_pct(r.before.clean_accuracy)} → {_pct(r.after.clean_accuracy)}.")
     if not lines:
         return '<p class="not-run">No analysis has been run yet.</p>'
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
@@ -518,18 +646,19 @@ def _inspection_figure(inspections: Sequence[Any]) -> Any:
 
     names = ["image"] + [m for m in ("gradcam", "occlusion") if any(m in i.maps for i in inspections)]
     titles = {"image": "flagged image + box", "gradcam": "Grad-CAM", "occlusion": "occlusion"}
-    fig = _figure(2.2 * len(names), 2.3 * len(inspections))
+    fig = _figure(2.3 * len(names), 2.7 * len(inspections))
     for r, ins in enumerate(inspections):
         image = _display(ins.image).astype(np.float32)
         for c, name in enumerate(names):
             ax = fig.add_subplot(len(inspections), len(names), r * len(names) + c + 1)
             if name == "image":
                 tile = render(image, None, ins.primary.box, zoom=4)
-                ax.set_title(f"{Path(getattr(ins, 'source', '') or '').name[:24]}\npredicted {ins.predicted} ({ins.confidence:.0%})", fontsize=8)
+                name = textwrap.fill(Path(getattr(ins, "source", "") or "").name or "image", TITLE_WIDTH)
+                ax.set_title(f"{name}\npredicted {ins.predicted} ({ins.confidence:.0%})", fontsize=8)
             elif name in ins.maps:
                 smap = ins.maps[name]
                 tile = render(image, smap.heat, smap.box, zoom=4)
-                ax.set_title(f"{titles[name]}\n{smap.detail}", fontsize=8)
+                ax.set_title(f"{titles[name]}\n" + textwrap.fill(smap.detail, TITLE_WIDTH), fontsize=8)
             else:
                 tile = np.full((4, 4, 3), 255, np.uint8)
             ax.imshow(tile, interpolation="nearest")

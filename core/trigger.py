@@ -44,6 +44,10 @@ DEFAULT_METHOD = "occlusion"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_TRANSPLANTS = 100
 KEEP_EXAMPLES = 24  # pasted images kept for display
+# A box "behaves like a trigger" when it flips at least half the recipients and
+# at least 30 points more than a random clean box of the same size does.
+TRIGGER_FLIP_RATE = 0.5
+TRIGGER_MARGIN = 0.3
 
 
 # ------------------------------------------------------------ salient region
@@ -121,6 +125,12 @@ class Transplant:
     baseline_predicted: np.ndarray
     examples: np.ndarray = field(repr=False)  # the first KEEP_EXAMPLES pasted images
     baseline_examples: np.ndarray = field(repr=False)
+    box_from: str = ""  # which map's box was pasted, e.g. "occlusion, patch 11, stride 2, zero fill"
+    tried: list[dict[str, Any]] = field(default_factory=list)  # every box tried (transplant_search)
+
+    @property
+    def looks_like_trigger(self) -> bool:
+        return self.flip_rate >= TRIGGER_FLIP_RATE and self.flip_rate > self.baseline + TRIGGER_MARGIN
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +139,10 @@ class Transplant:
             "baseline_same_place": self.baseline_same_place,
             "n_transplant": self.n,
             "suspect_class": self.suspect_class,
+            "transplant_box": list(self.box),
+            "transplant_box_from": self.box_from,
+            "looks_like_trigger": self.looks_like_trigger,
+            "transplant_tried": [dict(t) for t in self.tried],
         }
 
 
@@ -286,6 +300,7 @@ class Inspection:
     notes: list[str] = field(default_factory=list)
     label: Optional[int] = None
     source: str = ""
+    occlusion_sizes: list[tuple[SaliencyMap, Optional[Repair]]] = field(default_factory=list)  # every patch size tried
 
     @property
     def primary(self) -> SaliencyMap:
@@ -304,6 +319,10 @@ class Inspection:
             "repair": None if self.repair is None else self.repair.as_dict(),
             "scale": self.scale,
             "notes": list(self.notes),
+            "occlusion_sizes": [{"detail": m.detail, "box": None if m.box is None else list(m.box),
+                                 "covering_flips": None if r is None else r.left_class,
+                                 "suspect_probability_covered": None if r is None else r.suspect_probability}
+                                for m, r in self.occlusion_sizes],
         }
 
 
@@ -324,7 +343,6 @@ def inspect(
     conv layer) is skipped with a note; the primary one must run.
     """
     from core.gradcam import gradcam
-    from core.occlusion import occlusion
 
     if method not in METHODS:
         raise DataError(f"method must be one of {', '.join(METHODS)}; received {method!r}")
@@ -340,15 +358,18 @@ def inspect(
     yield Progress(0.05, f"Predicted class {predicted} ({probs[predicted]:.1%})")
     maps: dict[str, SaliencyMap] = {}
     notes: list[str] = []
-    settings = occlusion_settings.resolved(image.shape) if "occlusion" in wanted else occlusion_settings
+    sizes: list[tuple[SaliencyMap, Optional[Repair]]] = []
     for name in wanted:
         try:
             if name == "gradcam":
                 cam = yield from gradcam(loaded, image[None], scale, layer, explained)
-                heat, detail = cam.maps[0], f"layer {cam.layer}"
+                found = salient_box(cam.maps[0], threshold)
+                maps[name] = SaliencyMap(name, cam.maps[0], found.peak, found.box, f"layer {cam.layer}")
             elif name == "occlusion":
-                occ = yield from occlusion(loaded, image[None], scale, settings, explained)
-                heat, detail = occ.maps[0], f"patch {settings.patch}, stride {settings.stride}, {settings.fill} fill"
+                sizes = yield from _occlusion_sizes(loaded, image, scale, explained, occlusion_settings, threshold)
+                maps[name], note = _pick_size(sizes, explained)
+                if note:
+                    notes.append(note)
             else:
                 raise DataError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
         except DataError:
@@ -358,12 +379,93 @@ def inspect(
                 raise
             notes.append(f"{name} unavailable: {exc}")
             continue
-        found = salient_box(heat, threshold)
-        maps[name] = SaliencyMap(name, heat, found.peak, found.box, detail)
     repair = None
     box = maps[method].box
     if box is not None:
-        repair_settings = settings if "occlusion" in wanted else occlusion_settings.resolved(image.shape)
-        repair = occlusion_repair(loaded, image, box, scale, explained, repair_settings)
+        chosen = [r for m, r in sizes if m is maps[method]]
+        if chosen and chosen[0] is not None:
+            repair = chosen[0]
+        else:
+            settings = occlusion_settings.candidates(image.shape)[0]
+            repair = occlusion_repair(loaded, image, box, scale, explained, settings)
     yield Progress(1.0, "Inspection finished")
-    return Inspection(image, predicted, float(probs[predicted]), probs, explained, method, maps, repair, scale, notes)
+    return Inspection(image, predicted, float(probs[predicted]), probs, explained, method, maps, repair, scale, notes,
+                      occlusion_sizes=sizes)
+
+
+def _occlusion_sizes(loaded: LoadedModel, image: np.ndarray, scale: str, explained: int, settings: OcclusionSettings,
+                     threshold: float) -> Job[list[tuple[SaliencyMap, Optional[Repair]]]]:
+    """An occlusion map, its box and the covering test for every patch size to try."""
+    from core.jobs import rescaled
+    from core.occlusion import occlusion
+
+    out: list[tuple[SaliencyMap, Optional[Repair]]] = []
+    candidates = settings.candidates(image.shape)
+    for k, s in enumerate(candidates):
+        lo, hi = 0.05 + 0.9 * k / len(candidates), 0.05 + 0.9 * (k + 1) / len(candidates)
+        occ = yield from rescaled(occlusion(loaded, image[None], scale, s, explained), lo, hi)
+        found = salient_box(occ.maps[0], threshold)
+        smap = SaliencyMap("occlusion", occ.maps[0], found.peak, found.box, f"patch {s.patch}, stride {s.stride}, {s.fill} fill")
+        covered = None if found.box is None else occlusion_repair(loaded, image, found.box, scale, explained, s)
+        out.append((smap, covered))
+    return out
+
+
+def _pick_size(sizes: list[tuple[SaliencyMap, Optional[Repair]]], explained: int) -> tuple[SaliencyMap, str]:
+    """The smallest patch whose box, covered, moves the prediction off the class; else the one that lowers it most."""
+    if len(sizes) == 1:
+        return sizes[0][0], ""
+    tried = ", ".join(m.detail.split(",")[0].replace("patch ", "") for m, _ in sizes)
+    for smap, covered in sizes:
+        if covered is not None and covered.left_class:
+            return smap, (f"occlusion tried patches of {tried} px: {smap.detail.split(',')[0]} px is the smallest whose box, "
+                          f"covered, moves the prediction off class {explained}")
+    with_box = [(m, r) for m, r in sizes if r is not None]
+    if not with_box:
+        return sizes[0][0], f"occlusion tried patches of {tried} px: every map was empty"
+    smap, covered = min(with_box, key=lambda mr: mr[1].suspect_probability)
+    return smap, (f"occlusion tried patches of {tried} px: covering no box moves the prediction off class {explained}; "
+                  f"{smap.detail.split(',')[0]} px lowers it most (to {covered.suspect_probability:.0%})")
+
+
+def transplant_search(
+    loaded: LoadedModel,
+    inspection: Inspection,
+    clean_x: np.ndarray,
+    clean_y: Optional[np.ndarray],
+    m: int = DEFAULT_TRANSPLANTS,
+    seed: int = 0,
+) -> Job[Transplant]:
+    """The transplant test of the inspection's box; if it does not behave like a trigger, of the other patch sizes' boxes.
+
+    Returns the first box that behaves like a trigger, else the one with the
+    largest flip rate above its baseline; ``box_from`` names the map it came
+    from and ``tried`` lists every box with its figures, so a reader sees
+    which patch size found the trigger (a two-bar trigger needs a patch that
+    covers a whole bar).
+    """
+    from core.jobs import rescaled
+
+    primary = inspection.primary
+    boxes: list[tuple[Box, str]] = []
+    if primary.box is not None:
+        boxes.append((primary.box, f"{primary.method}, {primary.detail}"))
+    for smap, _covered in inspection.occlusion_sizes:
+        if smap.box is not None and all(smap.box != b for b, _ in boxes):
+            boxes.append((smap.box, f"occlusion, {smap.detail}"))
+    if not boxes:
+        raise DataError("the inspection found no salient box to transplant: the maps are empty")
+    best: Optional[Transplant] = None
+    tried: list[dict[str, Any]] = []
+    for k, (box, detail) in enumerate(boxes):
+        tr = yield from rescaled(transplant(loaded, inspection.image, box, clean_x, clean_y, inspection.scale,
+                                            inspection.explained_class, m, seed), k / len(boxes), (k + 1) / len(boxes))
+        tr.box_from = detail
+        tried.append({"box": list(box), "box_from": detail, "flip_rate": tr.flip_rate, "baseline": tr.baseline})
+        if best is None or tr.flip_rate - tr.baseline > best.flip_rate - best.baseline:
+            best = tr
+        if tr.looks_like_trigger:
+            best = tr
+            break
+    best.tried = tried
+    return best

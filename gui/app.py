@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+SCREENSHOT_SIZE = (1280, 720)
 
 
 def run_gui(demo: bool = False, screenshot_dir: Optional[str] = None) -> int:
@@ -26,6 +27,8 @@ def run_gui(demo: bool = False, screenshot_dir: Optional[str] = None) -> int:
 
     app.setWindowIcon(QIcon(str(RESOURCES / "icon.svg")))
     window = MainWindow()
+    if screenshot_dir:
+        window.resize(*SCREENSHOT_SIZE)  # the smallest laptop screen the window must fit
     window.show()
     # Start importing TensorFlow once the event loop has painted the window: the import
     # holds the GIL for seconds and would otherwise delay the first paint (bench/bench_startup.py).

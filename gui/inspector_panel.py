@@ -48,6 +48,13 @@ TITLES = {"image": "Image", "gradcam": "Grad-CAM", "occlusion": "Occlusion"}
 FOLDER = "__folder__"
 
 
+def item_name(source: str, index: Optional[int]) -> str:
+    """A file's path, or ``file.h5#12`` for an image inside an HDF5/npz file (the report keeps the index)."""
+    if index is not None and Path(source).suffix.lower() in (".h5", ".hdf5", ".npz"):
+        return f"{source}#{int(index)}"
+    return source
+
+
 class InspectorPanel(QWidget):
     TITLE = "Inspector"
 
@@ -82,11 +89,14 @@ class InspectorPanel(QWidget):
 
     # --------------------------------------------------------------- layout
 
-    def _controls(self) -> QHBoxLayout:
+    def _controls(self) -> QVBoxLayout:
+        """Two rows (what to inspect; how), so the panel fits a 1,280 px screen."""
         from core.occlusion import FILLS
         from core.trigger import DEFAULT_METHOD, METHODS
 
+        rows = QVBoxLayout()
         row = QHBoxLayout()
+        rows.addLayout(row)
         row.addWidget(QLabel("Images from"))
         self.source_combo = QComboBox()
         self.source_combo.setMinimumWidth(200)
@@ -95,7 +105,12 @@ class InspectorPanel(QWidget):
         self.open_button = QPushButton("Open image or folder…")
         self.open_button.clicked.connect(self.choose_files)
         row.addWidget(self.open_button)
-        row.addSpacing(12)
+        self.inspect_button = QPushButton("Inspect")
+        self.inspect_button.clicked.connect(self.inspect_selected)
+        row.addWidget(self.inspect_button)
+        row.addStretch(1)
+        row = QHBoxLayout()
+        rows.addLayout(row)
         row.addWidget(QLabel("Box from"))
         self.method_combo = QComboBox()
         for m in METHODS:
@@ -117,6 +132,8 @@ class InspectorPanel(QWidget):
         self.patch_spin = QSpinBox()
         self.patch_spin.setRange(0, 512)
         self.patch_spin.setSpecialValueText("auto")
+        self.patch_spin.setToolTip("Occlusion patch side; auto tries about 1/7, 1/4 and 1/2.5 of the image side "
+                                   "and keeps the smallest whose box, covered, changes the prediction")
         row.addWidget(self.patch_spin)
         row.addWidget(QLabel("Stride"))
         self.stride_spin = QSpinBox()
@@ -134,11 +151,8 @@ class InspectorPanel(QWidget):
         self.threshold_spin.setValue(0.5)
         self.threshold_spin.setToolTip("Salient region: pixels above this fraction of the map's peak")
         row.addWidget(self.threshold_spin)
-        self.inspect_button = QPushButton("Inspect")
-        self.inspect_button.clicked.connect(self.inspect_selected)
-        row.addWidget(self.inspect_button)
         row.addStretch(1)
-        return row
+        return rows
 
     def _picker(self) -> QWidget:
         self.image_list = QListWidget()
@@ -347,7 +361,7 @@ class InspectorPanel(QWidget):
         item = image_array_or_path
         if isinstance(item, dict):
             label = item.get("label", label)
-            source = source or str(item.get("source", ""))
+            source = source or item_name(str(item.get("source", "")), item.get("index"))
             item = item.get("image", item.get("source"))
         elif isinstance(item, tuple) and len(item) == 2:
             item, label = item
@@ -523,7 +537,7 @@ class InspectorPanel(QWidget):
     def run_transplant(self, done: Optional[Callable[[], None]] = None) -> bool:
         """Paste the box of the image on screen onto clean images; show the grid and the flip rate."""
         from core.errors import DataError
-        from core.trigger import transplant
+        from core.trigger import transplant_search
 
         result = self.inspection
         if result is None or result.primary.box is None:
@@ -537,11 +551,10 @@ class InspectorPanel(QWidget):
         parent = self._inspection_entry
 
         def job():
-            scale = result.scale
             clean = yield from self._clean_job()
             if clean.x.shape[1:] != result.image.shape:
                 raise DataError("the clean data does not match the model's input: reopen it")
-            return (yield from transplant(loaded, result.image, result.primary.box, clean.x, clean.y, scale, result.explained_class, m))
+            return (yield from transplant_search(loaded, result, clean.x, clean.y, m))
 
         def finished(tr: Any) -> None:
             self._show_transplant(tr)
@@ -557,11 +570,18 @@ class InspectorPanel(QWidget):
 
     def _show_transplant(self, tr: Any) -> None:
         self.transplant_result = tr
-        verdict = "looks like a trigger" if tr.flip_rate >= 0.5 and tr.flip_rate > tr.baseline + 0.3 else "does not behave like a trigger"
+        verdict = "looks like a trigger" if tr.looks_like_trigger else "does not behave like a trigger"
+        r0, c0, r1, c1 = tr.box
+        others = [t for t in tr.tried if t["box_from"] != tr.box_from]
+        tried = ("" if not others else "<br>Also tried: " + "; ".join(
+            f"{t['box_from'].split(',')[1].strip() if ',' in t['box_from'] else t['box_from']}: {t['flip_rate']:.0%} "
+            f"(baseline {t['baseline']:.0%})" for t in others))
         self.transplant_label.setText(
             f"<b>{tr.flip_rate:.0%}</b> of {tr.n} clean images flipped to class {tr.suspect_class} "
             f"(baseline: random clean box {tr.baseline:.0%}, same region of clean images {tr.baseline_same_place:.0%}) — the box {verdict}."
+            f"<br>Box pasted: rows {r0}–{r1 - 1}, cols {c0}–{c1 - 1}, from the {tr.box_from} map.{tried}"
         )
+        self._draw_box(self.views["image"]["box"], tr.box)
         self._clear_grid()
         self.grid.addWidget(QLabel("Suspect box\npasted:"), 0, 0)
         for k in range(min(len(tr.examples), GRID_COLUMNS)):

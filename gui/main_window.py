@@ -53,7 +53,7 @@ class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
         self.setWindowTitle("TrojanScope")
-        self.resize(1280, 860)
+        self.resize(1280, 800)  # fits 1,280 x 720 screens too: nothing needs more (tests/test_workflow.py)
         self.setAcceptDrops(True)
         self.state = AppState()
         self.jobs = JobController(self)
@@ -71,6 +71,7 @@ class MainWindow(QMainWindow):
             self.panels[class_name] = panel
             self.tabs.addTab(panel, getattr(panel, "TITLE", class_name))
 
+        self._connect_panels()
         self._build_status_bar()
         self._build_menus()
         self.runner.event.connect(self._on_event)
@@ -78,7 +79,19 @@ class MainWindow(QMainWindow):
         self.runner.idle.connect(self._on_idle)
         self.runner.failed.connect(self.show_error)
         self.runner.cancelled.connect(lambda: self.status.setText("Cancelled; nothing was changed"))
-        self.state.results_stale.connect(self.status.setText)
+        self._notice = ""
+        self.state.results_stale.connect(self._show_notice)
+
+    def _show_notice(self, line: str) -> None:
+        """What a new model or data set cleared or marked stale: said, never silent."""
+        self._notice = line
+        self.status.setText(line)
+
+    def _connect_panels(self) -> None:
+        """Hand-offs between panels: STRIP's flagged rows go to the Inspector."""
+        strip, inspector = self.panels.get("StripPanel"), self.panels.get("InspectorPanel")
+        if strip is not None and inspector is not None:
+            strip.send_to_inspector.connect(inspector.inspect_image)
 
     # ---------------------------------------------------------------- jobs
 
@@ -223,9 +236,10 @@ class MainWindow(QMainWindow):
         from core.models import load_model_job
 
         def loaded(result: Any) -> None:
+            self._notice = ""
             self.state.set_model(result)
             self._remember("model", path)
-            self.status.setText(f"Model: {result.summary.describe()}")
+            self.status.setText(f"Model: {result.summary.describe()}" + (f". {self._notice}" if self._notice else ""))
 
         def failed(exc: BaseException) -> None:
             from core.errors import WeightsOnlyError

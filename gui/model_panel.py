@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from gui.images import to_pixmap
 from gui.state import ROLES, Kind
 
-GRID_COLUMNS = 6
+GRID_COLUMNS = 5  # fits beside the controls on a 1,280 px screen
 
 
 class ModelPanel(QWidget):
@@ -52,7 +52,7 @@ class ModelPanel(QWidget):
         buttons = QHBoxLayout()
         self.open_model_button = QPushButton("Open model…")
         self.open_model_button.clicked.connect(self.window.choose_model)
-        demo_button = QPushButton("Load demo")
+        self.demo_button = demo_button = QPushButton("Load demo")
         demo_button.clicked.connect(lambda: self.window.load_demo())
         buttons.addWidget(self.open_model_button)
         buttons.addWidget(demo_button)
@@ -136,6 +136,7 @@ class ModelPanel(QWidget):
             self.conv_table.setItem(row, 0, QTableWidgetItem(conv.name))
             self.conv_table.setItem(row, 1, QTableWidgetItem(str(conv.channels)))
         self.results.setText("Model loaded: press Evaluate.")
+        self._mark_carried_over()
         if self.state.scale in ("auto", "255", "1"):
             self.scale_combo.setCurrentText(self.state.scale)
         self._clear_grid()
@@ -146,7 +147,18 @@ class ModelPanel(QWidget):
             source = self.state.data.get(role)
             self.data_labels[role].setText(source.describe() if source else "—")
             self.data_labels[role].setToolTip(str(source.path) if source else "")
+        self._mark_carried_over()
         self._refresh_buttons()
+
+    def _mark_carried_over(self) -> None:
+        """Data opened with a previous model says so beside its name (never reused silently)."""
+        carried = set(self.state.carried_over())
+        for role, label in self.data_labels.items():
+            source = self.state.data.get(role)
+            text = source.describe() if source else "—"
+            if role in carried:
+                text = f"{text} <span style='color:#b3261e'>(opened with the previous model)</span>"
+            label.setText(text)
 
     def _refresh_buttons(self) -> None:
         have_data = any(r in self.state.data for r in ("clean_test", "clean_valid", "poisoned"))
@@ -189,9 +201,11 @@ class ModelPanel(QWidget):
             named = f" of {Path(source).name}" if source else ""
             lines.append(f"<b>Clean accuracy: {result.clean_accuracy:.2%}</b> on all {result.n_clean} images{named}")
         if result.attack_success_rate is not None:
+            poisoned = entry.data.get("poisoned") if entry else None
+            named = f" of {Path(poisoned).name}" if poisoned else ""
             lines.append(
-                f"<b>Attack success rate: {result.attack_success_rate:.2%}</b> on {result.n_poisoned} "
-                f"images (target {result.target if result.target is not None else 'per label'})"
+                f"<b>Attack success rate: {result.attack_success_rate:.2%}</b> on all {result.n_poisoned} "
+                f"images{named} (target {result.target if result.target is not None else 'per label'})"
             )
         lines.append(result.scale_note)
         if result.skipped:

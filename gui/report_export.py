@@ -25,30 +25,47 @@ REPORT_FILTER = "HTML report (*.html)"
 
 
 def gather_findings(window: Any) -> tuple[Any, Any, Any]:
-    """(Findings, the last scan's DataSource or path, the last inspection) from the session registry."""
+    """(Findings, the last scan's DataSource or path, the last inspection) from the session registry.
+
+    Every current (not stale) result goes in: each prune and repair, every
+    scan, every inspection with its transplant; what each was measured on goes
+    beside its figures. Stale results (measured on data since replaced) are
+    left out and listed in the notes.
+    """
     from core.report import Findings
 
     state = window.state
     results = state.results
+    current = {kind: [e for e in results.all(kind) if not e.stale] for kind in Kind}
     findings = Findings(summary=state.loaded.summary if state.loaded is not None else None,
                         evaluation=results.value(Kind.EVALUATION), sweep=results.value(Kind.SWEEP),
                         profile=results.value(Kind.STRIP_PROFILE), cleanse=results.value(Kind.CLEANSE))
-    prune = results.latest(Kind.PRUNE, current_only=True)
-    findings.prune = None if prune is None else prune.value
-    if findings.prune is not None and findings.sweep is None:
+    findings.prunes = [e.value for e in current[Kind.PRUNE]]
+    findings.prune = findings.prunes[-1] if findings.prunes else None
+    findings.repairs = [e.value for e in current[Kind.REPAIR]]
+    if findings.sweep is None and findings.prune is not None:
         findings.sweep = findings.prune.sweep
-    scan = results.latest(Kind.SCAN, current_only=True)
-    if scan is not None:
-        profile = findings.profile or scan.value.profile  # the threshold the STRIP line shows now
-        rows = [_reflag(r, profile.threshold, profile.num_classes) for r in scan.value.rows]
-        findings.profile = profile
-        findings.scan = dataclasses.replace(scan.value, profile=profile, rows=rows)
-    inspection_entry = results.latest(Kind.INSPECTION, current_only=True)
-    inspection = None if inspection_entry is None else inspection_entry.value
+    profile = findings.profile
+    for entry in current[Kind.SCAN]:
+        scan = entry.value
+        used = profile or scan.profile  # the threshold the STRIP line shows now
+        findings.scans.append(dataclasses.replace(scan, profile=used,
+                                                  rows=[_reflag(r, used.threshold, used.num_classes) for r in scan.rows]))
+    if findings.scans:
+        findings.scan = findings.scans[-1]
+        findings.profile = findings.profile or findings.scan.profile
+    for entry in current[Kind.INSPECTION]:
+        transplants = [t.value for t in current[Kind.TRANSPLANT] if t.parent is entry]
+        findings.inspected.append((entry.value, transplants[-1] if transplants else None))
+    for kind, section in ((Kind.EVALUATION, "evaluation"), (Kind.SWEEP, "sweep"), (Kind.STRIP_PROFILE, "strip"),
+                          (Kind.CLEANSE, "cleanse"), (Kind.TRANSPLANT, "transplant")):
+        if current[kind] and current[kind][-1].note:
+            findings.measured_on[section] = current[kind][-1].note
     for entry in results.entries():
-        if entry.note:
-            findings.notes.append(f"{entry.kind.value}: measured on {entry.note}"
-                                  + (f" -- STALE: {entry.stale}" if entry.stale else ""))
+        if entry.stale:
+            findings.notes.append(f"Left out, stale: {entry.kind.value} measured on {entry.note or 'data since replaced'} "
+                                  f"({entry.stale}).")
+    inspection = findings.inspected[-1][0] if findings.inspected else None
 
     scan_source: Any = None
     if findings.scan is not None:
@@ -84,8 +101,6 @@ def report_job(window: Any, out: Path) -> Callable[[], Job[tuple[Path, Path]]]:
                 source = open_data(source) if source and Path(source).exists() else None
             findings.flagged = flagged_images(source, loaded.input_shape, findings.scan)
             findings.inspections = yield from inspect_flagged(loaded, findings.flagged, scale)
-        if not findings.inspections and inspection is not None:
-            findings.inspections = [inspection]
         yield Progress(0.95, f"Writing {out.name}")
         return write_report(findings, out)
 
@@ -101,7 +116,10 @@ def _scale(window: Any, findings: Any) -> str:
 
 
 def export_report(window: Any, path: Optional[str] = None, then: Optional[Callable[[Any], None]] = None) -> bool:
-    """Ask where (unless ``path``), then write the report on the worker thread; False if it did not start."""
+    """Ask where (unless ``path``), then write the report on the worker thread; False if it did not start.
+
+    ``then(paths)`` runs when the job ends: the (HTML, JSON) paths, or None when it failed or was cancelled.
+    """
     if path is None:
         start = str(Path(window._last_dir()) / "trojanscope-report.html")
         path, _ = QFileDialog.getSaveFileName(window, "Export the findings report (HTML, with its JSON beside it)", start, REPORT_FILTER)
@@ -111,9 +129,12 @@ def export_report(window: Any, path: Optional[str] = None, then: Optional[Callab
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_name(out.name + ".html")
 
-    def written(paths: tuple[Path, Path]) -> None:
-        window.status.setText(f"Report written: {paths[0]} (and {paths[1].name})")
-        if then:
-            then(paths)
+    written_paths: list = []
 
-    return window.start_job(f"Exporting {out.name}", report_job(window, out), written)
+    def written(paths: tuple[Path, Path]) -> None:
+        written_paths.append(paths)
+        window.status.setText(f"Report written: {paths[0]} (and {paths[1].name})")
+
+    started = window.start_job(f"Exporting {out.name}", report_job(window, out), written,
+                               on_end=lambda _o: then(written_paths[0] if written_paths else None) if then else None)
+    return started

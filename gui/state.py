@@ -124,22 +124,42 @@ class AppState(QObject):
         self.scale = "auto"
         self.target: Optional[int] = None
         self.results = SessionResults()
+        self.opened_with: dict[str, str] = {}  # role -> sha256 of the model open when the data was opened
 
     def set_model(self, loaded: LoadedModel) -> None:
-        """A new model: nothing computed on the old one describes it, so every result goes."""
+        """A new model: nothing computed on the old one describes it, so every result goes.
+
+        Data sets stay open (a clean set often serves several models), but those
+        opened with another model are named, never silently reused.
+        """
         had = sum(1 for _ in self.results.entries())
+        previous = self.loaded
         self.loaded = loaded
         self.results.clear()
         self.model_changed.emit()
+        lines = []
         if had:
-            self.results_stale.emit(f"New model: {had} result(s) of the previous model cleared")
+            lines.append(f"New model: {had} result(s) of the previous model cleared")
+        carried = self.carried_over()
+        if previous is not None and carried:
+            lines.append("still open from the previous model: " + ", ".join(
+                f"{ROLES.get(r, r).lower()} ({self.data[r].path.name})" for r in carried) + " -- reopen any that belong to another model")
+        if lines:
+            self.results_stale.emit("; ".join(lines))
+
+    def carried_over(self) -> list[str]:
+        """Roles whose data was opened while another model was loaded."""
+        sha = self.loaded.summary.sha256 if self.loaded is not None else ""
+        return [r for r in self.data if self.opened_with.get(r, sha) != sha]
 
     def set_data(self, role: str, source: Optional[DataSource]) -> None:
         old = self.data.get(role)
         if source is None:
             self.data.pop(role, None)
+            self.opened_with.pop(role, None)
         else:
             self.data[role] = source
+            self.opened_with[role] = self.loaded.summary.sha256 if self.loaded is not None else ""
         if old is not None and (source is None or str(source.path) != str(old.path)):
             stale = self.results.mark_stale(role, f"{ROLES.get(role, role)} changed from {old.path.name}")
             if stale:

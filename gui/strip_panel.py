@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMenu,
     QPushButton,
     QSpinBox,
     QSplitter,
@@ -46,6 +47,7 @@ from gui.jobs import CANCELLED, DONE
 from gui.state import Kind
 
 FLUSH_MS = 100
+FLUSH_ROWS = 500  # rows moved into the table per tick: each tick stays short however fast rows arrive
 THRESHOLD_MS = 50
 THUMB_PX = 40
 BINS = 50
@@ -188,6 +190,8 @@ class StripPanel(QWidget):
         self.scan_name = ""
         self._profile_entry: Any = None  # the profile as published (its threshold follows the line)
         self._pending: list[tuple[list, list]] = []
+        self._streaming = False
+        self._after_drain: Optional[Callable[[], None]] = None
         self._hist_dirty = False
         self._build()
         self.flush_timer = QTimer(self)
@@ -343,6 +347,8 @@ class StripPanel(QWidget):
         for col, width in ((StripTableModel.THUMB, THUMB_PX + 16), (StripTableModel.ENTROPY, 80), (StripTableModel.PREDICTED, 90), (StripTableModel.VERDICT, 110)):
             header.resizeSection(col, width)
         self.table.doubleClicked.connect(self.open_row)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._row_menu)
         column.addWidget(self.table, 1)
         self.skipped_label = QLabel("")
         self.skipped_label.setWordWrap(True)
@@ -503,14 +509,17 @@ class StripPanel(QWidget):
                 f"{int(self.model.flagged_mask().sum())} flagged, {len(result.skipped)} skipped"
             )
 
-        def ended(outcome: str) -> None:
+        def drained(outcome: str) -> None:
             # Rows already received stay (and are published) when the analyst presses Cancel.
-            self.flush_timer.stop()
-            self._flush()
             if self.model.rows:
                 self._publish_scan(profile, outcome, ["scan"] if preset is not None else [])
             if done:
                 done()
+
+        def ended(outcome: str) -> None:
+            self._streaming = False
+            self._after_drain = lambda: drained(outcome)
+            self._flush()
 
         self.model.clear()
         self.skipped = []
@@ -519,6 +528,7 @@ class StripPanel(QWidget):
         self.scan_name = str(path or preset.path)
         started = self.window.start_job(f"STRIP scan of {Path(self.scan_name).name}", job, finished, event, on_end=ended)
         if started:
+            self._streaming = True
             self.flush_timer.start()
         elif done:
             done()
@@ -533,13 +543,16 @@ class StripPanel(QWidget):
                            note=f"{len(rows)} images of {Path(self.scan_name).name}{part}")
 
     def _flush(self) -> None:
-        """Move pending rows into the table in one insert; redraw once."""
+        """Move up to FLUSH_ROWS pending rows into the table in one insert; redraw once.
+
+        After the scan ended, the timer runs on until nothing is pending, then stops.
+        """
         if self._pending:
             rows, thumbs = [], []
-            for r, t in self._pending:
+            while self._pending and len(rows) < FLUSH_ROWS:
+                r, t = self._pending.pop(0)
                 rows.extend(r)
                 thumbs.extend(t)
-            self._pending.clear()
             self.model.append(rows, thumbs)
             self._hist_dirty = True
         if self._hist_dirty:
@@ -552,6 +565,13 @@ class StripPanel(QWidget):
                 f"{len(self.skipped)} file(s) skipped, e.g. {Path(first.source).name}: {first.reason}"
             )
             self.skipped_label.setToolTip("\n".join(f"{s.source}: {s.reason}" for s in self.skipped[:50]))
+        if not self._streaming and not self._pending:
+            self.flush_timer.stop()
+            after, self._after_drain = self._after_drain, None
+            if after is not None:
+                after()
+        elif not self.flush_timer.isActive():
+            self.flush_timer.start()
 
     def _filter_changed(self, on: bool) -> None:
         self.proxy.set_only_flagged(on)
@@ -573,30 +593,42 @@ class StripPanel(QWidget):
         if path:
             self.load_profile(path)
 
-    def load_profile(self, path: str) -> None:
-        from core.errors import TrojanScopeError
+    def load_profile(self, path: str, then: Optional[Callable[[], None]] = None) -> bool:
+        """Read a profile on the worker thread (a large overlay set is not read on the GUI thread)."""
+        loaded = self.state.loaded
 
-        try:
+        def job():
+            yield Progress(None, f"Reading {Path(path).name}")
             profile = strip.load_profile(path)
-            warnings = strip.check_profile(self.state.loaded, profile) if self.state.loaded else []
-        except TrojanScopeError as exc:
-            self.window.show_error(str(exc))
-            return
-        self.set_profile(profile)
-        self._profile_entry = self.state.publish(Kind.STRIP_PROFILE, profile, note=f"profile loaded from {path}")
-        self.window.status.setText(warnings[0] if warnings else f"STRIP profile loaded from {path}")
+            return profile, (strip.check_profile(loaded, profile) if loaded is not None else [])
+
+        def finished(value: Any) -> None:
+            profile, warnings = value
+            self.set_profile(profile)
+            self._profile_entry = self.state.publish(Kind.STRIP_PROFILE, profile, note=f"profile loaded from {path}")
+            self.window.status.setText(warnings[0] if warnings else f"STRIP profile loaded from {path}")
+
+        return self.window.start_job(f"Loading {Path(path).name}", job, finished, on_end=lambda _o: then() if then else None)
 
     def choose_save_profile(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the STRIP profile", self.window._last_dir() + "/strip_profile.npz", PROFILE_FILTER)
         if path:
             self.save_profile(path)
 
-    def save_profile(self, path: str) -> Path:
-        """Save with the threshold shown (a dragged line is what the analyst chose)."""
+    def save_profile(self, path: str, then: Optional[Callable[[Path], None]] = None) -> bool:
+        """Save with the threshold shown (a dragged line is what the analyst chose), on the worker thread."""
         profile = self.profile.with_threshold(self.threshold) if self.threshold is not None else self.profile
-        saved = strip.save_profile(profile, path)
-        self.window.status.setText(f"STRIP profile saved to {saved}")
-        return saved
+
+        def job():
+            yield Progress(None, f"Saving {Path(path).name}")
+            return strip.save_profile(profile, path)
+
+        def finished(saved: Path) -> None:
+            self.window.status.setText(f"STRIP profile saved to {saved}")
+            if then:
+                then(saved)
+
+        return self.window.start_job("Saving the STRIP profile", job, finished)
 
     def _choose_export(self, kind: str) -> None:
         path, _ = QFileDialog.getSaveFileName(self, f"Export the scan as {kind.upper()}", self.window._last_dir() + f"/strip_scan.{kind}", f"{kind.upper()} (*.{kind})")
@@ -635,15 +667,37 @@ class StripPanel(QWidget):
     # ----------------------------------------------------------- big view
 
     def open_row(self, proxy_index: QModelIndex) -> None:
-        """Show the image large, and offer it to the Inspector panel."""
+        """Double-click: a flagged row goes to the Inspector (tab switches, inspection starts); others show large."""
         r = self.proxy.mapToSource(proxy_index).row()
+        if self.model.is_flagged(r):
+            self.send_row(r)
+        else:
+            self.show_row(r)
+
+    def _row_menu(self, pos: Any) -> None:
+        index = self.table.indexAt(pos)
+        if not index.isValid():
+            return
+        r = self.proxy.mapToSource(index).row()
+        menu = QMenu(self)
+        menu.addAction("Send to Inspector", lambda: self.send_row(r))
+        menu.addAction("Show image…", lambda: self.show_row(r))
+        self.row_menu = menu
+        menu.popup(self.table.viewport().mapToGlobal(pos))
+
+    def send_row(self, r: int) -> None:
+        """Hand row ``r`` to the Inspector (connected by the main window to ``InspectorPanel.inspect_image``)."""
+        row = self.model.rows[r]
+        self.send_to_inspector.emit({
+            "source": row.source, "index": row.index, "image": self._full_image(r), "predicted": row.predicted,
+            "entropy": row.entropy, "flagged": self.model.is_flagged(r), "name": display_name(row),
+        })
+
+    def show_row(self, r: int) -> None:
+        """The image large, with its entropy and verdict."""
         row = self.model.rows[r]
         image = self._full_image(r)
         flagged = self.model.is_flagged(r)
-        self.send_to_inspector.emit({
-            "source": row.source, "index": row.index, "image": image, "predicted": row.predicted,
-            "entropy": row.entropy, "flagged": flagged,
-        })
         dialog = QDialog(self)
         dialog.setWindowTitle(display_name(row))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
@@ -652,12 +706,15 @@ class StripPanel(QWidget):
         picture.setPixmap(to_pixmap(image, 336))
         picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
         caption = QLabel(
-            f"{row.source}<br>entropy {row.entropy:.4f} bits, model class {row.predicted} ({row.confidence:.0%}) → "
+            f"{row.source} (item {row.index})<br>entropy {row.entropy:.4f} bits, model class {row.predicted} ({row.confidence:.0%}) → "
             f"<b style='color:{(FLAGGED if flagged else ACCEPTED).name()}'>{'FLAGGED, label ' + str(self.model.num_classes) if flagged else 'accepted'}</b>"
         )
         caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        send = QPushButton("Send to Inspector")
+        send.clicked.connect(lambda: (dialog.close(), self.send_row(r)))
         v.addWidget(picture)
         v.addWidget(caption)
+        v.addWidget(send)
         self.image_dialog = dialog
         dialog.open()
 

@@ -48,6 +48,7 @@ CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
 CELL = 40  # trigger thumbnails, pixels high: ten classes fit side by side
 ASK = "Run Neural Cleanse to ask: is this model backdoored, and towards which class?"
+STAGE_ROWS = {"before": 0, "after_prune": 1, "after": 2}  # "after_fine_prune" is in the note and the report
 REPAIR_LABELS = {  # the button says what it will do
     "unlearn": "Repair by unlearning",
     "both": "Repair: fine-prune, then unlearn",
@@ -163,7 +164,8 @@ class VerdictPanel(QWidget):
         rform.addRow(self.repair_button)
         column.addWidget(rep)
 
-        self.table = BeforeAfterTable(["Before", "After pruning", "After"])
+        self.table = BeforeAfterTable(["Before", "After pruning", "After repair"])
+        self.table.setToolTip("After pruning: the channels zeroed, before any fine-tuning (as in Fine-Pruning)")
         column.addWidget(self.table)
         self.save_button = QPushButton("Save repaired model…")
         self.save_button.clicked.connect(self._ask_save)
@@ -338,7 +340,7 @@ class VerdictPanel(QWidget):
             if event.metrics.get("attack_success_rate") is not None:
                 self.curves.append("ep_asr", event.epoch, event.metrics["attack_success_rate"])
         elif isinstance(event, RepairStage):
-            row = {"before": 0, "after_prune": 1, "after": 2}.get(event.stage)
+            row = STAGE_ROWS.get(event.stage)
             if row is not None:
                 self.table.set_row(row, event.metrics)
 
@@ -432,7 +434,9 @@ class VerdictPanel(QWidget):
         self._refresh_buttons()
         self._repairing = True
         self.curves.clear("loss", "ep_clean", "ep_asr", "norm")
-        self.live_plot.setTitle("Unlearning: training loss per batch", color="k")
+        doing = {"unlearn": "Unlearning", "both": "Fine-pruning, then unlearning", "fine-prune": "Fine-pruning"}[method]
+        self.live_plot.setTitle(f"{doing}: training loss per batch", color="k")
+        self.epoch_plot.setTitle(f"{doing} (held-out clean data)", color="k")
         self.live_plot.setLabel("bottom", "batch")
         self.live_plot.setLabel("left", "loss")
         self.live_plot.enableAutoRange()
@@ -451,7 +455,9 @@ class VerdictPanel(QWidget):
         def finished(result: Any) -> None:
             self.repair_result = result
             for stage in result.stages:
-                self.table.set_row({"before": 0, "after_prune": 1, "after": 2}[stage.stage], stage.metrics)
+                row = STAGE_ROWS.get(stage.stage)
+                if row is not None:
+                    self.table.set_row(row, stage.metrics)
             measured = measured_on(result.n_holdout, self.state)
             self.note.setText(
                 f"{self.note.text()}\n\nRepair ({result.method}): every row's clean accuracy on {measured}; "

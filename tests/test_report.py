@@ -45,7 +45,7 @@ def test_report_has_every_section_and_json_beside_it(written):
         assert f'<section id="{section}">' in page
         assert section in record["sections"]
     assert record["sections"] == {"summary": "run", "evaluation": "run", "pruning": "run", "strip": "run",
-                                  "inspector": "run", "cleanse": "not run"}
+                                  "inspector": "run", "cleanse": "not run", "repair": "not run"}
     assert "Not run" in page.split('id="cleanse"')[1]
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, nothing fetched
 

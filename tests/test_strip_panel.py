@@ -63,13 +63,20 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     assert all((r["label"] == 10) == r["flagged"] for r in data["results"])
 
     with qtbot.waitSignal(panel.send_to_inspector, timeout=2000) as signal:
-        panel.table.doubleClicked.emit(panel.proxy.index(0, 1))
+        panel.table.doubleClicked.emit(panel.proxy.index(0, 1))  # a flagged row: straight to the Inspector
     assert signal.args[0]["image"].shape == (28, 28, 3) and signal.args[0]["flagged"]
+    inspector = window.panels["InspectorPanel"]
+    assert window.tabs.currentWidget() is inspector
+    wait_idle(qtbot, window)
+    assert inspector.inspection is not None and inspector.inspection.source == signal.args[0]["source"]
+    panel.show_row(panel.proxy.mapToSource(panel.proxy.index(0, 1)).row())
     assert panel.image_dialog.isVisible()
     panel.image_dialog.close()
 
-    saved = panel.save_profile(str(tmp_path / "p.npz"))
-    assert strip.load_profile(saved).threshold == panel.threshold
+    saved = []
+    assert panel.save_profile(str(tmp_path / "p.npz"), then=saved.append)  # on the worker thread
+    wait_idle(qtbot, window)
+    assert strip.load_profile(saved[0]).threshold == panel.threshold
 
 
 def _fake_profile() -> strip.StripProfile:
