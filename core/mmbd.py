@@ -1,0 +1,271 @@
+"""MM-BD: a backdoor detector that assumes nothing about the trigger's size or shape.
+
+Wang, Xiang, Miller and Kesidis, "MM-BD: Post-Training Detection of Backdoor
+Attacks with Arbitrary Backdoor Pattern Types Using a Maximum Margin
+Statistic", IEEE S&P 2024. Neural Cleanse looks for an abnormally *small*
+trigger, so a large one (a frame, sunglasses, a blended pattern, a warp)
+escapes it. MM-BD looks at the model alone: a backdoor is a shortcut the
+network learned to obey above everything else, so an input can be found that
+drives the target's logit *far* above every other class -- farther than any
+natural class can be pushed. Read top-down in :func:`mmbd`:
+
+1. For each class k, maximise the margin ``z_k(x) - max_{j != k} z_j(x)``
+   of the logits z over inputs x anywhere in the valid pixel box, by
+   projected gradient ascent (Adam, then clip to the box) from a few random
+   starts; the class's statistic r_k is the largest margin reached. No clean
+   data is needed (it is used only to choose the pixel scale when asked).
+   Every class and every start is optimised in one batch.
+2. A null model of the statistics of classes that are *not* backdoor
+   targets: a gamma distribution (location 0) fitted by maximum likelihood
+   to the other classes' statistics. The most extreme class is tested with
+   the order-statistic p-value of the paper, ``p = 1 - F(r)^(K-1)``: the
+   probability that the largest of K - 1 null statistics exceeds r. p below
+   0.05 (the paper's significance level) flags the class; it is then removed
+   from the null and the next most extreme class is tested the same way, so
+   that two targets do not hide each other.
+
+The job yields progress every few optimisation steps and writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from core.data import Arrays, DataSource, load_arrays
+from core.errors import DataError
+from core.inference import scale_factor
+from core.jobs import Job, Progress
+from core.models import LoadedModel
+from core.tf_env import tf as _tf
+
+# The paper's significance level for the order-statistic p-value.
+SIGNIFICANCE = 0.05
+# Gamma fits need positive data: statistics at or below 0 (a class that can
+# never win) are lifted to this small positive value before fitting.
+_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class MMBDSettings:
+    """Optimisation settings. Defaults measured on the zoo (bench/zoo_report.py)."""
+
+    starts: int = 6  # random starting images per class; the best margin counts
+    steps: int = 300  # projected Adam steps
+    learning_rate: float = 0.02  # in units of the full pixel range per step
+    significance: float = SIGNIFICANCE
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MMBDStep:
+    """Progress of the batched optimisation: each class's best margin so far."""
+
+    step: int
+    steps: int
+    margins: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class MMBDResult:
+    """Each class's maximum margin, its p-value under the null, and the flagged classes."""
+
+    flagged_classes: tuple[int, ...]  # most significant first
+    margins: dict[int, float]  # r_k: the largest logit margin found for class k
+    p_values: dict[int, float]  # order-statistic p-value of each class against the others
+    gamma_shape: float  # the null fitted to the unflagged classes
+    gamma_scale: float
+    num_classes: int
+    scale: str
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return "backdoored" if self.flagged_classes else "clean"
+
+    @property
+    def min_p_value(self) -> float:
+        return min(self.p_values.values()) if self.p_values else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": "MM-BD",
+            "verdict": self.verdict,
+            "flagged_classes": list(self.flagged_classes),
+            "margins": {str(k): round(v, 4) for k, v in self.margins.items()},
+            "p_values": {str(k): float(f"{v:.4g}") for k, v in self.p_values.items()},
+            "gamma_null": {"shape": round(self.gamma_shape, 4), "scale": round(self.gamma_scale, 4)},
+            "significance": self.settings.get("significance", SIGNIFICANCE),
+            "num_classes": self.num_classes,
+            "scale": self.scale,
+            "seconds": round(self.seconds, 2),
+            "settings": self.settings,
+        }
+
+    def describe(self) -> str:
+        """One plain-language sentence for the analyst."""
+        if self.flagged_classes:
+            parts = ", ".join(f"class {c} (margin {self.margins[c]:.1f}, p = {self.p_values[c]:.2g})" for c in self.flagged_classes)
+            return f"MM-BD: inputs can be made to favour {parts} far beyond any other class, as a backdoor target can."
+        return f"MM-BD: no class's maximum margin stands out (smallest p = {self.min_p_value:.2g}, threshold {SIGNIFICANCE})."
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def fit_gamma(values: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood gamma (location 0) of positive statistics: (shape, scale)."""
+    from scipy import stats
+
+    data = np.maximum(np.asarray(values, np.float64), _FLOOR)
+    if len(data) < 2 or np.allclose(data, data[0]):
+        return float("inf"), float(data[0]) if len(data) else 0.0  # degenerate: (inf, the point mass's value)
+    shape, _loc, scale = stats.gamma.fit(data, floc=0.0)
+    return float(shape), float(scale)
+
+
+def order_p_value(value: float, shape: float, scale: float, n_null: int) -> float:
+    """P(max of ``n_null`` null statistics >= value) = 1 - F(value)^n_null for a gamma null."""
+    from scipy import stats
+
+    if not np.isfinite(shape):  # point-mass null at ``scale``: anything above it is infinitely unlikely
+        return 0.0 if value > scale * (1 + 1e-9) else 1.0
+    # 1 - F^n computed as -expm1(n * log1p(-sf)) so that tiny p-values do not round to 0
+    sf = float(stats.gamma.sf(max(value, _FLOOR), shape, scale=scale))
+    if sf <= 0.0:
+        return 0.0
+    return float(-np.expm1(n_null * np.log1p(-sf)))
+
+
+def detect(margins: dict[int, float], significance: float = SIGNIFICANCE) -> tuple[list[int], dict[int, float], tuple[float, float]]:
+    """Flag classes whose maximum margin is an outlier (paper's test, applied repeatedly).
+
+    Returns (flagged classes most significant first, p-value of every class,
+    the gamma null fitted to the classes left unflagged). Each class's
+    p-value is computed against the null fitted to the other classes that
+    are not flagged.
+    """
+    classes = sorted(margins, key=lambda c: -margins[c])
+    flagged: list[int] = []
+    for cls in classes:
+        null = [margins[c] for c in classes if c != cls and c not in flagged]
+        if len(null) < 2:
+            break
+        shape, scale = fit_gamma(np.array(null))
+        if order_p_value(margins[cls], shape, scale, len(null)) >= significance:
+            break
+        flagged.append(cls)
+    rest = [c for c in classes if c not in flagged]
+    null_fit = fit_gamma(np.array([margins[c] for c in rest])) if len(rest) >= 2 else (float("nan"), float("nan"))
+    p_values = {}
+    for cls in margins:
+        null = [margins[c] for c in rest if c != cls]
+        if len(null) < 2:
+            p_values[cls] = 1.0
+            continue
+        shape, scale = fit_gamma(np.array(null))
+        p_values[cls] = order_p_value(margins[cls], shape, scale, len(null))
+    return flagged, p_values, null_fit
+
+
+# ---------------------------------------------------------------- the job
+
+
+def mmbd(
+    loaded: LoadedModel,
+    clean: Union[DataSource, Arrays, None] = None,
+    scale: str = "auto",
+    settings: MMBDSettings = MMBDSettings(),
+    pixel_max: Optional[float] = None,
+) -> Job[MMBDResult]:
+    """Maximise every class's logit margin over the pixel box and test for outliers.
+
+    ``clean`` is optional: it is used only to choose ``scale`` ('auto') and
+    the pixel range (0..255 or 0..1, as the data is stored); without it give
+    ``scale`` ('255' or '1') and ``pixel_max`` (255 by default).
+    """
+    from core.cleanse import logits_fn
+
+    started = time.perf_counter()
+    if settings.starts < 1 or settings.steps < 1:
+        raise DataError(f"MM-BD needs at least 1 start and 1 step; received {settings.starts} and {settings.steps}")
+    scale, pixel_max = yield from _choose_scale(loaded, clean, scale, pixel_max)
+    factor = scale_factor(scale)
+    tf = _tf()
+    num_classes = loaded.num_classes
+    h, w, c = loaded.input_shape
+    logits, _from_logits = logits_fn(loaded)
+    rng = np.random.default_rng(settings.seed)
+    n = num_classes * settings.starts
+    targets = np.repeat(np.arange(num_classes), settings.starts)
+    # The box is [0, 1] in the variable, mapped to [0, pixel_max] then scaled as the model expects.
+    x = tf.Variable(rng.random((n, h, w, c)).astype(np.float32))
+    m, v = tf.Variable(tf.zeros_like(x)), tf.Variable(tf.zeros_like(x))
+    t = tf.Variable(0.0)
+    onehot = tf.constant(np.eye(num_classes, dtype=bool)[targets])
+    lr, b1, b2 = settings.learning_rate, 0.9, 0.999  # Adam's usual moments
+
+    def margin_of(z):  # noqa: ANN001, ANN202 -- z_k - max_{j != k} z_j, per image
+        own = tf.reduce_sum(tf.where(onehot, z, 0.0), axis=1)
+        other = tf.reduce_max(tf.where(onehot, -np.inf, z), axis=1)
+        return own - other
+
+    @tf.function(reduce_retracing=True)
+    def step():  # noqa: ANN202
+        with tf.GradientTape() as tape:
+            z = logits(x * (pixel_max * factor))
+            margins = margin_of(z)
+            loss = -tf.reduce_sum(margins)  # images are independent: their gradients do not mix
+        grad = tape.gradient(loss, x)
+        t.assign_add(1.0)
+        m.assign(b1 * m + (1 - b1) * grad)
+        v.assign(b2 * v + (1 - b2) * tf.square(grad))
+        update = (m / (1 - tf.pow(b1, t))) / (tf.sqrt(v / (1 - tf.pow(b2, t))) + 1e-8)
+        x.assign(tf.clip_by_value(x - lr * update, 0.0, 1.0))  # projection onto the pixel box
+        return margins
+
+    @tf.function(reduce_retracing=True)
+    def current():  # noqa: ANN202
+        return margin_of(logits(x * (pixel_max * factor)))
+
+    best = np.full(n, -np.inf)
+    last_yield = time.perf_counter()
+    for k in range(settings.steps):
+        step()
+        if time.perf_counter() - last_yield > 0.2 or k == settings.steps - 1:
+            best = np.maximum(best, current().numpy())
+            per_class = best.reshape(num_classes, settings.starts).max(axis=1)
+            last_yield = time.perf_counter()
+            yield MMBDStep(k + 1, settings.steps, tuple(float(r) for r in per_class))
+            yield Progress((k + 1) / settings.steps, f"MM-BD: maximising every class's margin, step {k + 1}/{settings.steps}")
+    best = np.maximum(best, current().numpy())
+    margins = {cls: float(r) for cls, r in enumerate(best.reshape(num_classes, settings.starts).max(axis=1))}
+
+    flagged, p_values, (shape, gscale) = detect(margins, settings.significance)
+    seconds = time.perf_counter() - started
+    yield Progress(1.0, f"MM-BD finished in {seconds:.1f} s")
+    return MMBDResult(tuple(flagged), margins, p_values, shape, gscale, num_classes, scale, seconds, asdict(settings))
+
+
+def _choose_scale(loaded: LoadedModel, clean: Union[DataSource, Arrays, None], scale: str, pixel_max: Optional[float]) -> Job[tuple[str, float]]:
+    """The scale the model expects and the stored pixel range, from clean data when given."""
+    if clean is None:
+        if scale == "auto":
+            raise DataError("MM-BD needs clean data to choose the scale automatically; give --scale 255 or 1")
+        return scale, 255.0 if pixel_max is None else float(pixel_max)
+    yield Progress(None, "MM-BD: reading clean images to choose the pixel scale")
+    arrays = clean if isinstance(clean, Arrays) else load_arrays(clean, loaded.input_shape, limit=500)
+    if len(arrays.x) == 0:
+        raise DataError("the clean data holds no readable image")
+    if pixel_max is None:
+        pixel_max = 255.0 if float(np.max(arrays.x)) > 1.5 else 1.0
+    if scale == "auto":
+        from core.data import ArraySource
+        from core.evaluate import choose_scale
+
+        scale, _note = choose_scale(loaded, ArraySource(arrays.x, arrays.y, "clean data"), "auto")
+    return scale, float(pixel_max)
