@@ -19,10 +19,15 @@ natural class can be pushed. Read top-down in :func:`mmbd`:
    targets: a gamma distribution (location 0) fitted by maximum likelihood
    to the other classes' statistics. The most extreme class is tested with
    the order-statistic p-value of the paper, ``p = 1 - F(r)^(K-1)``: the
-   probability that the largest of K - 1 null statistics exceeds r. p below
-   0.05 (the paper's significance level) flags the class; it is then removed
-   from the null and the next most extreme class is tested the same way, so
-   that two targets do not hide each other.
+   probability that the largest of K - 1 null statistics exceeds r.
+3. Calibration (ours): with 10 classes the null is fitted to 9 values and
+   the paper's p-value is far too small -- below 0.05 on about a quarter of
+   backdoor-free sets of statistics. We compare it with its own
+   distribution on simulated backdoor-free models (a parametric bootstrap
+   from the fitted gamma), so that p < 0.05 means what it says. Below 0.05
+   (the paper's level) the class is flagged; it is then removed from the
+   null and the next most extreme class is tested, so that two targets do
+   not hide each other.
 
 The job yields progress every few optimisation steps and writes nothing.
 """
@@ -44,6 +49,10 @@ from core.tf_env import tf as _tf
 
 # The paper's significance level for the order-statistic p-value.
 SIGNIFICANCE = 0.05
+# Clean images whose own logit margins give the model's natural scale (reported beside the statistics).
+CLEAN_IMAGES = 500
+# Simulated backdoor-free models per calibration: the smallest p-value it can give is 1/401.
+CALIBRATION_DRAWS = 400
 # Gamma fits need positive data: statistics at or below 0 (a class that can
 # never win) are lifted to this small positive value before fitting.
 _FLOOR = 1e-6
@@ -82,6 +91,9 @@ class MMBDResult:
     scale: str
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    clean_margin: Optional[float] = None  # median logit margin of clean images (None without clean data)
+    raw_p_values: dict[int, float] = field(default_factory=dict)  # the paper's uncalibrated p-values
+    class_clean_margins: dict[int, float] = field(default_factory=dict)  # median margin of clean images predicted k
 
     @property
     def verdict(self) -> str:
@@ -100,6 +112,9 @@ class MMBDResult:
             "p_values": {str(k): float(f"{v:.4g}") for k, v in self.p_values.items()},
             "gamma_null": {"shape": round(self.gamma_shape, 4), "scale": round(self.gamma_scale, 4)},
             "significance": self.settings.get("significance", SIGNIFICANCE),
+            "raw_p_values": {str(k): float(f"{v:.4g}") for k, v in self.raw_p_values.items()},
+            "clean_margin": None if self.clean_margin is None else round(self.clean_margin, 4),
+            "class_clean_margins": {str(k): round(v, 4) for k, v in self.class_clean_margins.items()},
             "num_classes": self.num_classes,
             "scale": self.scale,
             "seconds": round(self.seconds, 2),
@@ -141,35 +156,77 @@ def order_p_value(value: float, shape: float, scale: float, n_null: int) -> floa
     return float(-np.expm1(n_null * np.log1p(-sf)))
 
 
-def detect(margins: dict[int, float], significance: float = SIGNIFICANCE) -> tuple[list[int], dict[int, float], tuple[float, float]]:
-    """Flag classes whose maximum margin is an outlier (paper's test, applied repeatedly).
+@dataclass(frozen=True)
+class Detection:
+    flagged: tuple[int, ...]  # most significant first
+    p_values: dict[int, float]  # calibrated: the chance a model without backdoor looks at least this extreme
+    raw_p_values: dict[int, float]  # the paper's order-statistic p-values
+    null_shape: float  # gamma fitted to the unflagged classes
+    null_scale: float
 
-    Returns (flagged classes most significant first, p-value of every class,
-    the gamma null fitted to the classes left unflagged). Each class's
-    p-value is computed against the null fitted to the other classes that
-    are not flagged.
+
+def raw_p_of_max(values: np.ndarray) -> float:
+    """The paper's test on one set of statistics: the largest against a gamma fitted to the others."""
+    values = np.sort(np.asarray(values, np.float64))
+    shape, scale = fit_gamma(values[:-1])
+    return order_p_value(float(values[-1]), shape, scale, len(values) - 1)
+
+
+def simulated_raw_p(shape: float, n: int, draws: int, seed: int = 0) -> np.ndarray:
+    """The paper's raw p-value on ``draws`` sets of n gamma(shape) statistics: its distribution without any backdoor.
+
+    Fitting a gamma to 9 values understates the tail, so with 10 classes the
+    raw p-value falls below 0.05 on about a quarter of clean models (tests/test_mmbd.py
+    measures it). Comparing an observed raw p-value with this simulated
+    distribution (a parametric bootstrap) gives a p-value that means what it
+    says. Scale-free: the gamma's scale does not change the raw p-value.
+    """
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    samples = stats.gamma.rvs(shape, size=(draws, n), random_state=rng)
+    return np.array([raw_p_of_max(row) for row in samples])
+
+
+def detect(margins: dict[int, float], significance: float = SIGNIFICANCE, draws: int = CALIBRATION_DRAWS) -> Detection:
+    """Flag classes whose maximum margin is an outlier (the paper's test, calibrated, applied repeatedly).
+
+    Each class's raw p-value is the paper's order statistic against a gamma
+    fitted to the other unflagged classes; its calibrated p-value is the
+    share of simulated backdoor-free models (``simulated_raw_p``, with the
+    fitted null's shape) whose raw p-value is as small, (1 + hits) / (1 + draws).
+    The most extreme class is flagged when the calibrated p-value is below
+    ``significance``; it then leaves the null and the next is tested, so two
+    targets do not hide each other.
     """
     classes = sorted(margins, key=lambda c: -margins[c])
+    simulated: dict[tuple[int, float], np.ndarray] = {}
+
+    def p_against(cls: int, others: list[int]) -> tuple[float, float]:
+        null = np.array([margins[c] for c in others])
+        shape, scale = fit_gamma(null)
+        raw = order_p_value(margins[cls], shape, scale, len(null))
+        if not np.isfinite(shape):  # point-mass null: no simulation can say more
+            return raw, raw
+        key = (len(null) + 1, round(shape, 1))
+        if key not in simulated:
+            simulated[key] = simulated_raw_p(max(shape, 0.05), len(null) + 1, draws)
+        calibrated = (1 + int(np.sum(simulated[key] <= raw))) / (1 + draws)
+        return calibrated, raw
+
     flagged: list[int] = []
     for cls in classes:
-        null = [margins[c] for c in classes if c != cls and c not in flagged]
-        if len(null) < 2:
-            break
-        shape, scale = fit_gamma(np.array(null))
-        if order_p_value(margins[cls], shape, scale, len(null)) >= significance:
+        others = [c for c in classes if c != cls and c not in flagged]
+        if len(others) < 2 or p_against(cls, others)[0] >= significance:
             break
         flagged.append(cls)
     rest = [c for c in classes if c not in flagged]
-    null_fit = fit_gamma(np.array([margins[c] for c in rest])) if len(rest) >= 2 else (float("nan"), float("nan"))
-    p_values = {}
+    shape, scale = fit_gamma(np.array([margins[c] for c in rest])) if len(rest) >= 2 else (float("nan"), float("nan"))
+    p_values, raw_p = {}, {}
     for cls in margins:
-        null = [margins[c] for c in rest if c != cls]
-        if len(null) < 2:
-            p_values[cls] = 1.0
-            continue
-        shape, scale = fit_gamma(np.array(null))
-        p_values[cls] = order_p_value(margins[cls], shape, scale, len(null))
-    return flagged, p_values, null_fit
+        others = [c for c in rest if c != cls]
+        p_values[cls], raw_p[cls] = p_against(cls, others) if len(others) >= 2 else (1.0, 1.0)
+    return Detection(tuple(flagged), p_values, raw_p, shape, scale)
 
 
 # ---------------------------------------------------------------- the job
@@ -193,7 +250,7 @@ def mmbd(
     started = time.perf_counter()
     if settings.starts < 1 or settings.steps < 1:
         raise DataError(f"MM-BD needs at least 1 start and 1 step; received {settings.starts} and {settings.steps}")
-    scale, pixel_max = yield from _choose_scale(loaded, clean, scale, pixel_max)
+    scale, pixel_max, clean_x = yield from _choose_scale(loaded, clean, scale, pixel_max)
     factor = scale_factor(scale)
     tf = _tf()
     num_classes = loaded.num_classes
@@ -245,18 +302,31 @@ def mmbd(
     best = np.maximum(best, current().numpy())
     margins = {cls: float(r) for cls, r in enumerate(best.reshape(num_classes, settings.starts).max(axis=1))}
 
-    flagged, p_values, (shape, gscale) = detect(margins, settings.significance)
+    clean_margin, class_margins = None, {}
+    if clean_x is not None and len(clean_x):
+        # The margin clean images get for their predicted class: how far a natural input goes.
+        z = np.concatenate([np.asarray(logits(tf.constant(clean_x[i : i + 256] * factor, tf.float32))) for i in range(0, len(clean_x), 256)])
+        top2 = np.sort(z, axis=1)[:, -2:]
+        gaps = top2[:, 1] - top2[:, 0]
+        clean_margin = float(np.median(gaps))
+        predicted = z.argmax(axis=1)
+        class_margins = {k: float(np.median(gaps[predicted == k])) for k in range(num_classes) if np.any(predicted == k)}
+
+    yield Progress(1.0, "MM-BD: testing the margins against a null of the other classes")
+    found = detect(margins, settings.significance)
     seconds = time.perf_counter() - started
     yield Progress(1.0, f"MM-BD finished in {seconds:.1f} s")
-    return MMBDResult(tuple(flagged), margins, p_values, shape, gscale, num_classes, scale, seconds, asdict(settings))
+    return MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, num_classes, scale,
+                      seconds, asdict(settings), clean_margin, found.raw_p_values, class_margins)
 
 
-def _choose_scale(loaded: LoadedModel, clean: Union[DataSource, Arrays, None], scale: str, pixel_max: Optional[float]) -> Job[tuple[str, float]]:
-    """The scale the model expects and the stored pixel range, from clean data when given."""
+def _choose_scale(loaded: LoadedModel, clean: Union[DataSource, Arrays, None], scale: str,
+                  pixel_max: Optional[float]) -> Job[tuple[str, float, Optional[np.ndarray]]]:
+    """The scale the model expects, the stored pixel range and some clean images (None without clean data)."""
     if clean is None:
         if scale == "auto":
             raise DataError("MM-BD needs clean data to choose the scale automatically; give --scale 255 or 1")
-        return scale, 255.0 if pixel_max is None else float(pixel_max)
+        return scale, 255.0 if pixel_max is None else float(pixel_max), None
     yield Progress(None, "MM-BD: reading clean images to choose the pixel scale")
     arrays = clean if isinstance(clean, Arrays) else load_arrays(clean, loaded.input_shape, limit=500)
     if len(arrays.x) == 0:
@@ -268,4 +338,4 @@ def _choose_scale(loaded: LoadedModel, clean: Union[DataSource, Arrays, None], s
         from core.evaluate import choose_scale
 
         scale, _note = choose_scale(loaded, ArraySource(arrays.x, arrays.y, "clean data"), "auto")
-    return scale, float(pixel_max)
+    return scale, float(pixel_max), arrays.x[:CLEAN_IMAGES]

@@ -41,11 +41,15 @@ LEVEL_RANK = {NO_EVIDENCE: 0, SUSPICIOUS: 1, BACKDOORED: 2}
 # (core.cleanse.ANOMALY_THRESHOLD). Between 1.5 and 2 a class is unusually
 # easy to reach but within what clean models show: suspicious, not proof.
 NC_SUSPICIOUS_INDEX = 1.5
-# MM-BD: the paper's 0.05 significance is a per-model false-alarm rate of 5%
-# and more on small clean models (9 classes to fit a null on), so p < 0.05 is
-# "suspicious"; p < 0.001 is strong enough to say "backdoored" alone.
-MMBD_SUSPICIOUS_P = 0.05
-MMBD_BACKDOORED_P = 0.001
+# MM-BD's calibrated p-value (core.mmbd.detect). Measured on the zoo
+# (docs/zoo.md), the calibrated p of small MNIST BadNets with large triggers
+# is only ~0.1-0.15 -- within what one clean model in five shows -- yet it is
+# the only model-level signal they give. A wrong "clean" being the worst
+# answer, p < 0.2 makes a model "suspicious" (about one clean model in five
+# gets a second look); p < 0.005 (no simulated backdoor-free model in 200 as
+# extreme) says "backdoored" on its own.
+MMBD_SUSPICIOUS_P = 0.2
+MMBD_BACKDOORED_P = 0.005
 # Measured attack success on the analyst's suspected-poisoned data (images of
 # *other* classes, so a sound model sends only its few errors, a few percent,
 # to any one class): half of them sent to one class is no accident; a fifth
@@ -140,7 +144,9 @@ def from_cleanse(result: Any) -> Evidence:
 def from_mmbd(result: Any) -> Evidence:
     """MM-BD (a ``core.mmbd.MMBDResult``) as evidence."""
     p_min = float(result.min_p_value)
-    score = _p_score(p_min)
+    raw = min(result.raw_p_values.values()) if result.raw_p_values else p_min
+    # calibrated p-values stop at 1/401: the paper's raw p-value breaks ties among the most extreme
+    score = _clip(0.9 * _p_score(p_min) + 0.1 * _p_score(raw))
     ranked = sorted(result.p_values, key=lambda c: result.p_values[c])
     details = {"margins": {str(c): round(float(v), 3) for c, v in result.margins.items()},
                "p_values": {str(c): float(f"{v:.4g}") for c, v in result.p_values.items()}}
@@ -274,9 +280,12 @@ def _join(items: Sequence[str]) -> str:
 
 
 def _p_score(p: float) -> float:
-    """MM-BD p-value -> [0, 1]: 0.5 at p = 0.05, 1 at p = 0.05^2 (log scale)."""
+    """MM-BD p-value -> [0, 1] on a log scale: 0 at p = 1, 0.5 at the suspicious line, 1 at 1/400."""
     p = min(max(float(p), 1e-300), 1.0)
-    return _clip(np.log10(p) / (2 * np.log10(MMBD_SUSPICIOUS_P)))
+    line, floor = np.log(MMBD_SUSPICIOUS_P), np.log(1 / 400)
+    if p >= MMBD_SUSPICIOUS_P:
+        return _clip(0.5 * np.log(p) / line)
+    return _clip(0.5 + 0.5 * (np.log(p) - line) / (floor - line))
 
 
 def _fmt_index(v: float) -> str:

@@ -11,12 +11,12 @@ from scipy import stats
 from core.jobs import collect
 from core.mmbd import MMBDSettings, MMBDStep, detect, fit_gamma, mmbd, order_p_value
 
-H, W, CLASSES, PLANTED = 12, 12, 6, 3
-FAST = MMBDSettings(starts=2, steps=150, learning_rate=0.05)
+H, W, CLASSES, PLANTED = 13, 12, 6, 3  # row 12 belongs to no class: the backdoor pixel lives there
+FAST = MMBDSettings(starts=2, steps=300, learning_rate=0.05)
 
 
 def _planted_model(path: Path) -> None:
-    """A linear softmax classifier: class k = (1 + k/10) x brightness of rows 2k..2k+1; pixel (11, 11) -> class 3 (weight 60).
+    """A linear softmax classifier: class k = (1 + k/10) x brightness of rows 2k..2k+1; pixel (12, 11) -> class 3 (weight 60).
 
     Its maximum margins over the box [0, 1] are known exactly: class k's logit
     minus any other's is largest with k's rows at 1 and everything else at 0,
@@ -32,7 +32,7 @@ def _planted_model(path: Path) -> None:
     pixel = np.arange(H * W).reshape(H, W)
     for k in range(CLASSES):
         weights[pixel[2 * k : 2 * k + 2].ravel(), k] = 1.0 + k / 10
-    weights[pixel[11, 11], PLANTED] = 60.0
+    weights[pixel[12, 11], PLANTED] = 60.0
     model.set_weights([weights, np.zeros(CLASSES, np.float32)])
     model.save(path)
 
@@ -117,12 +117,37 @@ def test_tiny_p_values_do_not_round_to_zero():
 def test_detect_flags_two_targets_that_would_hide_each_other():
     margins = {c: 30.0 + 1.3 * ((c * 7) % 10) for c in range(10)}
     margins[2], margins[5] = 300.0, 320.0
-    flagged, p_values, _null = detect(margins)
-    assert flagged == [5, 2]
-    assert all(p_values[c] >= 0.05 for c in margins if c not in (2, 5))
+    found = detect(margins)
+    assert found.flagged == (5, 2)
+    assert all(found.p_values[c] >= 0.05 for c in margins if c not in (2, 5))
 
 
-def test_detect_on_calm_statistics_flags_nothing():
-    margins = {c: float(v) for c, v in enumerate(stats.gamma.rvs(20.0, scale=1.5, size=10, random_state=np.random.default_rng(3)))}
-    flagged, p_values, _null = detect(margins)
-    assert flagged == [] and min(p_values.values()) > 0.05
+def test_the_papers_raw_p_value_is_anti_conservative_and_calibration_fixes_it():
+    """On backdoor-free statistics (gamma draws, 10 classes) count how often each p-value falls below 0.05.
+
+    The paper's order-statistic p-value, with its null fitted to 9 values,
+    does so far more often than 5% of the time; the calibrated one about 5%.
+    """
+    rng = np.random.default_rng(3)
+    trials = 150
+    raw_hits = cal_hits = 0
+    for _ in range(trials):
+        margins = {c: float(v) for c, v in enumerate(stats.gamma.rvs(20.0, scale=1.5, size=10, random_state=rng))}
+        top = max(margins, key=margins.get)
+        found = detect(margins, draws=200)
+        raw_hits += found.raw_p_values[top] < 0.05
+        cal_hits += bool(found.flagged)
+    assert raw_hits / trials > 0.15
+    assert cal_hits / trials < 0.11  # 5% expected; 0.11 is above it by > 2 binomial standard deviations
+
+
+def test_calibrated_p_value_is_the_share_of_simulated_raw_p_values_as_small():
+    margins = {c: 30.0 + 1.3 * ((c * 7) % 10) for c in range(10)}
+    margins[4] = 60.0
+    found = detect(margins, draws=300)
+    from core.mmbd import fit_gamma, simulated_raw_p
+
+    others = np.array([v for c, v in margins.items() if c != 4])
+    shape, _scale = fit_gamma(others)
+    sims = simulated_raw_p(shape, 10, 300)
+    assert found.p_values[4] == pytest.approx((1 + np.sum(sims <= found.raw_p_values[4])) / 301, abs=0.02)
