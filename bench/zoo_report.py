@@ -96,7 +96,7 @@ def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:
 def verdicts(record: dict[str, Any]) -> dict[str, Any]:
     """Evidence of each method and the combined verdict, rebuilt from the cached JSON."""
     from core.cleanse import CleanseResult
-    from core.mmbd import MMBDResult
+    from core.mmbd import MMBDResult, detect
     from core.verdict import combine, from_cleanse, from_mmbd
 
     c = record["cleanse"]
@@ -108,10 +108,10 @@ def verdicts(record: dict[str, Any]) -> dict[str, Any]:
         num_classes=c["num_classes"], scale=c["scale"], n_images=c["n_images"], seconds=c["seconds"],
     )
     m = record["mmbd"]
-    mm = MMBDResult(tuple(m["flagged_classes"]), {int(k): v for k, v in m["margins"].items()},
-                    {int(k): v for k, v in m["p_values"].items()}, m["gamma_null"]["shape"], m["gamma_null"]["scale"],
-                    m["num_classes"], m["scale"], m["seconds"], {}, m.get("clean_margin"),
-                    {int(k): v for k, v in m.get("raw_p_values", {}).items()})
+    margins = {int(k): v for k, v in m["margins"].items()}
+    found = detect(margins)  # the statistics are a pure function of the margins: re-tested with the current code
+    mm = MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, m["num_classes"], m["scale"],
+                    m["seconds"], {}, m.get("clean_margin"), found.raw_p_values)
     e_nc, e_mm = from_cleanse(nc), from_mmbd(mm)
     return {"Neural Cleanse": e_nc, "MM-BD": e_mm, "combined": combine([e_nc, e_mm])}
 
@@ -148,7 +148,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"load average {os.getloadavg()[0]:.1f} (2 cores shared)")
     table = summary(rows)
     print(_markdown(table) if args.markdown else _plain(table))
+    print(triage_line(rows))
     return 0
+
+
+def triage_line(rows: list) -> str:
+    """The order ``triage`` gives these models (core.triage.rank on the same verdicts) and whether it separates them."""
+    from core.triage import TriageRow, rank
+
+    by_name = {e.spec.name: e for e, _r, _v in rows}
+    judged = [TriageRow(e.spec.name, v["combined"].machine_verdict, v["combined"].level, v["combined"].score,
+                        v["combined"].targets, "", 0.0, 10, (28, 28, e.spec.channels), "") for e, _r, v in rows]
+    order = [r.source for r in rank(judged)]
+    marks = ["B" if by_name[n].spec.backdoored else "c" for n in order]
+    last_bad = max((i for i, m in enumerate(marks) if m == "B"), default=-1)
+    first_clean = min((i for i, m in enumerate(marks) if m == "c"), default=len(marks))
+    inverted = [n for i, n in enumerate(order) if marks[i] == "B" and i > first_clean]
+    verdict = ("every backdoored model above every clean one" if last_bad < first_clean
+               else f"backdoored models ranked below a clean one: {inverted}")
+    return f"triage order (B backdoored, c clean): {''.join(marks)} -- {verdict}\n  " + ", ".join(order)
 
 
 def _entries(args: argparse.Namespace):

@@ -88,7 +88,15 @@ def test_auto_scale_without_clean_data_is_a_clear_error(planted):
         collect(mmbd(planted, None, scale="auto"))
 
 
-def test_gamma_fit_is_scipys_maximum_likelihood_with_location_zero():
+def test_gamma_fit_equals_scipys_maximum_likelihood_with_location_zero():
+    for seed, size in ((0, 9), (1, 50), (2, 400)):
+        data = stats.gamma.rvs(2.5, scale=3.0, size=size, random_state=np.random.default_rng(seed))
+        shape, scale = fit_gamma(data)
+        ref_shape, _loc, ref_scale = stats.gamma.fit(data, floc=0)
+        assert shape == pytest.approx(ref_shape, rel=1e-4) and scale == pytest.approx(ref_scale, rel=1e-4)
+
+
+def test_gamma_fit_recovers_the_parameters_that_drew_the_data():
     data = stats.gamma.rvs(3.0, scale=2.0, size=400, random_state=np.random.default_rng(1))
     shape, scale = fit_gamma(data)
     assert shape == pytest.approx(3.0, rel=0.2) and scale == pytest.approx(2.0, rel=0.2)
@@ -137,8 +145,8 @@ def test_the_papers_raw_p_value_is_anti_conservative_and_calibration_fixes_it():
         found = detect(margins, draws=200)
         raw_hits += found.raw_p_values[top] < 0.05
         cal_hits += bool(found.flagged)
-    assert raw_hits / trials > 0.15
-    assert cal_hits / trials < 0.11  # 5% expected; 0.11 is above it by > 2 binomial standard deviations
+    assert raw_hits / trials > 0.15  # measured: ~0.3
+    assert cal_hits / trials < 0.12  # ~5% per test, three tests (one per possible target): measured ~0.065
 
 
 def test_calibrated_p_value_is_the_share_of_simulated_raw_p_values_as_small():
