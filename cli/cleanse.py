@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
                 cleanse_settings=settings, mmbd_settings=MMBDSettings(seed=args.seed), classes=args.only)
     judgement = drive(job, args)
     verdict, result = judgement.verdict, judgement.cleanse
-    out = result.as_dict() if result is not None else {}
+    # Neural Cleanse's contract keys stay, empty when it was not run (--methods mmbd)
+    out = result.as_dict() if result is not None else {"anomaly_index": {}, "norms": {}, "candidates": []}
     out.update({
         "verdict": verdict.machine_verdict,
         "flagged_classes": list(verdict.targets),

@@ -169,3 +169,32 @@ def test_as_dict_carries_each_methods_evidence():
 def test_no_method_run_is_no_evidence_and_says_so():
     verdict = combine([])
     assert verdict.level == NO_EVIDENCE and "no method" in verdict.summary
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def test_cli_cleanse_weighs_measured_attack_success_into_the_verdict(demo_bundle, capsys):
+    """The demo BadNet with its poisoned test set: the measured 7s make the verdict backdoored, target 7."""
+    import json
+
+    import cli
+
+    code = cli.main(["cleanse", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid),
+                     "--methods", "mmbd", "--poisoned", str(demo_bundle.poisoned_test), "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"verdict", "flagged_classes", "anomaly_index", "norms", "candidates", "seconds",
+            "summary", "targets", "score", "evidence"} <= set(out)
+    assert out["verdict"] == "backdoored" and out["targets"][0] == 7 and out["flagged_classes"] == out["targets"]
+    measured = out["evidence"]["measured attack success"]
+    assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] > 0.9
+    assert out["summary"].startswith("Backdoored (target 7")
+    assert set(out["evidence"]) == {"MM-BD", "measured attack success"}
+
+
+def test_cli_cleanse_refuses_a_target_without_poisoned_data(demo_bundle, capsys):
+    import cli
+
+    code = cli.main(["cleanse", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid), "--target", "7", "--json"])
+    assert code == 2 and "--poisoned" in capsys.readouterr().err
