@@ -1,16 +1,26 @@
-"""``cleanse``: Neural Cleanse (Wang et al., 2019) -- is this model backdoored, and towards which class?"""
+"""``cleanse``: is this model backdoored, and towards which class? One verdict from every model-level check.
+
+Neural Cleanse (Wang et al., 2019: an abnormally small trigger) and MM-BD
+(Wang et al., 2024: an abnormally large logit margin, any trigger size), plus
+the attack success measured on ``--poisoned`` images when given, combined by
+core.verdict into "backdoored", "suspicious" or "clean" (no evidence found).
+The contract keys ``anomaly_index``, ``norms``, ``candidates`` stay Neural
+Cleanse's; ``verdict`` and ``flagged_classes`` are the combined verdict's.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
-from core.cleanse import CleanseSettings, cleanse
+from core.cleanse import CleanseSettings
 from core.data import load_arrays
 from core.errors import DataError
+from core.judge import METHODS, judge
+from core.mmbd import MMBDSettings
 
 NAME = "cleanse"
-HELP = "judge a model backdoored or clean by reverse-engineering a trigger per class (Neural Cleanse)"
+HELP = "judge a model backdoored, suspicious or clean: Neural Cleanse, MM-BD and measured attack success combined"
 _DEFAULTS = CleanseSettings()
 
 
@@ -25,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"at most this many rounds of {_DEFAULTS.steps_per_round} optimisation steps per class (default %(default)s)")
     parser.add_argument("--max-images", type=int, default=_DEFAULTS.max_images, help="clean images read (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="model-level checks to run: cleanse (Neural Cleanse), mmbd (MM-BD); default both")
+    parser.add_argument("--poisoned", help="suspected-poisoned images: their measured attack success is weighed in the verdict")
+    parser.add_argument("--target", type=int, help="the attacker's class for --poisoned (default: its labels)")
     add_scale_argument(parser)
     add_output_arguments(parser)
 
@@ -32,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.classes < 1 or args.rounds < 1 or args.max_images < 2:
         raise DataError("--classes and --rounds must be at least 1 and --max-images at least 2")
+    if args.target is not None and not args.poisoned:
+        raise DataError("--target names the attacker's class of --poisoned data: give --poisoned too")
     clean = open_optional(args.clean)
+    poisoned = open_optional(args.poisoned)
     loaded = open_model(args)
     settings = CleanseSettings(candidates=args.classes, max_rounds=args.rounds, max_images=args.max_images, seed=args.seed)
     arrays = load_arrays(clean, loaded.input_shape, limit=args.max_images)
@@ -43,15 +60,40 @@ def run(args: argparse.Namespace) -> dict:
 
         scale, note = choose_scale(loaded, clean, "auto")
         say(args, note)
-    result = drive(cleanse(loaded, arrays, scale, settings, classes=args.only), args)
-    out = result.as_dict()
-    out["skipped"] = [s.as_dict() for s in arrays.skipped]
+    job = judge(loaded, arrays, scale, poisoned=poisoned, target=args.target, methods=args.methods,
+                cleanse_settings=settings, mmbd_settings=MMBDSettings(seed=args.seed), classes=args.only)
+    judgement = drive(job, args)
+    verdict, result = judgement.verdict, judgement.cleanse
+    # Neural Cleanse's contract keys stay, empty when it was not run (--methods mmbd)
+    out = result.as_dict() if result is not None else {"anomaly_index": {}, "norms": {}, "candidates": []}
+    out.update({
+        "verdict": verdict.machine_verdict,
+        "flagged_classes": list(verdict.targets),
+        "targets": list(verdict.targets),
+        "summary": verdict.summary,
+        "reason": verdict.reason,
+        "score": round(verdict.score, 4),
+        "evidence": {e.method: e.as_dict() for e in verdict.evidence},
+        "methods": list(verdict.methods),
+        "neural_cleanse_flagged": None if result is None else list(result.flagged_classes),
+        "mmbd": None if judgement.mmbd is None else judgement.mmbd.as_dict(),
+        "evaluation": None if judgement.evaluation is None else judgement.evaluation.as_dict(),
+        "scale": judgement.scale,
+        "seconds": round(judgement.seconds, 2),
+    })
+    skipped = list(arrays.skipped) + ([] if judgement.evaluation is None else list(judgement.evaluation.skipped))
+    out["skipped"] = [s.as_dict() for s in skipped]
     out["model"] = loaded.summary.path
-    say(args, result.describe())
-    for cls in result.candidates:
-        mark = "  <- flagged" if cls in result.flagged_classes else ""
-        say(args, f"class {cls:>5}: mask norm {result.norms[cls]:8.1f} px, anomaly index {result.anomaly_index[cls]:6.2f}{mark}")
-    if result.screened_out:
-        say(args, f"{len(result.screened_out)} classes screened out: {result.screening['method']}")
-    say(args, f"{result.seconds:.1f} s")
+    say(args, f"{verdict.summary}.")
+    say(args, verdict.reason)
+    if result is not None:
+        for cls in result.candidates:
+            mark = "  <- flagged" if cls in result.flagged_classes else ""
+            say(args, f"class {cls:>5}: mask norm {result.norms[cls]:8.1f} px, anomaly index {result.anomaly_index[cls]:6.2f}{mark}")
+        if result.screened_out:
+            say(args, f"{len(result.screened_out)} classes screened out: {result.screening['method']}")
+    if judgement.mmbd is not None:
+        mm = judgement.mmbd
+        say(args, "MM-BD maximum margins: " + ", ".join(f"{c}: {mm.margins[c]:.1f} (p {mm.p_values[c]:.2g})" for c in sorted(mm.margins)))
+    say(args, f"score {verdict.score:.2f}, {judgement.seconds:.1f} s")
     return out

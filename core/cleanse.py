@@ -338,7 +338,7 @@ def cleanse(
 # ------------------------------------------------------------ optimisation
 
 
-def _logits_of(loaded: LoadedModel) -> tuple[Any, bool]:
+def logits_fn(loaded: LoadedModel) -> tuple[Any, bool]:
     """(callable x -> scores, whether they are logits).
 
     The cross-entropy is taken on the logits before the final softmax when we
@@ -376,7 +376,7 @@ class _Optimiser:
         self.s = settings
         self.shape = tuple(int(d) for d in shape)
         self.pixel_max = pixel_max
-        model, from_logits = _logits_of(loaded)
+        model, from_logits = logits_fn(loaded)
         h, w, c = self.shape
         self.mask_t = tf.Variable(tf.zeros((h, w, 1)))
         self.pattern_t = tf.Variable(tf.zeros((h, w, c)))

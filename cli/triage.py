@@ -1,0 +1,42 @@
+"""``triage``: rank every model file in a folder by suspicion (the ``cleanse`` checks on each)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cli.common import add_output_arguments, add_scale_argument, drive, open_optional, say
+from core.cleanse import CleanseSettings
+from core.errors import DataError
+from core.judge import METHODS
+from core.mmbd import MMBDSettings
+from core.triage import triage
+
+NAME = "triage"
+HELP = "rank every model in a folder by suspicion: backdoored, suspicious, no evidence (skips unreadable or hostile files)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", required=True, help="folder of model files (.keras, .h5; searched recursively)")
+    parser.add_argument("--clean", required=True, help="clean validation data, converted to each model's input shape")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="model-level checks: cleanse (Neural Cleanse), mmbd (MM-BD); default both")
+    parser.add_argument("--max-images", type=int, default=CleanseSettings().max_images, help="clean images read (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_scale_argument(parser)
+    add_output_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.max_images < 2:
+        raise DataError(f"--max-images must be at least 2; received {args.max_images}")
+    clean = open_optional(args.clean)
+    job = triage(args.models, clean, args.scale, args.methods,
+                 CleanseSettings(max_images=args.max_images, seed=args.seed), MMBDSettings(seed=args.seed))
+    result = drive(job, args)
+    for n, row in enumerate(result.rows, start=1):
+        targets = ",".join(map(str, row.targets)) or "-"
+        say(args, f"{n:3d}. {row.verdict:11s} score {row.score:.2f} targets {targets:8s} {row.seconds:6.1f} s  {row.source}")
+    for s in result.skipped:
+        say(args, f"  skipped {s.source}: {s.reason}")
+    say(args, f"{len(result.rows)} models judged, {len(result.skipped)} skipped, {result.seconds:.0f} s")
+    return result.as_dict()

@@ -1,0 +1,300 @@
+"""One verdict from all the evidence: Neural Cleanse, MM-BD and measured attack success.
+
+Each detector sees one side of a backdoor. Neural Cleanse (Wang et al., 2019)
+finds abnormally *small* triggers and is blind to large ones (a frame,
+sunglasses); MM-BD (Wang et al., 2024) finds classes any input can be pushed
+to abnormally hard, whatever the trigger's size; and when the analyst holds
+suspected-poisoned images, the attack success measured on them is direct
+evidence. Two statements side by side ("No evidence of a backdoor" next to
+"96.5% attack success") leave the analyst to reconcile them; this module does
+it with a few explicit rules, pure functions over the detectors' results:
+
+1. Each method's result becomes an :class:`Evidence`: a level
+   ("backdoored", "suspicious" or "no evidence"), the classes it points to,
+   a suspicion score in [0, 1] (0.5 = that method's own threshold) and a
+   sentence.
+2. The verdict is the *strongest* level any evidence reaches -- so it can
+   never say "no evidence" while some evidence says otherwise -- raised to
+   "backdoored" when two methods independently call the same class
+   suspicious. Its targets are the classes behind that level.
+3. The score (for ranking models and for ROC curves) is the largest
+   evidence score, plus a small bonus when methods agree on a class.
+
+A wrong "clean" is the worst answer this tool can give, hence "no evidence
+found by <methods run>" rather than "clean": the machine value stays
+``clean`` in the CLI contract, the words say what was and was not checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+BACKDOORED = "backdoored"
+SUSPICIOUS = "suspicious"
+NO_EVIDENCE = "no evidence"
+LEVEL_RANK = {NO_EVIDENCE: 0, SUSPICIOUS: 1, BACKDOORED: 2}
+
+# Neural Cleanse: the paper flags an anomaly index above 2 on the small side
+# (core.cleanse.ANOMALY_THRESHOLD). Between 1.5 and 2 a class is unusually
+# easy to reach but within what clean models show: suspicious, not proof.
+NC_SUSPICIOUS_INDEX = 1.5
+# MM-BD's calibrated p-value (core.mmbd.detect). Measured on the zoo
+# (docs/zoo.md), the calibrated p of small MNIST BadNets with large triggers
+# is only ~0.1-0.15 -- within what one clean model in five shows -- yet it is
+# the only model-level signal they give. A wrong "clean" being the worst
+# answer, p < 0.2 makes a model "suspicious" (about one clean model in five
+# gets a second look); p < 0.005 (no simulated backdoor-free model in 200 as
+# extreme) says "backdoored" on its own.
+MMBD_SUSPICIOUS_P = 0.2
+MMBD_BACKDOORED_P = 0.005
+# Measured attack success on the analyst's suspected-poisoned data (images of
+# *other* classes, so a sound model sends only its few errors, a few percent,
+# to any one class): half of them sent to one class is no accident; a fifth
+# is far above what a model worth using gets wrong, and deserves a look.
+ASR_BACKDOORED = 0.5
+ASR_SUSPICIOUS = 0.2
+# Bonus to the score when two methods point at the same class.
+AGREEMENT_BONUS = 0.1
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one method says, in the verdict's terms."""
+
+    method: str  # "Neural Cleanse", "MM-BD", "measured attack success"
+    level: str  # BACKDOORED, SUSPICIOUS or NO_EVIDENCE
+    classes: tuple[int, ...]  # the classes it points to (most suspicious first); () when none
+    score: float  # suspicion in [0, 1]; 0.5 is the method's own threshold
+    summary: str  # one sentence for the analyst
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "level": self.level,
+            "classes": list(self.classes),
+            "score": round(self.score, 4),
+            "summary": self.summary,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The combined judgement, its reason and the evidence behind it."""
+
+    level: str  # BACKDOORED, SUSPICIOUS or NO_EVIDENCE
+    targets: tuple[int, ...]
+    score: float
+    summary: str  # the headline sentence: "Backdoored (target 0)", "No evidence found by ..."
+    reason: str  # why, in plain language, naming agreements and disagreements
+    evidence: tuple[Evidence, ...]
+
+    @property
+    def machine_verdict(self) -> str:
+        """The CLI contract's value: "backdoored", "suspicious" or "clean" (= no evidence found)."""
+        return "clean" if self.level == NO_EVIDENCE else self.level
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(e.method for e in self.evidence)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.machine_verdict,
+            "level": self.level,
+            "targets": list(self.targets),
+            "score": round(self.score, 4),
+            "summary": self.summary,
+            "reason": self.reason,
+            "methods": list(self.methods),
+            "evidence": {e.method: e.as_dict() for e in self.evidence},
+        }
+
+
+# ------------------------------------------------------------ per method
+
+
+def from_cleanse(result: Any) -> Evidence:
+    """Neural Cleanse (a ``core.cleanse.CleanseResult``) as evidence."""
+    small = {c: result.anomaly_index[c] for c in result.candidates if result.norms[c] < result.median}
+    top = max(small, key=lambda c: small[c], default=None)
+    index = float(small[top]) if top is not None and np.isfinite(small[top]) else (10.0 if top is not None else 0.0)
+    score = _clip(index / 4.0)  # index 2 (the paper's threshold) -> 0.5
+    details = {"anomaly_index": {str(c): _round(v) for c, v in result.anomaly_index.items()},
+               "norms": {str(c): round(float(v), 2) for c, v in result.norms.items()},
+               "median_norm": round(float(result.median), 2)}
+    if result.flagged_classes:
+        classes = tuple(int(c) for c in result.flagged_classes)
+        sizes = ", ".join(f"class {c}: {result.norms[c]:.0f} px, index {_fmt_index(result.anomaly_index[c])}" for c in classes)
+        return Evidence("Neural Cleanse", BACKDOORED, classes, max(score, 0.5),
+                        f"an abnormally small trigger reaches {sizes} (others need ~{result.median:.0f} px)", details)
+    if top is not None and index >= NC_SUSPICIOUS_INDEX:
+        return Evidence("Neural Cleanse", SUSPICIOUS, (int(top),), score,
+                        f"class {top} is easier to reach than the others ({result.norms[top]:.0f} px against ~{result.median:.0f} px, "
+                        f"index {index:.1f}, threshold 2)", details)
+    return Evidence("Neural Cleanse", NO_EVIDENCE, (), score,
+                    f"no class needs an abnormally small trigger (highest index {index:.1f}, threshold 2); "
+                    f"it cannot see large triggers", details)
+
+
+def from_mmbd(result: Any) -> Evidence:
+    """MM-BD (a ``core.mmbd.MMBDResult``) as evidence."""
+    p_min = float(result.min_p_value)
+    raw = min(result.raw_p_values.values()) if result.raw_p_values else p_min
+    # calibrated p-values stop at 1/401: the paper's raw p-value breaks ties among the most extreme
+    score = _clip(0.9 * _p_score(p_min) + 0.1 * _p_score(raw))
+    ranked = sorted(result.p_values, key=lambda c: result.p_values[c])
+    details = {"margins": {str(c): round(float(v), 3) for c, v in result.margins.items()},
+               "p_values": {str(c): float(f"{v:.4g}") for c, v in result.p_values.items()}}
+    strong = tuple(int(c) for c in ranked if result.p_values[c] < MMBD_BACKDOORED_P)
+    weak = tuple(int(c) for c in ranked if result.p_values[c] < MMBD_SUSPICIOUS_P)
+
+    def said(classes: Sequence[int]) -> str:
+        return ", ".join(f"class {c} (margin {result.margins[c]:.0f}, p = {result.p_values[c]:.1g})" for c in classes)
+
+    if strong:
+        return Evidence("MM-BD", BACKDOORED, strong, score,
+                        f"inputs can be pushed to {said(strong)} far beyond any other class, as to a backdoor target", details)
+    if weak:
+        return Evidence("MM-BD", SUSPICIOUS, weak, score,
+                        f"{said(weak)} can be pushed unusually far beyond the other classes", details)
+    return Evidence("MM-BD", NO_EVIDENCE, (), score,
+                    f"no class's maximum logit margin stands out (smallest p = {p_min:.2g}, threshold {MMBD_SUSPICIOUS_P})", details)
+
+
+def from_attack_success(asr: float, n: int, num_classes: int, target: Optional[int] = None,
+                        predicted: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None) -> Evidence:
+    """Attack success measured on the analyst's suspected-poisoned images (``core.evaluate``).
+
+    ``target``: the class the analyst named, or the poisoned set's single
+    label; otherwise the classes the hits went to are read from ``predicted``
+    and ``labels`` (the attacker's labels of each image).
+    """
+    suspicious_at = ASR_SUSPICIOUS
+    classes = _hit_classes(target, predicted, labels)
+    details = {"attack_success_rate": round(float(asr), 4), "n_poisoned": int(n), "target": target, "num_classes": int(num_classes)}
+    where = f" to class {classes[0]}" if len(classes) == 1 else (f" to classes {', '.join(map(str, classes))}" if classes else "")
+    said = f"{asr:.1%} of {n} suspected-poisoned images go{where}"
+    if asr >= ASR_BACKDOORED:
+        score = 0.75 + 0.25 * _clip((asr - ASR_BACKDOORED) / (1 - ASR_BACKDOORED))
+        return Evidence("measured attack success", BACKDOORED, classes, score, f"{said}: the trigger works", details)
+    # below "backdoored": the score rises from 0 at 0% to 0.5 at the suspicious line and 0.75 at "backdoored"
+    if asr >= suspicious_at:
+        score = 0.5 + 0.25 * (asr - suspicious_at) / (ASR_BACKDOORED - suspicious_at)
+        return Evidence("measured attack success", SUSPICIOUS, classes, score, f"{said}, far more than a sound model's errors", details)
+    score = 0.5 * _clip(asr / suspicious_at)
+    return Evidence("measured attack success", NO_EVIDENCE, (), score,
+                    f"{said}: no more than a model's ordinary errors, these images do not trigger a backdoor", details)
+
+
+def _hit_classes(target: Optional[int], predicted: Optional[np.ndarray], labels: Optional[np.ndarray]) -> tuple[int, ...]:
+    if target is not None:
+        return (int(target),)
+    if predicted is None or labels is None or len(predicted) == 0:
+        return ()
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    hits = predicted[predicted == labels]
+    if len(hits) == 0:
+        return ()
+    values, counts = np.unique(hits, return_counts=True)
+    if len(values) > 3:  # hits spread over many classes (all-to-all): no single target to name
+        return ()
+    order = np.argsort(-counts, kind="stable")
+    return tuple(int(values[i]) for i in order if counts[i] >= 0.1 * len(hits))
+
+
+# ------------------------------------------------------------ combining
+
+
+def combine(evidence: Sequence[Evidence]) -> Verdict:
+    """The strongest level any evidence reaches (raised by agreement), with its targets and reason."""
+    evidence = tuple(evidence)
+    if not evidence:
+        return Verdict(NO_EVIDENCE, (), 0.0, "No evidence found: no method was run", "nothing was checked", ())
+    level = max((e.level for e in evidence), key=LEVEL_RANK.__getitem__)
+    agreed = _agreed_classes(evidence)
+    if level == SUSPICIOUS and agreed:
+        level = BACKDOORED  # two independent methods point at the same class
+    targets = _targets(evidence, level, agreed)
+    score = max(e.score for e in evidence) + (AGREEMENT_BONUS if agreed else 0.0)
+    if level == BACKDOORED and score < 0.5:  # never rank a "backdoored" model below the line
+        score = 0.5
+    return Verdict(level, targets, _clip(score), _headline(level, targets, evidence), _reason(level, evidence, agreed), evidence)
+
+
+def _agreed_classes(evidence: Sequence[Evidence]) -> tuple[int, ...]:
+    """Classes named by at least two different methods (at suspicious level or above)."""
+    named: dict[int, set[str]] = {}
+    for e in evidence:
+        if e.level != NO_EVIDENCE:
+            for c in e.classes:
+                named.setdefault(c, set()).add(e.method)
+    return tuple(sorted(c for c, methods in named.items() if len(methods) >= 2))
+
+
+def _targets(evidence: Sequence[Evidence], level: str, agreed: tuple[int, ...]) -> tuple[int, ...]:
+    """Classes behind the verdict: agreed ones first, then those of the strongest evidence."""
+    out = list(agreed)
+    for e in sorted(evidence, key=lambda e: (-LEVEL_RANK[e.level], -e.score)):
+        if e.level == NO_EVIDENCE or (level == BACKDOORED and e.level != BACKDOORED and not agreed):
+            continue
+        out += [c for c in e.classes if c not in out]
+    return tuple(out)
+
+
+def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]) -> str:
+    which = ""
+    if targets:
+        which = f" (target {targets[0]})" if len(targets) == 1 else f" (targets {', '.join(map(str, targets))})"
+    if level == BACKDOORED:
+        return f"Backdoored{which}"
+    if level == SUSPICIOUS:
+        return f"Suspicious{which}: evidence is mixed or weak, inspect before trusting this model"
+    return "No evidence found by " + _join([e.method for e in evidence])
+
+
+def _reason(level: str, evidence: Sequence[Evidence], agreed: tuple[int, ...]) -> str:
+    """Every method's sentence, those that raised the verdict first, and what the others could not see."""
+    ordered = sorted(evidence, key=lambda e: -LEVEL_RANK[e.level])
+    parts = [f"{e.method}: {e.summary}." for e in ordered]
+    if agreed:
+        parts.insert(0, f"{'Two methods' if len(agreed) == 1 else 'Several methods'} independently point to class"
+                        f"{'es' if len(agreed) > 1 else ''} {', '.join(map(str, agreed))}.")
+    levels = {e.level for e in evidence}
+    if level != NO_EVIDENCE and NO_EVIDENCE in levels:
+        silent = [e.method for e in evidence if e.level == NO_EVIDENCE]
+        parts.append(f"The evidence is mixed: {_join(silent)} found nothing, which does not clear the model "
+                     f"(each method is blind to some triggers).")
+    if level == NO_EVIDENCE:
+        parts.append("Not proof of a clean model: other trigger kinds and methods were not checked.")
+    return " ".join(parts)
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _p_score(p: float) -> float:
+    """MM-BD p-value -> [0, 1] on a log scale: 0 at p = 1, 0.5 at the suspicious line, 1 at 1/400."""
+    p = min(max(float(p), 1e-300), 1.0)
+    line, floor = np.log(MMBD_SUSPICIOUS_P), np.log(1 / 400)
+    if p >= MMBD_SUSPICIOUS_P:
+        return _clip(0.5 * np.log(p) / line)
+    return _clip(0.5 + 0.5 * (np.log(p) - line) / (floor - line))
+
+
+def _fmt_index(v: float) -> str:
+    return f"{v:.1f}" if np.isfinite(v) else "inf"
+
+
+def _round(v: float) -> Optional[float]:
+    return round(float(v), 4) if np.isfinite(v) else None
+
+
+def _clip(v: float) -> float:
+    return float(min(1.0, max(0.0, v)))

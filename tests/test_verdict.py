@@ -1,0 +1,200 @@
+"""The combined verdict's rules (core.verdict), one test per rule, on hand-made detector results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.cleanse import CleanseResult, anomaly_indices, flag_classes
+from core.mmbd import MMBDResult, detect
+from core.verdict import (
+    BACKDOORED,
+    NO_EVIDENCE,
+    SUSPICIOUS,
+    Evidence,
+    combine,
+    from_attack_success,
+    from_cleanse,
+    from_mmbd,
+)
+
+
+def cleanse_result(norms: dict[int, float]) -> CleanseResult:
+    """A Neural Cleanse result built from mask norms with the module's own statistics."""
+    indices, median, mad = anomaly_indices(norms)
+    flagged = flag_classes(norms, indices, median)
+    return CleanseResult(
+        verdict="backdoored" if flagged else "clean", flagged_classes=flagged, anomaly_index=indices, norms=norms,
+        candidates=sorted(norms), screened_out=[], screening={}, triggers={}, median=median, mad=mad,
+        threshold_norm=median - 2 * mad, num_classes=len(norms), scale="255", n_images=100, seconds=1.0,
+    )
+
+
+def mmbd_result(margins: dict[int, float]) -> MMBDResult:
+    found = detect(margins)
+    return MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, len(margins), "255", 1.0,
+                      raw_p_values=found.raw_p_values)
+
+
+# Natural-looking statistics: no class stands out.
+CALM_NORMS = {c: 60.0 + 3.0 * ((c * 7) % 10) for c in range(10)}
+CALM_MARGINS = {c: 30.0 + 1.5 * ((c * 3) % 10) for c in range(10)}
+
+
+def test_small_trigger_flagged_by_neural_cleanse_is_backdoored_with_its_class():
+    norms = {**CALM_NORMS, 7: 10.0}
+    verdict = combine([from_cleanse(cleanse_result(norms)), from_mmbd(mmbd_result(CALM_MARGINS))])
+    assert verdict.level == BACKDOORED
+    assert verdict.targets == (7,)
+    assert verdict.machine_verdict == "backdoored"
+    assert "Neural Cleanse" in verdict.reason and "mixed" in verdict.reason  # MM-BD saw nothing: said so
+
+
+def test_large_trigger_missed_by_neural_cleanse_is_caught_by_mmbd():
+    margins = {**CALM_MARGINS, 0: 400.0}
+    nc = from_cleanse(cleanse_result(CALM_NORMS))
+    assert nc.level == NO_EVIDENCE
+    verdict = combine([nc, from_mmbd(mmbd_result(margins))])
+    assert verdict.level == BACKDOORED and verdict.targets == (0,)
+    assert verdict.summary == "Backdoored (target 0)"
+
+
+def test_nothing_found_says_which_methods_found_nothing_and_machine_value_clean():
+    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_mmbd(mmbd_result(CALM_MARGINS))])
+    assert verdict.level == NO_EVIDENCE
+    assert verdict.machine_verdict == "clean"
+    assert verdict.summary == "No evidence found by Neural Cleanse and MM-BD"
+    assert verdict.targets == ()
+    assert verdict.score < 0.5
+
+
+def test_measured_attack_success_overrules_detectors_that_found_nothing():
+    asr = from_attack_success(0.965, 900, 10, target=0)
+    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_mmbd(mmbd_result(CALM_MARGINS)), asr])
+    assert verdict.level == BACKDOORED
+    assert verdict.targets == (0,)
+    assert "96.5%" in verdict.reason and "mixed" in verdict.reason
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.35, 0.49])
+def test_attack_success_far_above_a_models_errors_is_at_least_suspicious(rate):
+    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_attack_success(rate, 500, 10, target=3)])
+    assert verdict.level == SUSPICIOUS
+    assert verdict.targets == (3,)
+    assert verdict.machine_verdict == "suspicious"
+
+
+def test_attack_success_like_ordinary_errors_is_no_evidence():
+    e = from_attack_success(0.05, 500, 10, target=3)
+    assert e.level == NO_EVIDENCE and e.score < 0.5
+
+
+def test_attack_success_score_rises_with_the_rate():
+    scores = [from_attack_success(r, 500, 10, target=1).score for r in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)]
+    assert scores == sorted(scores)
+    assert scores[-1] == 1.0
+
+
+def test_attack_success_names_the_classes_hit_when_no_target_given():
+    labels = np.array([2] * 50 + [5] * 50)
+    predicted = np.array([2] * 48 + [0] * 2 + [5] * 45 + [1] * 5)
+    e = from_attack_success(float(np.mean(predicted == labels)), 100, 10, predicted=predicted, labels=labels)
+    assert e.level == BACKDOORED
+    assert e.classes == (2, 5)
+
+
+def test_all_to_all_hits_spread_over_classes_name_no_single_target():
+    labels = np.repeat(np.arange(10), 10)
+    e = from_attack_success(1.0, 100, 10, predicted=labels.copy(), labels=labels)
+    assert e.level == BACKDOORED and e.classes == ()
+    verdict = combine([e])
+    assert verdict.summary == "Backdoored"
+
+
+def test_two_methods_suspicious_on_the_same_class_make_it_backdoored():
+    a = Evidence("A", SUSPICIOUS, (4,), 0.55, "a")
+    b = Evidence("B", SUSPICIOUS, (4, 6), 0.6, "b")
+    verdict = combine([a, b])
+    assert verdict.level == BACKDOORED and verdict.targets[0] == 4
+    assert verdict.score == pytest.approx(0.7)  # the strongest score plus the agreement bonus
+
+
+def test_suspicious_on_different_classes_stays_suspicious_naming_both():
+    verdict = combine([Evidence("A", SUSPICIOUS, (4,), 0.55, "a"), Evidence("B", SUSPICIOUS, (6,), 0.6, "b")])
+    assert verdict.level == SUSPICIOUS
+    assert set(verdict.targets) == {4, 6}
+    assert verdict.targets[0] == 6  # the stronger evidence first
+
+
+@pytest.mark.parametrize("levels", [(NO_EVIDENCE, SUSPICIOUS), (SUSPICIOUS, NO_EVIDENCE, NO_EVIDENCE), (NO_EVIDENCE, BACKDOORED)])
+def test_never_no_evidence_while_any_evidence_says_otherwise(levels):
+    evidence = [Evidence(f"M{i}", lvl, (i,) if lvl != NO_EVIDENCE else (), 0.6 if lvl != NO_EVIDENCE else 0.1, "x")
+                for i, lvl in enumerate(levels)]
+    verdict = combine(evidence)
+    assert verdict.level != NO_EVIDENCE
+    assert verdict.machine_verdict != "clean"
+    strongest = max(levels, key=[NO_EVIDENCE, SUSPICIOUS, BACKDOORED].index)
+    assert verdict.level == strongest
+
+
+def test_backdoored_verdict_never_scores_below_the_line():
+    verdict = combine([Evidence("A", BACKDOORED, (1,), 0.2, "a")])
+    assert verdict.score >= 0.5
+
+
+def test_neural_cleanse_between_1_5_and_2_is_suspicious():
+    # index of class 3 = (median - norm) / (1.4826 * MAD): choose the norm for an index of 1.75
+    norms = {c: 50.0 + 2.0 * c for c in range(10)}  # median 59, MAD 5 -> scaled 7.413
+    norms[0] = 59.0 - 1.75 * 1.4826 * 5.0
+    indices, median, mad = anomaly_indices(norms)
+    assert 1.5 < indices[0] < 2.0
+    e = from_cleanse(cleanse_result(norms))
+    assert e.level == SUSPICIOUS and e.classes == (0,)
+
+
+def test_mmbd_levels_follow_the_p_value_thresholds():
+    strong = from_mmbd(mmbd_result({**CALM_MARGINS, 2: 500.0}))
+    assert strong.level == BACKDOORED and strong.classes == (2,)
+    calm = from_mmbd(mmbd_result(CALM_MARGINS))
+    assert calm.level == NO_EVIDENCE and calm.score < 0.5
+
+
+def test_as_dict_carries_each_methods_evidence():
+    d = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_attack_success(0.9, 10, 10, target=1)]).as_dict()
+    assert d["verdict"] == "backdoored" and d["targets"] == [1]
+    assert set(d["evidence"]) == {"Neural Cleanse", "measured attack success"}
+    assert d["evidence"]["measured attack success"]["details"]["attack_success_rate"] == 0.9
+
+
+def test_no_method_run_is_no_evidence_and_says_so():
+    verdict = combine([])
+    assert verdict.level == NO_EVIDENCE and "no method" in verdict.summary
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def test_cli_cleanse_weighs_measured_attack_success_into_the_verdict(demo_bundle, capsys):
+    """The demo BadNet with its poisoned test set: the measured 7s make the verdict backdoored, target 7."""
+    import json
+
+    import cli
+
+    code = cli.main(["cleanse", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid),
+                     "--methods", "mmbd", "--poisoned", str(demo_bundle.poisoned_test), "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"verdict", "flagged_classes", "anomaly_index", "norms", "candidates", "seconds",
+            "summary", "targets", "score", "evidence"} <= set(out)
+    assert out["verdict"] == "backdoored" and out["targets"][0] == 7 and out["flagged_classes"] == out["targets"]
+    measured = out["evidence"]["measured attack success"]
+    assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] > 0.9
+    assert out["summary"].startswith("Backdoored (target 7")
+    assert set(out["evidence"]) == {"MM-BD", "measured attack success"}
+
+
+def test_cli_cleanse_refuses_a_target_without_poisoned_data(demo_bundle, capsys):
+    import cli
+
+    code = cli.main(["cleanse", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid), "--target", "7", "--json"])
+    assert code == 2 and "--poisoned" in capsys.readouterr().err
