@@ -73,7 +73,7 @@ def run_isolated(target: str, args: tuple, source: str, budget: Budget, error: t
     if status == "error":
         cls = getattr(errors, message[1], None)
         cls = cls if isinstance(cls, type) and issubclass(cls, TrojanScopeError) else error
-        raise cls(message[2])
+        raise cls(message[2], fixed_by=tuple(message[3]) if len(message) > 3 else ())
     raise error(f"refused: checking {source} failed unexpectedly ({message[1]})")
 
 
@@ -175,7 +175,7 @@ def _serve(request: dict) -> list:
     except MemoryError:
         return ["memory"]
     except TrojanScopeError as exc:
-        return ["error", type(exc).__name__, str(exc)]
+        return ["error", type(exc).__name__, str(exc), list(getattr(exc, "fixed_by", ()))]
     except BaseException as exc:  # noqa: BLE001  (reported to the parent as a refusal)
         return ["bug", f"{type(exc).__name__}: {str(exc)[:300]}"]
 
