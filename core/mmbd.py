@@ -359,7 +359,8 @@ def _choose_scale(loaded: LoadedModel, clean: Union[DataSource, Arrays, None], s
     """The scale the model expects, the stored pixel range and some clean images (None without clean data)."""
     if clean is None:
         if scale == "auto":
-            raise DataError("MM-BD needs clean data to choose the scale automatically; give --scale 255 or 1")
+            raise DataError("MM-BD needs clean data to choose the pixel scale automatically; "
+                            "give the scale (255: pixels divided by 255, or 1)", fixed_by=("scale",))
         return scale, 255.0 if pixel_max is None else float(pixel_max), None
     yield Progress(None, "MM-BD: reading clean images to choose the pixel scale")
     arrays = clean if isinstance(clean, Arrays) else load_arrays(clean, loaded.input_shape, limit=500)
