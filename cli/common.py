@@ -22,6 +22,7 @@ SETTING_FLAGS = {
     "method": ("--method",),
     "classes": ("--target-class",),
     "profile": ("--profile",),
+    "scale": ("--scale",),
 }
 
 
