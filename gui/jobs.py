@@ -31,7 +31,7 @@ from core.jobs import CancelToken, Job
 
 COALESCE_S = 0.03  # events cross to the GUI thread at most ~33 times a second
 DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
-BACKGROUND_NICE = 10  # the worker's threads yield the CPU to the GUI thread (CFS weight about 1:10)
+BACKGROUND_NICE = 5  # the worker's threads yield the CPU to the GUI thread (CFS weight about 1:3)
 
 
 def lower_background_priority() -> int:
@@ -41,8 +41,8 @@ def lower_background_priority() -> int:
     takes every core, and on a 2-core laptop the GUI thread waited 0.5-6 s for
     a time slice (bench/bench_gui_stalls.py: the late beats found the GUI
     thread idle in Qt's event loop while the worker sat in
-    ``execute.quick_execute``). With the worker's threads at nice 10 the
-    scheduler runs the GUI thread first whenever it has work, and the
+    ``execute.quick_execute``). With the worker's threads at nice 5 the
+    scheduler runs the GUI thread first whenever it has work (nice 5: a third of its weight each), and the
     analyses lose almost nothing, since the GUI needs little CPU. Threads
     created later by these inherit their priority. Linux only (elsewhere a
     no-op); threads already at a lower priority stay there.

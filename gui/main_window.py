@@ -77,6 +77,8 @@ class MainWindow(QMainWindow):
         self.runner.event.connect(self._on_event)
         self.runner.started.connect(self._on_started)
         self.runner.idle.connect(self._on_idle)
+        self.runner.done.connect(self._on_done)
+        self._started_text = ""
         self.runner.failed.connect(self.show_error)
         self.runner.cancelled.connect(lambda: self.status.setText("Cancelled; nothing was changed"))
         self._notice = ""
@@ -152,7 +154,8 @@ class MainWindow(QMainWindow):
     def _on_started(self, name: str) -> None:
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
-        self.status.setText(f"{name}…")
+        self._started_text = f"{name}…"
+        self.status.setText(self._started_text)
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, Progress):
@@ -163,6 +166,11 @@ class MainWindow(QMainWindow):
                 self.progress.setValue(int(event.fraction * 1000))
             if event.message:
                 self.status.setText(event.message)
+
+    def _on_done(self, _result: Any) -> None:
+        """A job that said nothing when it finished must not leave "Reading…" in the status bar."""
+        if self.status.text() == self._started_text or self.status.text().startswith(("Reading", "Opening", "Choosing")):
+            self.status.setText(f"{self.runner.name or 'Job'}: done")
 
     def _on_idle(self) -> None:
         self.cancel_button.setEnabled(False)

@@ -503,14 +503,13 @@ class StripPanel(QWidget):
             elif isinstance(item, Progress) and item.message.startswith("warning"):
                 self.skipped_label.setText(item.message)
 
-        def finished(result: strip.ScanResult) -> None:
-            self.window.status.setText(
-                f"STRIP scan of {Path(result.source).name}: {len(self.model.rows)} scanned, "
-                f"{int(self.model.flagged_mask().sum())} flagged, {len(result.skipped)} skipped"
-            )
-
         def drained(outcome: str) -> None:
             # Rows already received stay (and are published) when the analyst presses Cancel.
+            if outcome == DONE:
+                self.window.status.setText(
+                    f"STRIP scan of {Path(self.scan_name).name}: {len(self.model.rows)} scanned, "
+                    f"{int(self.model.flagged_mask().sum())} flagged, {len(self.skipped)} skipped"
+                )
             if self.model.rows:
                 self._publish_scan(profile, outcome, ["scan"] if preset is not None else [])
             if done:
@@ -526,7 +525,7 @@ class StripPanel(QWidget):
         self.skipped_label.setText("")
         self._pending.clear()
         self.scan_name = str(path or preset.path)
-        started = self.window.start_job(f"STRIP scan of {Path(self.scan_name).name}", job, finished, event, on_end=ended)
+        started = self.window.start_job(f"STRIP scan of {Path(self.scan_name).name}", job, None, event, on_end=ended)  # counted once drained
         if started:
             self._streaming = True
             self.flush_timer.start()

@@ -50,3 +50,14 @@ def test_send_to_inspector_accepts_a_path_and_switches_tab(qtbot, window, demo_s
     assert window.tabs.currentWidget() is panel
     assert panel.inspection is not None and panel.inspection.source == str(png)
     assert set(panel.inspection.maps) == {"gradcam", "occlusion"}
+
+
+def test_listing_images_enables_inspect_and_clears_the_status(qtbot, window, demo_settings, demo_bundle):
+    window.demo_settings = demo_settings
+    window.load_demo()
+    wait_idle(qtbot, window)
+    panel = window.panels["InspectorPanel"]
+    assert panel.load_source("clean_test")
+    wait_idle(qtbot, window)
+    assert panel.image_list.count() > 0 and panel.inspect_button.isEnabled()
+    assert not window.status.text().startswith("Reading")
