@@ -188,7 +188,7 @@ def test_cli_cleanse_weighs_measured_attack_success_into_the_verdict(demo_bundle
             "summary", "targets", "score", "evidence"} <= set(out)
     assert out["verdict"] == "backdoored" and out["targets"][0] == 7 and out["flagged_classes"] == out["targets"]
     measured = out["evidence"]["measured attack success"]
-    assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] > 0.9
+    assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] >= 0.5
     assert out["summary"].startswith("Backdoored (target 7")
     assert set(out["evidence"]) == {"MM-BD", "measured attack success"}
 
