@@ -47,7 +47,7 @@ def run_detectors(entry: ZooEntry) -> dict[str, Any]:
     from core.data import load_arrays, open_data
     from core.evaluate import choose_scale
     from core.jobs import run_job
-    from core.mmbd import MMBDSettings, mmbd
+    from core.mmbd import mmbd
     from core.models import load_model
 
     loaded = load_model(entry.model)
@@ -118,8 +118,8 @@ def verdicts(record: dict[str, Any]) -> dict[str, Any]:
 
 def roc_auc(scores: list[float], labels: list[bool]) -> float:
     """Probability that a random backdoored model scores above a random clean one (ties count half)."""
-    pos = [s for s, l in zip(scores, labels) if l]
-    neg = [s for s, l in zip(scores, labels) if not l]
+    pos = [s for s, bad in zip(scores, labels) if bad]
+    neg = [s for s, bad in zip(scores, labels) if not bad]
     if not pos or not neg:
         return float("nan")
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)

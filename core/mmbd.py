@@ -300,13 +300,13 @@ def mmbd(
     onehot = tf.constant(np.eye(num_classes, dtype=bool)[targets])
     lr, b1, b2 = settings.learning_rate, 0.9, 0.999  # Adam's usual moments
 
-    def margin_of(z):  # noqa: ANN001, ANN202 -- z_k - max_{j != k} z_j, per image
+    def margin_of(z):  # noqa: ANN001 -- z_k - max_{j != k} z_j, per image
         own = tf.reduce_sum(tf.where(onehot, z, 0.0), axis=1)
         other = tf.reduce_max(tf.where(onehot, -np.inf, z), axis=1)
         return own - other
 
     @tf.function(reduce_retracing=True)
-    def step():  # noqa: ANN202
+    def step():
         with tf.GradientTape() as tape:
             z = logits(x * (pixel_max * factor))
             margins = margin_of(z)
@@ -320,7 +320,7 @@ def mmbd(
         return margins
 
     @tf.function(reduce_retracing=True)
-    def current():  # noqa: ANN202
+    def current():
         return margin_of(logits(x * (pixel_max * factor)))
 
     best = np.full(n, -np.inf)
