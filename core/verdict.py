@@ -14,9 +14,8 @@ it with a few explicit rules, pure functions over the detectors' results:
    a suspicion score in [0, 1] (0.5 = that method's own threshold) and a
    sentence.
 2. The verdict is the *strongest* level any evidence reaches -- so it can
-   never say "no evidence" while some evidence says otherwise -- raised to
-   "backdoored" when two methods independently call the same class
-   suspicious. Its targets are the classes behind that level.
+   never say "no evidence" while some evidence says otherwise. Its targets
+   are the classes behind that level, those two methods agree on first.
 3. The score (for ranking models and for ROC curves) is the largest
    evidence score, plus a small bonus when methods agree on a class.
 
@@ -217,8 +216,8 @@ def combine(evidence: Sequence[Evidence]) -> Verdict:
         return Verdict(NO_EVIDENCE, (), 0.0, "No evidence found: no method was run", "nothing was checked", ())
     level = max((e.level for e in evidence), key=LEVEL_RANK.__getitem__)
     agreed = _agreed_classes(evidence)
-    if level == SUSPICIOUS and agreed:
-        level = BACKDOORED  # two independent methods point at the same class
+    # Two methods "suspicious" on the same class stay "suspicious" (agreed class named first, score raised):
+    # on the zoo that rule would have called a clean model (clean_aug_3c_h5) backdoored -- docs/zoo.md.
     targets = _targets(evidence, level, agreed)
     score = max(e.score for e in evidence) + (AGREEMENT_BONUS if agreed else 0.0)
     if level == BACKDOORED and score < 0.5:  # never rank a "backdoored" model below the line

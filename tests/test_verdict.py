@@ -111,11 +111,12 @@ def test_all_to_all_hits_spread_over_classes_name_no_single_target():
     assert verdict.summary == "Backdoored"
 
 
-def test_two_methods_suspicious_on_the_same_class_make_it_backdoored():
+def test_two_methods_suspicious_on_the_same_class_stay_suspicious_naming_it_first():
     a = Evidence("A", SUSPICIOUS, (4,), 0.55, "a")
-    b = Evidence("B", SUSPICIOUS, (4, 6), 0.6, "b")
+    b = Evidence("B", SUSPICIOUS, (6, 4), 0.6, "b")
     verdict = combine([a, b])
-    assert verdict.level == BACKDOORED and verdict.targets[0] == 4
+    assert verdict.level == SUSPICIOUS and verdict.targets[0] == 4
+    assert "independently point to class 4" in verdict.reason
     assert verdict.score == pytest.approx(0.7)  # the strongest score plus the agreement bonus
 
 
@@ -188,7 +189,7 @@ def test_cli_cleanse_weighs_measured_attack_success_into_the_verdict(demo_bundle
             "summary", "targets", "score", "evidence"} <= set(out)
     assert out["verdict"] == "backdoored" and out["targets"][0] == 7 and out["flagged_classes"] == out["targets"]
     measured = out["evidence"]["measured attack success"]
-    assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] > 0.9
+    assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] >= 0.5
     assert out["summary"].startswith("Backdoored (target 7")
     assert set(out["evidence"]) == {"MM-BD", "measured attack success"}
 
