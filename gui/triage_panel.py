@@ -202,6 +202,7 @@ class TriagePanel(QWidget):
             flagged = sum(r.level != "no evidence" for r in result.rows)
             self.headline.setText(f"{len(result.rows)} model(s) judged in {result.seconds:.0f} s: {flagged} backdoored or suspicious, "
                                   f"{len(result.skipped)} skipped. Most suspicious first.")
+            self.window.status.setText(f"Triage finished: {self.headline.text()}")
 
         def ended(outcome: str) -> None:
             if outcome != DONE:

@@ -123,7 +123,13 @@ class VerdictPanel(QWidget):
         self.evidence_table = self._evidence_table()
         outer.addWidget(self.evidence_table)
         body = QHBoxLayout()
-        body.addWidget(self._controls(), 0)
+        controls = QScrollArea()  # the verdict's rows above take height: the controls scroll on 720-px screens
+        controls.setWidget(self._controls())
+        controls.setWidgetResizable(True)
+        controls.setFrameShape(QScrollArea.Shape.NoFrame)
+        controls.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        controls.setFixedWidth(350)
+        body.addWidget(controls, 0)
         body.addWidget(self._views(), 1)
         outer.addLayout(body, 1)
 

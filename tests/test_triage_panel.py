@@ -50,9 +50,11 @@ def test_triage_ranks_models_lists_skipped_and_opens_a_row(qtbot, window, demo_b
     window.tabs.setCurrentWidget(panel)
     target = shown[1]
     rect = panel.table.visualItemRect(panel.table.item(1, 1))
+    qtbot.mouseClick(panel.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     qtbot.mouseDClick(panel.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    wait_idle(qtbot, window)
-    assert window.state.loaded is not None and str(window.state.loaded.summary.path) == target
+    qtbot.waitUntil(lambda: window.state.loaded is not None or window.last_error is not None, timeout=120_000)
+    assert window.last_error is None
+    assert str(window.state.loaded.summary.path) == target
     assert window.panels["VerdictPanel"].run_button.isEnabled()  # the other panels have it, with the clean data
     # and the button opens the selected row
     panel.table.selectRow(0)
