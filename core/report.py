@@ -70,6 +70,7 @@ class Findings:
     flagged: list[FlaggedImage] = field(default_factory=list)
     inspections: list[Any] = field(default_factory=list)  # core.trigger.Inspection
     cleanse: Any = None  # core.cleanse.CleanseResult
+    verdict: Any = None  # core.verdict.Verdict: every method's evidence combined (the Verdict panel's headline)
     inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
     notes: list[str] = field(default_factory=list)
     # A GUI session keeps every result, not just the last (issue 13):
@@ -477,12 +478,27 @@ def _inspector(f: Findings) -> tuple[str, Optional[dict]]:
     return "\n".join(parts), data
 
 
+def _combined(v: Any) -> str:
+    """The combined verdict as the Verdict panel shows it: headline, reason, one row per method."""
+    level = v.level.replace(" ", "-")
+    rows = "".join(f"<tr><th>{html.escape(e.method)}</th><td>{html.escape(e.level)}</td>"
+                   f"<td>{html.escape(', '.join(map(str, e.classes)) or '-')}</td><td>{html.escape(e.summary)}</td></tr>"
+                   for e in v.evidence)
+    return (f'<p class="verdict {level}">{html.escape(v.summary)}</p><p>{html.escape(v.reason)}</p>'
+            f'<table class="kv"><tr><th>Method</th><th>Says</th><th>Classes</th><th>Evidence</th></tr>{rows}</table>')
+
+
 def _cleanse(f: Findings) -> tuple[str, Optional[dict]]:
     c = f.cleanse
+    if c is None and f.verdict is not None:
+        return (_combined(f.verdict) + _not_run("Neural Cleanse was not run", "Verdict panel, or the cleanse command."),
+                {"combined": f.verdict.as_dict()})
     if c is None:
         return _not_run("Neural Cleanse takes minutes per class and was not part of this report",
                         "Verdict panel, or the cleanse command."), None
     verdict = f'<p class="verdict {html.escape(c.verdict)}">{html.escape(c.describe())}</p>'
+    if f.verdict is not None:  # the combined verdict leads; Neural Cleanse's own line becomes one piece of evidence
+        verdict = _combined(f.verdict) + f"<p>Neural Cleanse alone: {html.escape(c.describe())}</p>"
     evidence = _table([
         ("Measured on", f.measured_on.get("cleanse") or f"{c.n_images} clean images"),
         ("Classes optimised", ", ".join(str(k) for k in c.candidates)),
@@ -490,7 +506,8 @@ def _cleanse(f: Findings) -> tuple[str, Optional[dict]]:
         ("Anomaly threshold (index 2)", f"{c.threshold_norm:.1f} px"),
         ("Flagged classes", ", ".join(f"{k} ({c.norms[k]:.1f} px)" for k in c.flagged_classes) or "none"),
     ])
-    return verdict + evidence + _img(_cleanse_figure(c), "Reversed-trigger norms per class"), c.as_dict()
+    data = c.as_dict() if f.verdict is None else {**c.as_dict(), "combined": f.verdict.as_dict()}
+    return verdict + evidence + _img(_cleanse_figure(c), "Reversed-trigger norms per class"), data
 
 
 def _repair(f: Findings) -> tuple[str, Optional[dict]]:
@@ -540,7 +557,9 @@ def _key_findings(f: Findings) -> str:
             lines.append(f"Transplant test of {Path(ins.source).name or 'an image'}: {tr.flip_rate:.0%} flipped to class "
                          f"{tr.suspect_class} (baseline {tr.baseline:.0%}): "
                          + ("looks like a trigger." if tr.looks_like_trigger else "does not behave like a trigger."))
-    if f.cleanse is not None:
+    if f.verdict is not None:
+        lines.append(f"Verdict: {f.verdict.summary}")
+    elif f.cleanse is not None:
         lines.append(f.cleanse.describe())
     for r in f.repairs:
         lines.append(f"Repair ({r.method}): attack success {_pct(r.before.attack_success_rate)} → {_pct(r.after.attack_success_rate)}, "
@@ -730,7 +749,8 @@ table.grid th, table.grid td { border: 1px solid #dfe3ea; padding: 4px 10px; tex
 table.grid th { background: #f4f5f7; }
 figure { margin: 10px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eceef2; }
 .not-run { color: #8a5a00; background: #fff6e0; border-left: 4px solid #e0a100; padding: 6px 12px; }
-.verdict.backdoored { color: #8b1a10; font-weight: 600; } .verdict.clean { color: #1d6b2a; font-weight: 600; }
+.verdict.backdoored { color: #8b1a10; font-weight: 600; }
+.verdict.suspicious { color: #b26a00; font-weight: 600; } .verdict.no-evidence { color: #5f6368; font-weight: 600; } .verdict.clean { color: #1d6b2a; font-weight: 600; }
 code { font-size: 13px; }
 @media print { body { background: white; } main { padding: 0; } section { break-inside: avoid-page; } }
 """

@@ -39,6 +39,7 @@ PANELS: list[tuple[str, str]] = [
     ("gui.strip_panel", "StripPanel"),
     ("gui.inspector_panel", "InspectorPanel"),
     ("gui.verdict_panel", "VerdictPanel"),
+    ("gui.triage_panel", "TriagePanel"),
 ]
 
 MODEL_FILTER = "Keras models (*.keras *.h5 *.hdf5);;All files (*)"

@@ -43,6 +43,7 @@ def gather_findings(window: Any) -> tuple[Any, Any, Any]:
     findings.prunes = [e.value for e in current[Kind.PRUNE]]
     findings.prune = findings.prunes[-1] if findings.prunes else None
     findings.repairs = [e.value for e in current[Kind.REPAIR]]
+    findings.verdict = results.value(Kind.VERDICT)  # the Verdict panel's headline, as shown
     if findings.sweep is None and findings.prune is not None:
         findings.sweep = findings.prune.sweep
     profile = findings.profile

@@ -42,6 +42,7 @@ class Kind(str, enum.Enum):
     INSPECTION = "inspection"  # core.trigger.Inspection
     TRANSPLANT = "transplant"  # core.trigger.Transplant (of the inspection published just before)
     CLEANSE = "cleanse"  # core.cleanse.CleanseResult
+    VERDICT = "verdict"  # core.verdict.Verdict (Verdict panel: the detectors and the measured attack success, combined)
 
 
 # Kinds that keep every result of the session; the others keep only the last one.

@@ -1,15 +1,28 @@
 """Verdict: is the model backdoored, and towards which class? Then repair it by unlearning.
 
-Neural Cleanse (:mod:`core.cleanse`) runs on the clean validation data with
-live progress: the mask norm of the class being reverse-engineered is drawn
-per round, and each finished class adds its bar to the norm chart. The chart
-draws the anomaly threshold (norms below it have anomaly index > 2) and
-paints flagged classes red; a grid shows each reversed trigger (mask,
-pattern, an example stamped with it); one plain-language line at the top
-gives the verdict. "Repair by unlearning" (:mod:`core.repair`) fine-tunes on
-clean data stamped with the flagged triggers, with live loss and per-epoch
-curves and a before/after table; Save writes the repaired model atomically
-beside the input, never over it.
+The checks are :func:`core.judge.judge`'s, the same as the ``cleanse``
+command's: Neural Cleanse (:mod:`core.cleanse`, blind to large triggers) and
+MM-BD (:mod:`core.mmbd`, which does not assume a small trigger) on the clean
+validation data, with live progress: the mask norm of the class being
+reverse-engineered is drawn per round, and each finished class adds its bar
+to the norm chart (anomaly threshold drawn, flagged classes red); a grid shows
+each reversed trigger (mask, pattern, an example stamped with it).
+
+The headline is :func:`core.verdict.combine` over every piece of evidence the
+session holds -- the detectors above and, when Evaluate measured attack
+success on the suspected-poisoned set, that figure, read from the results
+registry (never from another panel). Three levels: "Backdoored (target T)" in
+red, "Suspicious" in amber, "No evidence found by <methods>" in grey -- never a
+green "clean", since a wrong clean is the worst answer (issue 11). A line of
+reasons and one row per method say why. The combined verdict is published to
+the registry (Kind.VERDICT), where the report reads it, so the headline, the
+Evaluate figures and the report agree.
+
+Repair (:mod:`core.repair`) unlearns the reversed triggers of the classes the
+analyst chooses -- the verdict's targets by default, any class when nothing
+was flagged (the CLI's ``repair --target-class``) -- or fine-prunes, with live
+loss and per-epoch curves and a before/after table; Save writes the repaired
+model atomically beside the input, never over it.
 """
 
 from __future__ import annotations
@@ -24,12 +37,17 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
+    QAbstractItemView,
+    QCheckBox,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QScrollArea,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -48,6 +66,10 @@ CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
 CELL = 40  # trigger thumbnails, pixels high: ten classes fit side by side
 ASK = "Run Neural Cleanse to ask: is this model backdoored, and towards which class?"
+# The combined verdict's colours: red, amber, neutral grey -- never a green "clean".
+LEVEL_COLOURS = {"backdoored": "#b3261e", "suspicious": "#b26a00", "no evidence": "#5f6368"}
+NEUTRAL = "#333333"
+EVIDENCE_COLUMNS = ["Method", "Says", "Classes", "Evidence"]
 STAGE_ROWS = {"before": 0, "after_prune": 1, "after": 2}  # "after_fine_prune" is in the note and the report
 REPAIR_LABELS = {  # the button says what it will do
     "unlearn": "Repair by unlearning",
@@ -75,6 +97,10 @@ class VerdictPanel(QWidget):
         self.window = window
         self.state = window.state
         self.result: Any = None  # core.cleanse.CleanseResult
+        self.judgement: Any = None  # core.judge.Judgement of the last run (detectors only)
+        self.verdict: Any = None  # core.verdict.Verdict shown: the detectors and the registry's evaluation
+        self._judged_sha = ""  # the model the judgement describes
+        self._class_options: list[Optional[tuple[int, ...]]] = [None]  # what each entry of the class combo repairs
         self.repair_result: Any = None
         self._example: Optional[np.ndarray] = None  # one clean image, for the stamped thumbnails
         self._pixel_max = 255.0
@@ -88,8 +114,22 @@ class VerdictPanel(QWidget):
         self.verdict_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._style_verdict(None)
         outer.addWidget(self.verdict_label)
+        self.reason_label = QLabel("")
+        self.reason_label.setWordWrap(True)
+        self.reason_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.reason_label.setStyleSheet("font-size: 11px; color: #333; padding: 0 4px")
+        self.reason_label.setVisible(False)
+        outer.addWidget(self.reason_label)
+        self.evidence_table = self._evidence_table()
+        outer.addWidget(self.evidence_table)
         body = QHBoxLayout()
-        body.addWidget(self._controls(), 0)
+        controls = QScrollArea()  # the verdict's rows above take height: the controls scroll on 720-px screens
+        controls.setWidget(self._controls())
+        controls.setWidgetResizable(True)
+        controls.setFrameShape(QScrollArea.Shape.NoFrame)
+        controls.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        controls.setFixedWidth(350)
+        body.addWidget(controls, 0)
         body.addWidget(self._views(), 1)
         outer.addLayout(body, 1)
 
@@ -100,6 +140,7 @@ class VerdictPanel(QWidget):
         self._buffers = self.curves  # buffers by key (tests read their fill)
         self.state.model_changed.connect(self._model_changed)
         self.state.data_changed.connect(lambda _role: self._refresh_buttons())
+        self.state.results.changed.connect(self._results_changed)
         self._refresh_buttons()
 
     # --------------------------------------------------------------- layout
@@ -114,7 +155,7 @@ class VerdictPanel(QWidget):
         column = QVBoxLayout(box)
         column.setContentsMargins(0, 0, 0, 0)
 
-        nc = QGroupBox("Neural Cleanse")
+        nc = QGroupBox("Detectors: Neural Cleanse, MM-BD")
         form = QFormLayout(nc)
         self.candidates = QSpinBox()
         self.candidates.setRange(1, 100000)
@@ -129,7 +170,12 @@ class VerdictPanel(QWidget):
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         form.addRow("Seed", self.seed)
-        self.run_button = QPushButton("Run Neural Cleanse")
+        self.use_mmbd = QCheckBox("Also MM-BD (large triggers)")
+        self.use_mmbd.setChecked(True)
+        self.use_mmbd.setToolTip("MM-BD (Wang et al., IEEE S&P 2024) does not assume a small trigger: "
+                                 "it catches frames and sunglasses that Neural Cleanse misses")
+        form.addRow(self.use_mmbd)
+        self.run_button = QPushButton("Run the detectors")
         self.run_button.clicked.connect(lambda: self.run_cleanse())
         form.addRow(self.run_button)
         column.addWidget(nc)
@@ -141,6 +187,11 @@ class VerdictPanel(QWidget):
         self.method.addItem("Fine-prune, then unlearn", "both")
         self.method.addItem("Fine-prune only", "fine-prune")
         rform.addRow("Method", self.method)
+        self.repair_class = QComboBox()
+        self.repair_class.setToolTip("The class whose reversed trigger is unlearned (the CLI's repair --target-class); "
+                                     "choose one even when nothing was flagged")
+        self.repair_class.currentIndexChanged.connect(lambda _i: self._refresh_buttons())
+        rform.addRow("Class", self.repair_class)
         self.fraction = QDoubleSpinBox()
         self.fraction.setRange(0.01, 0.99)
         self.fraction.setSingleStep(0.05)
@@ -160,7 +211,7 @@ class VerdictPanel(QWidget):
         rform.addRow("Learning rate", self.learning_rate)
         self.repair_button = QPushButton(REPAIR_LABELS["unlearn"])
         self.repair_button.clicked.connect(lambda: self.run_repair())
-        self.method.currentIndexChanged.connect(lambda _i: self.repair_button.setText(REPAIR_LABELS[self.method.currentData()]))
+        self.method.currentIndexChanged.connect(lambda _i: self._method_changed())
         rform.addRow(self.repair_button)
         column.addWidget(rep)
 
@@ -227,22 +278,140 @@ class VerdictPanel(QWidget):
 
     # ---------------------------------------------------------------- state
 
-    def _style_verdict(self, verdict: Optional[str]) -> None:
-        colour = {"backdoored": "#b3261e", "clean": "#1b7f3a"}.get(verdict or "", "#333333")
+    def _evidence_table(self) -> QTableWidget:
+        table = QTableWidget(0, len(EVIDENCE_COLUMNS))
+        table.setHorizontalHeaderLabels(EVIDENCE_COLUMNS)
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        table.setWordWrap(True)
+        header = table.horizontalHeader()
+        for col in range(3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        table.setStyleSheet("font-size: 11px")
+        table.setVisible(False)
+        return table
+
+    def _style_verdict(self, level: Optional[str]) -> None:
+        colour = LEVEL_COLOURS.get(level or "", NEUTRAL)
         self.verdict_label.setStyleSheet(f"font-size: 15px; font-weight: bold; color: {colour}; padding: 4px")
 
+    def verdict_colour(self) -> str:
+        """The headline's colour (tests read it)."""
+        return LEVEL_COLOURS.get(self.verdict.level, NEUTRAL) if self.verdict is not None else NEUTRAL
+
     def _model_changed(self) -> None:
-        self.result = self.repair_result = None
+        self.result = self.repair_result = self.judgement = self.verdict = None
+        self._judged_sha = ""
         self._clear_views()
-        self.verdict_label.setText(ASK)
-        self._style_verdict(None)
+        self._show_verdict(None)
+        self._fill_classes()
         self._refresh_buttons()
+
+    def _method_changed(self) -> None:
+        self.repair_button.setText(REPAIR_LABELS[self.method.currentData()])
+        self._refresh_buttons()
+
+    def chosen_classes(self) -> Optional[tuple[int, ...]]:
+        """The classes to repair, as the combo says (None: none chosen yet)."""
+        i = self.repair_class.currentIndex()
+        return self._class_options[i] if 0 <= i < len(self._class_options) else None
 
     def _refresh_buttons(self) -> None:
         ready = self.state.loaded is not None and self.state.clean_for_calibration() is not None
         self.run_button.setEnabled(ready)
-        self.repair_button.setEnabled(ready and self.result is not None)
+        if self.method.currentData() == "fine-prune":  # needs no trigger: any class, or the verdict alone
+            can_repair = self.result is not None or self.chosen_classes() is not None
+        else:  # unlearning needs a class whose trigger to reverse and unlearn
+            can_repair = self.chosen_classes() is not None
+        self.repair_button.setEnabled(ready and can_repair)
         self.save_button.setEnabled(self.repair_result is not None)
+
+    # -------------------------------------------------------------- verdict
+
+    def _results_changed(self, kind: str) -> None:
+        """A new Evaluate result (or a stale one) changes the evidence: combine again."""
+        if kind in ("evaluation", ""):
+            self.refresh_verdict()
+
+    def _session_evidence(self) -> list:
+        """The measured attack success of the session's current Evaluate result, as evidence."""
+        from core.judge import attack_evidence
+
+        evaluation = self.state.results.value(Kind.EVALUATION)
+        if self.state.loaded is None or evaluation is None or evaluation.attack_success_rate is None:
+            return []
+        return [attack_evidence(evaluation, self.state.loaded.num_classes)]
+
+    def refresh_verdict(self) -> None:
+        """Combine the detectors' evidence with the registry's measured attack success; show and publish it."""
+        from core.verdict import combine
+
+        sha = self.state.loaded.summary.sha256 if self.state.loaded is not None else ""
+        detectors = list(self.judgement.verdict.evidence) if self.judgement is not None and self._judged_sha == sha else []
+        detectors = [e for e in detectors if e.method != "measured attack success"]
+        evidence = detectors + self._session_evidence()
+        if not evidence:
+            self._show_verdict(None)
+            self._fill_classes()
+            self._refresh_buttons()
+            return
+        verdict = combine(evidence)
+        self._show_verdict(verdict)
+        self._fill_classes()
+        self._refresh_buttons()
+        roles = [r for r in (self.state.calibration_role(),) if r] + (["poisoned"] if len(evidence) > len(detectors) else [])
+        self.state.publish(Kind.VERDICT, verdict, roles, note=f"combined from {', '.join(verdict.methods)}")
+
+    def _show_verdict(self, verdict: Any) -> None:
+        """Headline in the level's colour, the reason, one row per method."""
+        self.verdict = verdict
+        if verdict is None:
+            self.verdict_label.setText(ASK)
+            self._style_verdict(None)
+            self.reason_label.setVisible(False)
+            self.evidence_table.setVisible(False)
+            self.evidence_table.setRowCount(0)
+            return
+        ran_detectors = any(e.method != "measured attack success" for e in verdict.evidence)
+        self.verdict_label.setText(verdict.summary + ("" if ran_detectors else " -- run the detectors too"))
+        self._style_verdict(verdict.level)
+        self.reason_label.setText(verdict.reason)
+        self.reason_label.setVisible(True)
+        table = self.evidence_table
+        table.setRowCount(len(verdict.evidence))
+        for row, e in enumerate(verdict.evidence):
+            cells = [e.method, e.level, ", ".join(map(str, e.classes)) or "-", _evidence_text(e)]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(e.summary)
+                if col == 1:
+                    item.setForeground(pg.mkColor(LEVEL_COLOURS.get(e.level, NEUTRAL)))
+                table.setItem(row, col, item)
+        table.resizeRowsToContents()
+        height = table.horizontalHeader().height() + sum(table.rowHeight(r) for r in range(table.rowCount())) + 4
+        table.setFixedHeight(min(height, 140))
+        table.setVisible(True)
+
+    def _fill_classes(self) -> None:
+        """The repair's class choice: the verdict's targets first; any class; or "choose" when none is suspected."""
+        combo = self.repair_class
+        previous = self.chosen_classes()
+        targets = tuple(self.verdict.targets) if self.verdict is not None and self.verdict.level != "no evidence" else ()
+        n = self.state.loaded.num_classes if self.state.loaded is not None else 0
+        self._class_options = [targets or None] + [(c,) for c in range(n)]
+        combo.blockSignals(True)
+        combo.clear()
+        if targets:
+            combo.addItem(f"Suspected target{'s' if len(targets) > 1 else ''}: {', '.join(map(str, targets))}")
+        else:
+            combo.addItem("Choose a class…")
+        for c in range(n):
+            combo.addItem(f"Class {c}")
+        keep = not targets and previous is not None and previous in self._class_options
+        combo.setCurrentIndex(self._class_options.index(previous) if keep else 0)
+        combo.blockSignals(False)
 
     def _clear_views(self) -> None:
         self.curves.clear()
@@ -260,55 +429,63 @@ class VerdictPanel(QWidget):
     # ------------------------------------------------------------- cleanse
 
     def run_cleanse(self, then: Optional[Callable[[bool], None]] = None) -> bool:
-        """Start Neural Cleanse on the loaded model and clean validation data."""
-        from core.cleanse import CleanseSettings, cleanse
+        """Run the detectors (core.judge: Neural Cleanse, MM-BD) on the loaded model and clean validation data."""
+        from core.cleanse import CleanseSettings
         from core.data import load_arrays
         from core.evaluate import choose_scale
+        from core.judge import judge
+        from core.mmbd import MMBDSettings
 
         loaded = self.state.loaded
         clean = self.state.clean_for_calibration()
         if loaded is None or clean is None:
             return False
         settings = CleanseSettings(candidates=self.candidates.value(), max_rounds=self.rounds.value(), seed=self.seed.value())
+        mmbd_settings = MMBDSettings(seed=self.seed.value())
+        methods = ("cleanse", "mmbd") if self.use_mmbd.isChecked() else ("cleanse",)
         requested = self.state.scale
 
         def job():
             yield Progress(None, f"Reading {clean.path.name}")
             scale, _note = choose_scale(loaded, clean, requested)
             arrays = load_arrays(clean, loaded.input_shape, limit=settings.max_images)
-            result = yield from cleanse(loaded, arrays, scale, settings)
-            return result, arrays
+            judgement = yield from judge(loaded, arrays, scale, methods=methods,
+                                         cleanse_settings=settings, mmbd_settings=mmbd_settings)
+            return judgement, arrays
 
         roles = [self.state.calibration_role()]
 
         def finished(value: Any) -> None:
-            self.result, arrays = value
+            self.judgement, arrays = value
+            self._judged_sha = loaded.summary.sha256
+            self.result = self.judgement.cleanse
             self._example = arrays.x[0] if len(arrays.x) else None
             self._pixel_max = 255.0 if len(arrays.x) and float(np.max(arrays.x)) > 1.5 else 1.0
             self._show_result()
             self.state.publish(Kind.CLEANSE, self.result, roles,
                                note=f"{self.result.n_images} clean images of {clean.path.name}")
-            self._refresh_buttons()
+            self.refresh_verdict()
 
         def stopped(outcome: str) -> None:
             if outcome != DONE:  # cancelled or failed: the headline must not say it is still running
-                self.verdict_label.setText(f"Neural Cleanse was {'cancelled' if outcome == 'cancelled' else 'stopped by an error'}: "
+                self.verdict_label.setText(f"The detectors were {'cancelled' if outcome == 'cancelled' else 'stopped by an error'}: "
                                            "no verdict. " + ASK.replace("Run", "Run it again", 1))
                 self._style_verdict(None)
                 self._refresh_buttons()
             if then:
                 then(outcome == DONE)
 
-        self.result = self.repair_result = None
+        self.result = self.repair_result = self.judgement = None
         self._repairing = False
         self._current_target = None
         self.live_plot.setLabel("bottom", "round")
         self.live_plot.setLabel("left", "mask norm (pixels)")
         self._clear_views()
-        self.verdict_label.setText("Neural Cleanse is running: reverse-engineering a trigger per candidate class…")
-        self._style_verdict(None)
+        self._show_verdict(None)
+        self.verdict_label.setText("The detectors are running: Neural Cleanse reverse-engineers a trigger per candidate class"
+                                   + (", then MM-BD measures each class's maximum margin…" if self.use_mmbd.isChecked() else "…"))
         self._refresh_buttons()
-        return self.window.start_job("Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
+        return self.window.start_job("Neural Cleanse + MM-BD" if self.use_mmbd.isChecked() else "Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
 
     def _on_event(self, event: Any) -> None:
         from core.cleanse import ClassDone, CleanseStep
@@ -364,8 +541,6 @@ class VerdictPanel(QWidget):
 
     def _show_result(self) -> None:
         r = self.result
-        self.verdict_label.setText(r.describe())
-        self._style_verdict(r.verdict)
         self._bars = dict(r.norms)
         self._draw_bars()
         self.norm_plot.setTitle(
@@ -417,8 +592,9 @@ class VerdictPanel(QWidget):
         from core.data import load_arrays
         from core.repair import RepairSettings, repair
 
-        verdict = self.state.results.value(Kind.CLEANSE)  # the session's current verdict, not a stale one
-        if verdict is None or self.state.loaded is None:
+        verdict = self.state.results.value(Kind.CLEANSE)  # the session's current triggers, not stale ones
+        classes = self.chosen_classes()
+        if self.state.loaded is None or self.state.clean_for_calibration() is None or (verdict is None and classes is None):
             return False
         loaded = self.state.loaded
         clean = self.state.clean_for_calibration()
@@ -426,9 +602,12 @@ class VerdictPanel(QWidget):
         target = self.state.target
         method = self.method.currentData()
         fraction, epochs, lr, seed = self.fraction.value(), self.epochs.value(), self.learning_rate.value(), self.seed.value()
-        if method != "fine-prune" and not verdict.flagged_classes:
-            self.window.show_error("Neural Cleanse flagged no class, so there is no trigger to unlearn; choose 'Fine-prune only'.")
+        if method != "fine-prune" and classes is None:
+            self.window.show_error("No class was flagged, so there is no trigger to unlearn: choose the class to repair, "
+                                   "or 'Fine-prune only'.")
             return False
+        if classes is not None and verdict is not None and method == "unlearn" and tuple(verdict.flagged_classes) == classes:
+            classes = None  # exactly Neural Cleanse's flagged classes: reuse its triggers as they are
         self.table.clearContents()
         self.repair_result = None
         self._refresh_buttons()
@@ -441,12 +620,18 @@ class VerdictPanel(QWidget):
         self.live_plot.setLabel("left", "loss")
         self.live_plot.enableAutoRange()
 
+        requested = self.state.scale
+
         def job():
+            from core.evaluate import choose_scale
+
             yield Progress(None, f"Reading {clean.path.name}")
+            scale = verdict.scale if verdict is not None else choose_scale(loaded, clean, requested)[0]
             cx = load_arrays(clean, loaded.input_shape)
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
             return (yield from repair(
-                loaded, cx.x, cx.y, verdict.scale, RepairSettings(method=method, fraction=fraction, epochs=epochs, learning_rate=lr, seed=seed),
+                loaded, cx.x, cx.y, scale, RepairSettings(method=method, classes=classes, fraction=fraction, epochs=epochs,
+                                                          learning_rate=lr, seed=seed),
                 verdict=verdict, x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
             ))
 
@@ -490,13 +675,34 @@ class VerdictPanel(QWidget):
     # ----------------------------------------------------------- screenshot
 
     def run_default(self, done: Callable[[], None]) -> None:
-        """Neural Cleanse on the loaded model and clean validation data, then unlearning when flagged."""
+        """The detectors on the loaded model and clean validation data, then unlearning when a class is suspected."""
 
         def after_cleanse(ok: bool) -> None:
-            if ok and self.result is not None and self.result.flagged_classes:
+            if ok and self.chosen_classes() is not None:
                 self.window.after_idle(lambda: self.run_repair(lambda _ok: done()) or done())
             else:
                 done()
 
         if not self.run_cleanse(after_cleanse):
             done()
+
+
+def _evidence_text(e: Any) -> str:
+    """The figures behind one method's say, short enough for one table row."""
+    from core.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS, MMBD_BACKDOORED_P, MMBD_SUSPICIOUS_P
+
+    d = e.details
+    if e.method == "Neural Cleanse" and d.get("norms"):
+        idx = {c: v for c, v in d.get("anomaly_index", {}).items() if v is not None}
+        smallest = sorted(d["norms"], key=lambda c: d["norms"][c])[:3]
+        parts = ", ".join(f"{c}: {d['norms'][c]:.0f} px (index {idx.get(c, float('nan')):.1f})" for c in smallest)
+        return f"median mask {d.get('median_norm', 0):.0f} px; smallest {parts}; flagged at index > 2"
+    if e.method == "MM-BD" and d.get("p_values"):
+        ranked = sorted(d["p_values"], key=lambda c: d["p_values"][c])[:3]
+        parts = ", ".join(f"{c}: margin {d['margins'][c]:.0f}, p = {d['p_values'][c]:.2g}" for c in ranked)
+        return f"{parts}; suspicious at p < {MMBD_SUSPICIOUS_P:g}, backdoored at p < {MMBD_BACKDOORED_P:g}"
+    if e.method == "measured attack success":
+        target = "" if d.get("target") is None else f" to class {d['target']}"
+        return (f"attack success {d['attack_success_rate']:.1%}{target} on {d['n_poisoned']} suspected-poisoned images "
+                f"(Evaluate); suspicious from {ASR_SUSPICIOUS:.0%}, backdoored from {ASR_BACKDOORED:.0%}")
+    return e.summary

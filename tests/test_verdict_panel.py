@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -52,3 +54,93 @@ def test_verdict_then_unlearning_fills_chart_grid_and_table(qtbot, window, demo_
     window.tabs.setCurrentWidget(panel)
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert window.grab().save(str(SHOTS / "verdict_panel.png"))
+
+
+# ------------------------------------------------- the combined verdict (issue 11)
+
+def _evidence(method, level, classes=(), score=0.1, details=None):
+    from core.verdict import Evidence
+
+    return Evidence(method, level, tuple(classes), score, f"{method} says {level}", details or {})
+
+
+def _detectors_found_nothing(panel, window):
+    """A judgement whose two detectors found nothing, as if just run on the open model."""
+    from core.judge import Judgement
+    from core.verdict import NO_EVIDENCE, combine
+
+    verdict = combine([_evidence("Neural Cleanse", NO_EVIDENCE), _evidence("MM-BD", NO_EVIDENCE)])
+    panel.judgement = Judgement(verdict, None, None, None, "255", 0.0)
+    panel._judged_sha = window.state.loaded.summary.sha256
+    panel.refresh_verdict()
+
+
+def test_three_levels_render_with_their_words_and_colours(qtbot, window):
+    from core.verdict import BACKDOORED, NO_EVIDENCE, SUSPICIOUS, combine
+    from gui.verdict_panel import LEVEL_COLOURS
+
+    panel = window.panels["VerdictPanel"]
+    cases = {
+        BACKDOORED: combine([_evidence("Neural Cleanse", NO_EVIDENCE), _evidence("MM-BD", BACKDOORED, (3,), 0.9)]),
+        SUSPICIOUS: combine([_evidence("Neural Cleanse", NO_EVIDENCE), _evidence("MM-BD", SUSPICIOUS, (5,), 0.6)]),
+        NO_EVIDENCE: combine([_evidence("Neural Cleanse", NO_EVIDENCE), _evidence("MM-BD", NO_EVIDENCE)]),
+    }
+    starts = {BACKDOORED: "Backdoored (target 3)", SUSPICIOUS: "Suspicious (target 5)",
+              NO_EVIDENCE: "No evidence found by Neural Cleanse and MM-BD"}
+    colours = set()
+    for level, verdict in cases.items():
+        assert verdict.level == level
+        panel._show_verdict(verdict)
+        text, style = panel.verdict_label.text(), panel.verdict_label.styleSheet()
+        assert text.startswith(starts[level]), text
+        assert f"color: {LEVEL_COLOURS[level]}" in style and panel.verdict_colour() == LEVEL_COLOURS[level]
+        assert not re.search(r"\bclean\b", text.lower())  # never "clean" (Neural Cleanse may be named)
+        assert panel.reason_label.text() == verdict.reason and panel.reason_label.isVisibleTo(panel)
+        assert panel.evidence_table.rowCount() == 2
+        assert [panel.evidence_table.item(r, 1).text() for r in range(2)] == [e.level for e in verdict.evidence]
+        colours.add(LEVEL_COLOURS[level])
+    assert len(colours) == 3 and "#1b7f3a" not in colours  # three colours, none of them the old green
+
+
+def test_measured_attack_success_in_the_registry_overrides_silent_detectors(qtbot, window, demo_settings, demo_bundle, tmp_path):
+    from core.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS
+    from gui.state import Kind
+
+    panel = _load_demo(qtbot, window, demo_settings)
+    _detectors_found_nothing(panel, window)
+    assert panel.verdict.level == "no evidence" and panel.verdict_label.text().startswith("No evidence found by")
+    window.panels["ModelPanel"].evaluate()  # Evaluate publishes to the registry; the verdict panel listens there
+    wait_idle(qtbot, window)
+    evaluation = window.state.results.value(Kind.EVALUATION)
+    asr = evaluation.attack_success_rate
+    assert asr is not None and asr >= ASR_SUSPICIOUS  # the demo BadNet's trigger works
+    expected = "backdoored" if asr >= ASR_BACKDOORED else "suspicious"
+    assert panel.verdict.level == expected
+    assert panel.verdict_label.text().lower().startswith(expected)
+    assert "measured attack success" in panel.verdict.methods
+    rows = {panel.evidence_table.item(r, 0).text(): panel.evidence_table.item(r, 3).text()
+            for r in range(panel.evidence_table.rowCount())}
+    assert f"{asr:.1%}" in rows["measured attack success"]  # the same figure Evaluate shows
+    published = window.state.results.value(Kind.VERDICT)
+    assert published is panel.verdict  # the report reads this one
+    report = tmp_path / "report.html"
+    assert window.export_report(str(report))
+    wait_idle(qtbot, window)
+    page = report.read_text(encoding="utf-8")
+    assert panel.verdict.summary in page  # the report says what the panel says
+    record = json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))
+    assert record["cleanse"]["combined"]["level"] == panel.verdict.level
+
+
+def test_choosing_a_class_when_nothing_is_flagged_enables_repair(qtbot, window, demo_settings, demo_bundle):
+    panel = _load_demo(qtbot, window, demo_settings)
+    _detectors_found_nothing(panel, window)
+    assert panel.method.currentData() == "unlearn"
+    assert panel.repair_class.currentText().startswith("Choose") and not panel.repair_button.isEnabled()
+    panel.repair_class.setCurrentIndex(panel.repair_class.findText("Class 7"))
+    assert panel.chosen_classes() == (7,) and panel.repair_button.isEnabled()
+    panel.epochs.setValue(1)
+    assert panel.run_repair()
+    wait_idle(qtbot, window, timeout=300_000)
+    result = panel.repair_result
+    assert result is not None and list(result.flagged_classes) == [7]  # the chosen class was unlearned
