@@ -43,7 +43,7 @@ SWEEP = [(1.0, 1.0, True), (0.5, 0.5, True), (1.0, 0.5, True), (0.7, 0.3, True),
 
 def measure(loaded, bundle, clean_test, poisoned, weights, clip, args) -> dict:
     started = time.perf_counter()
-    profile = run_job(strip.calibrate(loaded, open_data(bundle.clean_valid), args.overlays, args.frr, args.seed, weights, "255"))
+    profile = run_job(strip.calibrate(loaded, open_data(bundle.clean_valid), strip.StripSettings(args.overlays, args.frr, seed=args.seed, weights=weights), "255"))
     if not clip:  # emulate no clipping: a range no blend reaches
         profile = strip.StripProfile(**{**profile.__dict__, "pixel_max": 1e9})
         profile = _recalibrate_unclipped(loaded, bundle, profile, args)

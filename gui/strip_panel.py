@@ -380,7 +380,7 @@ class StripPanel(QWidget):
                 done()
 
         started = self.window.start_job(
-            "Calibrating STRIP", lambda: strip.calibrate(loaded, clean, n, frr, seed, weights, scale), finished,
+            "Calibrating STRIP", lambda: strip.calibrate(loaded, clean, strip.StripSettings(n, frr, seed=seed, weights=weights), scale), finished,
             on_error=lambda _m: done() if done else None,
         )
         if not started and done:
