@@ -21,7 +21,7 @@ from core.atomic import json_default
 from core.errors import JobCancelled, TrojanScopeError
 
 # Module names under cli/, in the order --help lists them.
-COMMAND_MODULES = ["evaluate", "inspect", "prune", "demo", "strip", "classify", "report", "cleanse", "repair"]
+COMMAND_MODULES = ["evaluate", "inspect", "prune", "demo", "strip", "scan", "classify", "report", "cleanse", "repair"]
 
 
 def command_names() -> list[str]:

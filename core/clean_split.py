@@ -11,6 +11,7 @@ is still sampled evenly. Memory holds at most ``n_overlays + max_clean``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from core.errors import DataError
 from core.jobs import Job, Progress
 from core.models import LoadedModel
 
+SCORE_BATCH = 256  # inputs scored per call (each becomes one image per variant)
 MIN_CALIBRATION = 20  # below this, overlays are reused for calibration (and a note says so)
 
 
@@ -89,3 +91,14 @@ def draw_clean_split(
         notes=notes,
         skipped=skipped,
     )
+
+
+def score_batches(score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], x: np.ndarray, what: str, step: int = SCORE_BATCH) -> Job[np.ndarray]:
+    """Scores of ``x`` in chunks, with progress (shared by the scanners' calibrations)."""
+    out = []
+    for start in range(0, len(x), step):
+        s, _ = score(x[start : start + step])
+        out.append(s)
+        done = min(start + step, len(x))
+        yield Progress(done / max(len(x), 1), f"Calibrating {what}: {done}/{len(x)} clean images")
+    return np.concatenate(out) if out else np.zeros(0)

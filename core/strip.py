@@ -224,6 +224,17 @@ class StripProfile:
         """The clean calibration scores (entropies), as every scanner profile names them."""
         return self.clean_entropies
 
+    def score_fn(self, loaded: LoadedModel, chunk: Optional[int] = None) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """(entropies, probabilities) of any number of inputs, blended in memory-bounded chunks."""
+        kernel = StripKernel(loaded, self.overlays, self.weights, self.scale, self.pixel_max)
+        step = max(1, (chunk or chunk_for(loaded.input_shape)) // self.n_overlays)
+
+        def score(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            parts = [kernel(x[i : i + step]) for i in range(0, len(x), step)] or [kernel(x[:0])]
+            return np.concatenate([e for e, _ in parts]), np.concatenate([p for _, p in parts])
+
+        return score
+
     def frr_estimate(self, threshold: Optional[float] = None) -> FrrEstimate:
         """Expected false-rejection rate of ``threshold`` (default: the profile's), interval and bound."""
         t = self.threshold if threshold is None else float(threshold)
@@ -335,10 +346,11 @@ def load_profile(path: str | Path) -> StripProfile:
         meta = json.loads(meta_raw.tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: profile metadata is not valid JSON ({exc})") from None
-    return _profile_from(meta, overlays, clean, path)
+    return profile_from_saved(meta, overlays, clean, path)
 
 
-def _profile_from(meta: Any, overlays: np.ndarray, clean: np.ndarray, path: Path) -> StripProfile:
+def profile_from_saved(meta: Any, overlays: np.ndarray, clean: np.ndarray, path: Path) -> StripProfile:
+    """A profile from saved metadata and arrays, every field checked (also used inside scan profiles)."""
     def bad(what: str) -> DataError:
         return DataError(f"{path}: {what} (not a STRIP profile saved by this version of TrojanScope?)")
 

@@ -1,0 +1,119 @@
+"""Input-level acceptance (issue 11): STRIP, SCALE-UP, TeCo and combined on the zoo's BadNets.
+
+    python bench/scan_acceptance.py --zoo [--names a,b] [--methods strip,scaleup,teco,combined] [--json out.json]
+    python bench/scan_acceptance.py --demo /tmp/demo5
+
+For every single-target BadNet (and, with --all, every zoo model), each
+method is calibrated with its *default* settings on the model's clean_valid
+split only, then measured on data calibration never saw:
+
+- FRR: share of clean_test images flagged (the analyst's false rejections);
+- residual ASR: share of poisoned_test images (triggered, attacker labels)
+  that are *not* flagged and still classified as the attacker's label;
+- seconds: calibration plus both scans, on this machine.
+
+Acceptance: residual ASR <= 5% and FRR <= 3% for every single-target BadNet.
+Everything is seeded; re-running prints the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from core import scanner  # noqa: E402
+from core.data import load_arrays, open_data  # noqa: E402
+from core.jobs import run_job  # noqa: E402
+from core.models import load_model  # noqa: E402
+
+SINGLE_TARGET_EXCLUDED = ("clean", "two_triggers", "all_to_all")
+
+
+def cases_from_zoo(names: list[str] | None, include_all: bool) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import zoo  # bench/zoo.py (issue 11, part 1)
+
+    out = []
+    for e in zoo.build_zoo(names=names):
+        spec = e.spec
+        if not include_all and (not spec.backdoored or spec.attack in SINGLE_TARGET_EXCLUDED or len(spec.targets) != 1):
+            continue
+        out.append({"name": spec.name, "attack": spec.attack, "targets": tuple(spec.targets), "model": e.model,
+                    "clean_valid": e.clean_valid, "clean_test": e.clean_test, "poisoned_test": getattr(e, "poisoned_test", None)})
+    return out
+
+
+def cases_from_demo(folder: str) -> list[dict]:
+    from core.demo import export_demo
+
+    b = run_job(export_demo(Path(folder)))
+    return [{"name": "demo", "attack": "patch", "targets": (b.info["target"],), "model": b.model, "clean_valid": b.clean_valid,
+             "clean_test": b.clean_test, "poisoned_test": b.poisoned_test}]
+
+
+def measure(case: dict, method: str) -> dict:
+    loaded = load_model(case["model"])
+    clean_test = load_arrays(open_data(case["clean_test"]), loaded.input_shape)
+    started = time.perf_counter()
+    profile = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method=method)))
+    labels_c, _, _ = scanner.classify(loaded, profile, clean_test.x)
+    n = loaded.num_classes
+    row = {"model": case["name"], "attack": case["attack"], "method": method, "frr_clean_test": float(np.mean(labels_c == n)),
+           "frr_expected": profile.frr_estimate().expected, "frr_interval": [profile.frr_estimate().low, profile.frr_estimate().high],
+           "asr_before": None, "residual_asr": None}
+    if case["poisoned_test"] is not None:
+        poisoned = load_arrays(open_data(case["poisoned_test"]), loaded.input_shape)
+        labels_p, _, pred_p = scanner.classify(loaded, profile, poisoned.x)
+        attacker = poisoned.y
+        row["asr_before"] = float(np.mean(pred_p == attacker))
+        row["residual_asr"] = float(np.mean(labels_p == attacker))
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--zoo", action="store_true", help="the zoo of bench/zoo.py (waits for nothing: builds what is missing)")
+    src.add_argument("--demo", help="the demo BadNet, exported to this folder")
+    parser.add_argument("--names", help="comma-separated zoo model names")
+    parser.add_argument("--all", action="store_true", help="also clean, two-target and all-to-all models (FRR only / informative)")
+    parser.add_argument("--methods", default=",".join(scanner.METHODS))
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    cases = cases_from_zoo(args.names.split(",") if args.names else None, args.all) if args.zoo else cases_from_demo(args.demo)
+    methods = args.methods.split(",")
+    print(f"{'model':<22} {'attack':<13} {'method':<9} {'FRR test':>8} {'expected (95% interval)':>24} {'ASR before':>10} {'residual':>9} {'s':>6}  pass")
+    rows, failures = [], []
+    for case in cases:
+        for method in methods:
+            r = measure(case, method)
+            rows.append(r)
+            ok = r["frr_clean_test"] <= 0.03 and (r["residual_asr"] is None or r["residual_asr"] <= 0.05)
+            if not ok:
+                failures.append(f"{r['model']}/{method}")
+            pct = lambda v: "   -" if v is None else f"{v:.1%}"  # noqa: E731
+            lo, hi = r["frr_interval"]
+            print(f"{r['model']:<22} {r['attack']:<13} {method:<9} {r['frr_clean_test']:>8.1%} {r['frr_expected']:>9.2%} ({lo:.2%}-{hi:.2%}) "
+                  f"{pct(r['asr_before']):>10} {pct(r['residual_asr']):>9} {r['seconds']:>6.1f}  {'yes' if ok else 'NO'}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
+    for m, rs in by_method.items():
+        passed = [r for r in rs if r["frr_clean_test"] <= 0.03 and (r["residual_asr"] is None or r["residual_asr"] <= 0.05)]
+        print(f"{m}: {len(passed)}/{len(rs)} models meet FRR <= 3% and residual ASR <= 5%")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
