@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core import safety, scaleup, strip, teco
+from core import features, safety, scaleup, strip, teco
 from core.calibration import DEFAULT_CONFIDENCE, FrrEstimate, estimate_at
 from core.clean_split import draw_clean_split
 from core.data import DataSource, Skipped
@@ -40,12 +40,12 @@ from core.errors import DataError
 from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel
 
-DETECTORS = ("strip", "scaleup", "teco")
-COMBINED = ("strip", "scaleup")  # what "combined" runs; chosen by measurement (docs/scan.md)
+DETECTORS = ("strip", "scaleup", "teco", "features")
+COMBINED = ("strip", "features")  # what "combined" runs; chosen by measurement (docs/scan.md)
 METHODS = DETECTORS + ("combined",)
 DEFAULT_METHOD = "combined"
 DEFAULT_FRR = 0.01
-LABELS = {"strip": "STRIP", "scaleup": "SCALE-UP", "teco": "TeCo", "combined": "combined"}
+LABELS = {"strip": "STRIP", "scaleup": "SCALE-UP", "teco": "TeCo", "features": "feature space", "combined": "combined"}
 PROFILE_FORMAT = "trojanscope-scan-profile"
 PROFILE_VERSION = 1
 MAX_PROFILE_BYTES = 1 << 30
@@ -64,6 +64,7 @@ class ScanSettings:
     strip: strip.StripSettings = strip.StripSettings()
     scaleup: scaleup.ScaleUpSettings = scaleup.ScaleUpSettings()
     teco: teco.TecoSettings = teco.TecoSettings()
+    features: features.FeatureSettings = features.FeatureSettings()
 
     def detectors(self) -> tuple[str, ...]:
         if self.method not in METHODS:
@@ -151,8 +152,10 @@ def calibrate(loaded: LoadedModel, clean: DataSource, settings: ScanSettings = S
             detectors[name] = strip.profile_from(loaded, split, ent, st, frr, confidence)
         elif name == "scaleup":
             detectors[name] = yield from rescaled(scaleup.calibrate_on(loaded, split, settings.scaleup, frr, confidence), lo, hi)
-        else:
+        elif name == "teco":
             detectors[name] = yield from rescaled(teco.calibrate_on(loaded, split, settings.teco, frr, confidence), lo, hi)
+        else:
+            detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence), lo, hi)
     notes = list(split.notes)
     if d > 1:
         notes.append(f"each of {d} detectors calibrated at FRR {frr:.3%} with {confidence:.1%} confidence, "
@@ -407,8 +410,17 @@ def _profile_from(meta: Any, arrays: dict[str, np.ndarray], path: Path) -> ScanP
             if not (isinstance(factors, list) and factors and all(isinstance(f, (int, float)) and 1 < f < 1e4 for f in factors)):
                 raise bad(f"scaleup: 'factors' must be numbers > 1; found {factors!r}")
             detectors[name] = scaleup.ScaleUpProfile(factors=tuple(float(f) for f in factors), **common)
-        else:
+        elif name == "teco":
             detectors[name] = teco.TecoProfile(seed=int(_number(m, "seed", bad)), **common)
+        else:
+            means, precision = arrays.get("features__means"), arrays.get("features__precision")
+            ok = (means is not None and precision is not None and means.ndim == 2 and means.shape[0] == k and precision.ndim == 2
+                  and precision.shape == (means.shape[1], means.shape[1]) and means.dtype.kind == "f" and precision.dtype.kind == "f"
+                  and np.all(np.isfinite(means)) and np.all(np.isfinite(precision)))
+            if not ok:
+                raise bad("features: 'means' (K, d) and 'precision' (d, d) must be finite float arrays")
+            common.pop("pixel_max")
+            detectors[name] = features.FeatureProfile(means=means.astype(np.float64), precision=precision.astype(np.float64), **common)
     order = COMBINED if method == "combined" else (method,)
     if set(order) != set(detectors):
         raise bad(f"method {method!r} needs detectors {list(order)}; found {list(detectors)}")

@@ -177,3 +177,47 @@ def test_cli_scan_json_keys_and_classify_applies_the_saved_method(capsys, demo_b
     assert classified["method"] == "scaleup"
     by_source = {r["source"]: r["label"] for r in result["results"]}
     assert [r["label"] for r in classified["results"]] == [by_source[f] for f in files]
+
+
+def test_mahalanobis_matches_scipy_with_the_shrunk_shared_covariance():
+    from scipy.spatial.distance import mahalanobis
+
+    from core import features
+
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+    classes = rng.integers(0, 3, 300)
+    feats[classes == 1] += 3.0
+    g = features.fit_gaussians(feats, classes, 3)
+    means = np.stack([feats[classes == k].mean(0) for k in range(3)])
+    centred = feats - means[classes]
+    cov = np.cov(centred.T)
+    shrunk = (1 - features.SHRINK) * cov + features.SHRINK * np.trace(cov) / 4 * np.eye(4)
+    vi = np.linalg.inv(shrunk)
+    probe, cls = rng.normal(size=(5, 4)), np.array([0, 1, 2, 1, 0])
+    expected = [mahalanobis(p, means[c], vi) for p, c in zip(probe, cls)]
+    np.testing.assert_allclose(g.distances(probe, cls), expected, rtol=1e-6)
+
+
+def test_cross_fitted_scores_are_out_of_sample():
+    from core import features
+
+    rng = np.random.default_rng(6)
+    feats, classes = rng.normal(size=(200, 3)), rng.integers(0, 2, 200)
+    scores = features.cross_fitted_scores(feats, classes, 2, folds=4)
+    held = np.arange(200) % 4 == 1
+    g = features.fit_gaussians(feats[~held], classes[~held], 2)
+    np.testing.assert_allclose(scores[held], g.distances(feats[held], classes[held]))
+    in_sample = features.fit_gaussians(feats, classes, 2).distances(feats, classes)
+    assert np.median(scores) > np.median(in_sample)  # why cross-fitting: in-sample distances are optimistic
+
+
+def test_feature_detector_flags_the_planted_trigger(planted):
+    from core import features
+
+    loaded, _, _ = planted
+    rng = np.random.default_rng(8)
+    profile = run_job(features.calibrate(loaded, ArraySource(_images(rng, 600, False), None, "clean"), features.FeatureSettings(frr=0.02), scale="1"))
+    score = profile.score_fn(loaded)
+    assert np.all(score(_images(rng, 200, True))[0] > profile.threshold)
+    assert np.mean(score(_images(rng, 400, False))[0] > profile.threshold) <= 0.03
