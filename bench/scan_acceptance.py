@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from core import scanner  # noqa: E402
+from core.calibration import conservative_threshold, estimate_at  # noqa: E402
 from core.data import load_arrays, open_data  # noqa: E402
 from core.jobs import run_job  # noqa: E402
 from core.models import load_model  # noqa: E402
@@ -43,8 +44,14 @@ def cases_from_zoo(names: list[str] | None, include_all: bool) -> list[dict]:
     sys.path.insert(0, str(ROOT / "bench"))
     import zoo  # bench/zoo.py (issue 11, part 1)
 
+    root = zoo.zoo_dir()
+    if (root / "READY").is_file():
+        entries = zoo.build_zoo(names=names)
+    else:  # never build here (another job builds the zoo): take what is already cached
+        entries = [e for e in (zoo.cached(s, root / s.name) for s in zoo.ZOO if names is None or s.name in names) if e is not None]
+        print(f"zoo not READY: measuring the {len(entries)} models already built", file=sys.stderr)
     out = []
-    for e in zoo.build_zoo(names=names):
+    for e in entries:
         spec = e.spec
         if not include_all and (not spec.backdoored or spec.attack in SINGLE_TARGET_EXCLUDED or len(spec.targets) != 1):
             continue
@@ -61,24 +68,50 @@ def cases_from_demo(folder: str) -> list[dict]:
              "clean_test": b.clean_test, "poisoned_test": b.poisoned_test}]
 
 
-def measure(case: dict, method: str) -> dict:
+def measure(case: dict, methods: list[str]) -> list[dict]:
+    """One row per method. Each detector scores the clean split, clean_test and poisoned_test once; a
+    method's thresholds are then set on those clean scores exactly as ``scanner.calibrate`` sets them
+    (same split, same seed: a single detector at ``frr``, combined at ``frr / 2`` each with Bonferroni
+    confidence), so STRIP's 100-overlay scores are not recomputed for every method."""
     loaded = load_model(case["model"])
     clean_test = load_arrays(open_data(case["clean_test"]), loaded.input_shape)
-    started = time.perf_counter()
-    profile = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method=method)))
-    labels_c, _, _ = scanner.classify(loaded, profile, clean_test.x)
-    n = loaded.num_classes
-    row = {"model": case["name"], "attack": case["attack"], "method": method, "frr_clean_test": float(np.mean(labels_c == n)),
-           "frr_expected": profile.frr_estimate().expected, "frr_interval": [profile.frr_estimate().low, profile.frr_estimate().high],
-           "asr_before": None, "residual_asr": None}
-    if case["poisoned_test"] is not None:
-        poisoned = load_arrays(open_data(case["poisoned_test"]), loaded.input_shape)
-        labels_p, _, pred_p = scanner.classify(loaded, profile, poisoned.x)
-        attacker = poisoned.y
-        row["asr_before"] = float(np.mean(pred_p == attacker))
-        row["residual_asr"] = float(np.mean(labels_p == attacker))
-    row["seconds"] = round(time.perf_counter() - started, 1)
-    return row
+    poisoned = load_arrays(open_data(case["poisoned_test"]), loaded.input_shape) if case["poisoned_test"] else None
+    detectors = sorted({d for m in methods for d in scanner.ScanSettings(method=m).detectors()}, key=scanner.DETECTORS.index)
+    defaults = scanner.ScanSettings()
+    seconds, scored = {}, {}
+    for name in detectors:
+        started = time.perf_counter()
+        profile = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method=name)))
+        fn = profile.first.score_fn(loaded)
+        test_scores, test_probs = fn(clean_test.x)
+        p_scores, p_probs = fn(poisoned.x) if poisoned is not None else (None, None)
+        scored[name] = (profile.first, test_scores, p_scores, p_probs)
+        seconds[name] = time.perf_counter() - started
+    rows = []
+    for method in methods:
+        names = scanner.ScanSettings(method=method).detectors()
+        d = len(names)
+        frr, conf = defaults.frr / d, 1 - (1 - defaults.confidence) / d
+        flag_c = np.zeros(len(clean_test.x), bool)
+        flag_p = None if poisoned is None else np.zeros(len(poisoned.x), bool)
+        clean_flags = []
+        for name in names:
+            det, t_scores, p_scores, _ = scored[name]
+            cal = conservative_threshold(det.scores, frr, conf, det.tail)
+            flag_c |= cal.flags(t_scores)
+            clean_flags.append(cal.flags(det.scores))
+            if flag_p is not None:
+                flag_p |= cal.flags(p_scores)
+        est = estimate_at(np.any(clean_flags, axis=0).astype(float), 0.5, "high", defaults.confidence)
+        row = {"model": case["name"], "attack": case["attack"], "method": method, "frr_clean_test": float(np.mean(flag_c)),
+               "frr_expected": est.expected, "frr_interval": [est.low, est.high], "asr_before": None, "residual_asr": None,
+               "seconds": round(sum(seconds[n] for n in names), 1)}
+        if poisoned is not None:
+            pred = scored[names[0]][3].argmax(axis=1)
+            row["asr_before"] = float(np.mean(pred == poisoned.y))
+            row["residual_asr"] = float(np.mean((pred == poisoned.y) & ~flag_p))
+        rows.append(row)
+    return rows
 
 
 def main() -> int:
@@ -96,8 +129,8 @@ def main() -> int:
     print(f"{'model':<22} {'attack':<13} {'method':<9} {'FRR test':>8} {'expected (95% interval)':>24} {'ASR before':>10} {'residual':>9} {'s':>6}  pass")
     rows, failures = [], []
     for case in cases:
-        for method in methods:
-            r = measure(case, method)
+        for r in measure(case, methods):
+            method = r["method"]
             rows.append(r)
             ok = r["frr_clean_test"] <= 0.03 and (r["residual_asr"] is None or r["residual_asr"] <= 0.05)
             if not ok:
