@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.jobs import run_job  # noqa: E402
-from core.pruning import apply_masks, channel_mask, clone_model, default_layer, sweep  # noqa: E402
-from core.tf_env import tf as _tf  # noqa: E402
+from core.jobs import run_job
+from core.pruning import PruneSettings, apply_masks, channel_mask, clone_model, default_layer, sweep
+from core.tf_env import tf as _tf
 
 CSAW = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "csaw" / "fine_pruned_sunglasses_model.h5"
 
 
-def full_pass(model, xs, batch=256):  # noqa: ANN001
+def full_pass(model, xs: list[np.ndarray], batch: int = 256) -> Callable[[], list[np.ndarray]]:  # noqa: ANN001 -- a Keras model
     tf = _tf()
     fn = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1), reduce_retracing=True)
     return lambda: [np.concatenate([np.asarray(fn(x[i : i + batch])) for i in range(0, len(x), batch)]) for x in xs]
@@ -46,14 +47,14 @@ def bench(name: str, loaded, x_clean, y_clean, x_pois, target) -> None:  # noqa:
     layer = default_layer(loaded.model)
     x_all = [x_clean / 255.0, x_pois / 255.0]
     one_pass = best_of(full_pass(loaded.model, x_all))
-    ours = best_of(lambda: run_job(sweep(loaded, x_clean, y_clean, "255", layer, x_pois, None, target)), repeats=2)
+    ours = best_of(lambda: run_job(sweep(loaded, x_clean, y_clean, "255", PruneSettings(layer=layer), x_poisoned=x_pois, target=target)), repeats=2)
     channels = int(loaded.model.get_layer(layer).filters)
     clone = clone_model(loaded.model)
     naive_pass = full_pass(clone, x_all)
     naive_pass()
     sample = list(range(0, channels + 1, max(1, channels // 8)))  # time a few steps, extrapolate to all
 
-    def naive_steps():  # noqa: ANN202
+    def naive_steps():
         for k in sample:
             clone.set_weights(loaded.model.get_weights())
             apply_masks(clone, {layer: channel_mask(channels, range(k))})

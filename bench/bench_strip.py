@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from core import strip  # noqa: E402
 from core.inference import predict_proba, probability_fn, scale_factor  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.models import LoadedModel, load_model  # noqa: E402
 
 CSAW_MODEL = ROOT.parent / "shared" / "fixtures" / "csaw" / "fine_pruned_sunglasses_model.h5"
 
 
-def best(fn, repeats: int) -> float:
+def best(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -43,7 +45,7 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def profile_for(loaded, overlays: np.ndarray) -> strip.StripProfile:
+def profile_for(loaded: LoadedModel, overlays: np.ndarray) -> strip.StripProfile:
     return strip.StripProfile(
         overlays=overlays, weights=strip.BlendWeights(), scale="255", pixel_max=255.0, threshold=0.0, frr=0.01,
         fit_mean=0.0, fit_std=1.0, empirical_threshold=0.0, clean_entropies=np.zeros(0), model_sha256=loaded.summary.sha256,
@@ -51,7 +53,7 @@ def profile_for(loaded, overlays: np.ndarray) -> strip.StripProfile:
     )
 
 
-def compiled_loop(loaded, profile: strip.StripProfile, x: np.ndarray) -> np.ndarray:
+def compiled_loop(loaded: LoadedModel, profile: strip.StripProfile, x: np.ndarray) -> np.ndarray:
     """Per-image loop with OpenCV blends but one compiled-function call per input."""
     import cv2
 
@@ -64,7 +66,7 @@ def compiled_loop(loaded, profile: strip.StripProfile, x: np.ndarray) -> np.ndar
     return out
 
 
-def bench(name: str, loaded, x: np.ndarray, overlays: np.ndarray, n_loop: int, repeats: int) -> None:
+def bench(name: str, loaded: LoadedModel, x: np.ndarray, overlays: np.ndarray, n_loop: int, repeats: int) -> None:
     profile = profile_for(loaded, overlays)
     n = len(overlays)
     chunk = strip.chunk_for(loaded.input_shape)
@@ -112,7 +114,7 @@ def bench(name: str, loaded, x: np.ndarray, overlays: np.ndarray, n_loop: int, r
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", default="/tmp/demo5")
+    parser.add_argument("--demo", default=str(Path(tempfile.gettempdir()) / "demo5"))
     parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["demo", "csaw"])

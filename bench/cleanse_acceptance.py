@@ -60,7 +60,10 @@ def main() -> int:
     parser.add_argument("--only", choices=["demo", "clean", "repair", "deepid"])
     args = parser.parse_args()
     demo = Path(args.demo)
-    want = (lambda step: args.only in (None, step))
+
+    def want(step: str) -> bool:
+        return args.only in (None, step)
+
     sys.path.insert(0, str(ROOT))
     from core.demo import DEMO_VERSION
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,14 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.data import load_arrays, open_data  # noqa: E402
-from core.demo import STICKER_BOX, TARGET, export_demo  # noqa: E402
-from core.gradcam import gradcam_maps  # noqa: E402
-from core.inference import predict_labels  # noqa: E402
-from core.jobs import run_job  # noqa: E402
-from core.models import load_model  # noqa: E402
-from core.occlusion import OcclusionSettings, occlusion_maps  # noqa: E402
-from core.trigger import DEFAULT_METHOD, box_overlap, occlusion_repair, salient_box, transplant  # noqa: E402
+from core.data import load_arrays, open_data
+from core.demo import STICKER_BOX, TARGET, export_demo
+from core.gradcam import gradcam_maps
+from core.inference import predict_labels
+from core.jobs import run_job
+from core.models import load_model
+from core.occlusion import OcclusionSettings, occlusion_maps
+from core.trigger import DEFAULT_METHOD, box_overlap, occlusion_repair, salient_box, transplant
 
 SCALE = "255"  # the demo is trained on pixels / 255
 
@@ -60,7 +61,7 @@ def localisation(maps: np.ndarray, fired: np.ndarray) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", default="/tmp/demo6", help="demo folder (written by `main.py demo --out` if missing)")
+    parser.add_argument("--demo", default=str(Path(tempfile.gettempdir()) / "demo6"), help="demo folder (written by `main.py demo --out` if missing)")
     parser.add_argument("--suspects", type=int, default=50, help="triggered and clean images to transplant from")
     parser.add_argument("--transplants", type=int, default=100, help="clean recipients per suspect")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -32,16 +32,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import strip  # noqa: E402
-from core.data import load_arrays, open_data  # noqa: E402
+from core.data import Arrays, load_arrays, open_data  # noqa: E402
 from core.demo import DemoBundle, export_demo, read_manifest  # noqa: E402
 from core.jobs import run_job  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.models import LoadedModel, load_model  # noqa: E402
 
 # (input weight, overlay weight, clip) -- the last is the course's unclipped addWeighted(1.5, 1).
 SWEEP = [(1.0, 1.0, True), (0.5, 0.5, True), (1.0, 0.5, True), (0.7, 0.3, True), (1.5, 1.0, True), (1.5, 1.0, False)]
 
 
-def measure(loaded, bundle, clean_test, poisoned, weights, clip, args) -> dict:
+def measure(
+    loaded: LoadedModel, bundle: DemoBundle, clean_test: Arrays, poisoned: Arrays, weights: strip.BlendWeights, clip: bool,
+    args: argparse.Namespace,
+) -> dict:
     started = time.perf_counter()
     profile = run_job(strip.calibrate(loaded, open_data(bundle.clean_valid), strip.StripSettings(args.overlays, args.frr, seed=args.seed, weights=weights), "255"))
     if not clip:  # emulate no clipping: a range no blend reaches
@@ -65,7 +68,7 @@ def measure(loaded, bundle, clean_test, poisoned, weights, clip, args) -> dict:
     }
 
 
-def _recalibrate_unclipped(loaded, bundle, profile, args):
+def _recalibrate_unclipped(loaded: LoadedModel, bundle: DemoBundle, profile: strip.StripProfile, args: argparse.Namespace) -> strip.StripProfile:
     arrays = load_arrays(open_data(bundle.clean_valid), loaded.input_shape)
     rng = np.random.default_rng(args.seed)
     rank = np.empty(len(arrays.x), np.int64)
@@ -76,7 +79,7 @@ def _recalibrate_unclipped(loaded, bundle, profile, args):
     return strip.StripProfile(**{**profile.__dict__, "threshold": t, "fit_mean": m, "fit_std": s, "empirical_threshold": e, "clean_entropies": ent})
 
 
-def classify_scan_folder(bundle: DemoBundle, profile) -> dict:
+def classify_scan_folder(bundle: DemoBundle, profile: strip.StripProfile) -> dict:
     """The guarded classifier as an analyst runs it: the real CLI on the PNGs."""
     manifest = read_manifest(bundle.manifest)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +106,7 @@ def classify_scan_folder(bundle: DemoBundle, profile) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", default="/tmp/demo5", help="demo folder (written first when missing)")
+    parser.add_argument("--demo", default=str(Path(tempfile.gettempdir()) / "demo5"), help="demo folder (written first when missing)")
     parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS)
     parser.add_argument("--frr", type=float, default=strip.DEFAULT_FRR)
     parser.add_argument("--seed", type=int, default=strip.DEFAULT_SEED)

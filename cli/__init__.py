@@ -62,12 +62,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = args._module.run(args)
     except TrojanScopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from cli.common import flags_fixing
+
+        flags = flags_fixing(exc, args)
+        print(f"error: {exc}" + (f" ({', '.join(flags)})" if flags else ""), file=sys.stderr)
         return 2
     except (JobCancelled, KeyboardInterrupt):
         print("cancelled", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: say so in one line, trace on request
+    except Exception as exc:  # noqa: BLE001 -- a bug: say so in one line, trace on request
         if os.environ.get("TROJANSCOPE_DEBUG"):
             traceback.print_exc()
         print(f"internal error ({type(exc).__name__}): {exc}; set TROJANSCOPE_DEBUG=1 for the traceback", file=sys.stderr)

@@ -8,8 +8,30 @@ import time
 from typing import Any, Optional
 
 from core.data import DataSource, open_data
+from core.errors import TrojanScopeError
 from core.jobs import Job, Progress, run_job
 from core.models import LoadedModel, load_model
+
+
+# The flags that set each engine setting a TrojanScopeError names in ``fixed_by``
+# (core messages never name flags); a command shows the first flag it has.
+SETTING_FLAGS = {
+    "output": ("--out", "--save-profile"),
+    "target": ("--target",),
+    "architecture": ("--arch",),
+    "method": ("--method",),
+    "classes": ("--target-class",),
+    "profile": ("--profile",),
+}
+
+
+def flags_fixing(exc: TrojanScopeError, args: argparse.Namespace) -> list[str]:
+    """This command's flags for the settings that would fix ``exc``."""
+    flags = []
+    for setting in exc.fixed_by:
+        known = [f for f in SETTING_FLAGS.get(setting, ()) if hasattr(args, f.lstrip("-").replace("-", "_"))]
+        flags.extend(known[:1])
+    return flags
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

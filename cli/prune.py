@@ -16,6 +16,7 @@ from core.pruning import (
     DEFAULT_HOLDOUT,
     DEFAULT_LEARNING_RATE,
     DEFAULT_MAX_ACC_DROP,
+    PruneSettings,
     fine_prune,
 )
 
@@ -58,13 +59,15 @@ def run(args: argparse.Namespace) -> dict:
     shape = loaded.input_shape
     arrays = load_arrays(clean, shape)
     pois = load_arrays(poisoned, shape) if poisoned is not None else None
-    result = drive(fine_prune(
-        loaded, arrays.x, arrays.y, scale, layer=args.layer,
-        x_poisoned=None if pois is None else pois.x, y_poisoned=None if pois is None else pois.y, target=args.target,
-        max_acc_drop=args.max_acc_drop / 100.0, fraction=args.prune_fraction, count=args.prune_count,
+    settings = PruneSettings(
+        layer=args.layer, max_acc_drop=args.max_acc_drop / 100.0, fraction=args.prune_fraction, count=args.prune_count,
         epochs=args.fine_tune_epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        augment=args.augment, holdout=args.holdout, seed=args.seed, out=Path(args.out),
-        inputs=[args.clean, args.poisoned, getattr(args, "arch", None)],
+        augment=args.augment, holdout=args.holdout, seed=args.seed,
+    )
+    result = drive(fine_prune(
+        loaded, arrays.x, arrays.y, scale, settings,
+        x_poisoned=None if pois is None else pois.x, y_poisoned=None if pois is None else pois.y, target=args.target,
+        out=Path(args.out), inputs=[args.clean, args.poisoned, getattr(args, "arch", None)],
     ), args)
     out = result.as_dict()
     skipped = list(arrays.skipped) + (list(pois.skipped) if pois is not None else [])

@@ -18,6 +18,7 @@ from core.repair import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_RESTARTS,
     METHODS,
+    RepairSettings,
     repair,
 )
 
@@ -59,11 +60,14 @@ def run(args: argparse.Namespace) -> dict:
     say(args, note)
     arrays = load_arrays(clean, loaded.input_shape)
     pois = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
+    settings = RepairSettings(
+        method=args.method, classes=tuple(args.target_class) if args.target_class else None, fraction=args.fraction,
+        epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, holdout=args.holdout,
+        restarts=args.restarts, seed=args.seed, cleanse=CleanseSettings(candidates=args.classes, seed=args.seed),
+    )
     result = drive(repair(
-        loaded, arrays.x, arrays.y, scale, method=args.method, targets=args.target_class,
+        loaded, arrays.x, arrays.y, scale, settings,
         x_poisoned=None if pois is None else pois.x, y_poisoned=None if pois is None else pois.y, target=args.target,
-        fraction=args.fraction, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        holdout=args.holdout, seed=args.seed, restarts=args.restarts, cleanse_settings=CleanseSettings(candidates=args.classes, seed=args.seed),
         out=Path(args.out), inputs=[args.clean, args.poisoned, getattr(args, "arch", None)],
     ), args)
     out = result.as_dict()

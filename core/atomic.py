@@ -26,7 +26,7 @@ def refuse_overwriting(out: PathLike, *inputs: PathLike) -> None:
             continue
         if Path(inp).resolve() == out_path:
             raise TrojanScopeError(
-                f"refusing to write over the input file {inp}: choose another --out path"
+                f"refusing to write over the input file {inp}: choose another output path", fixed_by=("output",)
             )
 
 

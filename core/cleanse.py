@@ -384,19 +384,19 @@ class _Optimiser:
         self.t = tf.Variable(0.0)
         lr, b1, b2 = settings.learning_rate, 0.5, 0.9  # the paper's code uses Adam(0.5, 0.9)
 
-        def to_mask(v):  # noqa: ANN001, ANN202
+        def to_mask(v):  # noqa: ANN001
             return tf.tanh(v) / (2.0 - _EPS) + 0.5
 
-        def to_pattern(v):  # noqa: ANN001, ANN202
+        def to_pattern(v):  # noqa: ANN001
             return (tf.tanh(v) / (2.0 - _EPS) + 0.5) * pixel_max
 
-        def class_loss(out, target):  # noqa: ANN001, ANN202 -- per-example cross-entropy
+        def class_loss(out, target):  # noqa: ANN001 -- per-example cross-entropy
             if from_logits:
                 return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=out)
             p = tf.gather(out, target, axis=1, batch_dims=1)
             return -tf.math.log(p + 1e-30)  # no clipping: a clip's zero gradient would stall far-off classes
 
-        def adam_update(variables, grads, states):  # noqa: ANN001, ANN202
+        def adam_update(variables, grads, states):  # noqa: ANN001
             self.t.assign_add(1.0)
             for var, grad, (m, v) in zip(variables, grads, states):
                 m.assign(b1 * m + (1 - b1) * grad)
@@ -406,7 +406,7 @@ class _Optimiser:
                 var.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-7))
 
         @tf.function(reduce_retracing=True)
-        def step(xb, target, cost):  # noqa: ANN001, ANN202
+        def step(xb, target, cost):  # noqa: ANN001
             with tf.GradientTape() as tape:
                 mask = to_mask(self.mask_t)
                 pattern = to_pattern(self.pattern_t)
@@ -524,7 +524,7 @@ class _Optimiser:
         cost = float(s.init_cost)
 
         @tf.function(reduce_retracing=True)
-        def step(targets):  # noqa: ANN001, ANN202
+        def step(targets):  # noqa: ANN001
             with tf.GradientTape() as tape:
                 mask = self._to_mask(mask_t)
                 pattern = self._to_pattern(pattern_t)

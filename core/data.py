@@ -329,9 +329,8 @@ def _check_complete(data: bytes) -> None:
                 raise ImageUnreadable(f"absurd dimensions {width}x{height}")
         if b"IEND" not in data[-64:]:
             raise ImageUnreadable("truncated PNG (no IEND chunk)")
-    elif data.startswith(b"\xff\xd8"):
-        if b"\xff\xd9" not in data[-4096:]:
-            raise ImageUnreadable("truncated JPEG (no end-of-image marker)")
+    elif data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-4096:]:
+        raise ImageUnreadable("truncated JPEG (no end-of-image marker)")
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -422,10 +421,9 @@ def _check_label_vector(y: np.ndarray, n: int, source: str) -> np.ndarray:
         raise DataError(f"{source}: labels must be one per image; received shape {y.shape}")
     if len(y) != n:
         raise DataError(f"{source}: {n} images but {len(y)} labels")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
-            bad = int(np.flatnonzero(~np.isfinite(y) | (np.mod(np.nan_to_num(y), 1) != 0))[0])
-            raise DataError(f"{source}: label {y[bad]!r} at index {bad} is not a whole number")
+    if y.dtype.kind == "f" and not (np.all(np.isfinite(y)) and np.all(np.equal(np.mod(y, 1), 0))):
+        bad = int(np.flatnonzero(~np.isfinite(y) | (np.mod(np.nan_to_num(y), 1) != 0))[0])
+        raise DataError(f"{source}: label {y[bad]!r} at index {bad} is not a whole number")
     return y.astype(np.int64)
 
 

@@ -28,7 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -353,11 +353,6 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             {"file": r["file"], "triggered": bool(int(r["triggered"])), "true_label": int(r["true_label"])}
             for r in csv.DictReader(handle)
         ]
-
-
-def find_cached(settings: DemoSettings = DemoSettings()) -> Optional[DemoBundle]:
-    root = user_data_dir() / settings.key()
-    return DemoBundle(root) if (root / "demo.json").is_file() else None
 
 
 @dataclass

@@ -174,5 +174,5 @@ def attack_success_rate(predicted: np.ndarray, labels: Optional[np.ndarray], tar
     if target is not None:
         return float(np.mean(predicted == target))
     if labels is None:
-        raise DataError(f"{source} has no labels: give the attacker's target class with --target")
+        raise DataError(f"{source} has no labels: give the attacker's target class", fixed_by=("target",))
     return float(np.mean(predicted == labels))

@@ -47,6 +47,23 @@ Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.nda
 
 
 @dataclass(frozen=True)
+class FineTuneSettings:
+    """How to fine-tune. Each defence keeps its own measured defaults and builds one of these.
+
+    ``schedule`` 'cosine' decays the learning rate to zero over the run (a high
+    rate early unlearns, a low one late recovers accuracy); 'constant' keeps it.
+    ``augment`` adds random shifts of up to 2 pixels to each batch.
+    """
+
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    augment: bool = False
+    schedule: str = "constant"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class BatchLoss:
     """The training loss of one batch (``step`` counts batches from 1 over all epochs)."""
 
@@ -137,28 +154,24 @@ def fine_tune(
     x: np.ndarray,
     y: np.ndarray,
     scale: str,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    settings: FineTuneSettings = FineTuneSettings(),
+    *,
     masks: Optional[dict[str, np.ndarray]] = None,
-    augment: bool = False,
-    seed: int = 0,
     eval_sets: Optional[dict[str, EvalSet]] = None,
     transform: Optional[Transform] = None,
-    schedule: str = "constant",
 ) -> Job[FineTuneResult]:
     """Fine-tune a clone of ``model`` on (``x``, ``y``), pixel values as stored.
 
     ``scale`` is '255' or '1' (see :mod:`core.inference`). ``eval_sets`` maps a
     name to ``(x, labels, target)``: accuracy against ``labels`` when
     ``target`` is None, else the attack success rate (fraction predicted as
-    ``target``). ``schedule`` 'cosine' decays the learning rate to zero over
-    the run (a high rate early unlearns, a low one late recovers accuracy);
-    'constant' keeps it. Yields :class:`BatchLoss`, :class:`EpochMetrics` and
+    ``target``). Yields :class:`BatchLoss`, :class:`EpochMetrics` and
     ``Progress``; returns :class:`FineTuneResult`.
     """
     tf = _tf()
     keras = _keras()
+    epochs, learning_rate, batch_size = settings.epochs, settings.learning_rate, settings.batch_size
+    augment, schedule, seed = settings.augment, settings.schedule, settings.seed
     model = getattr(model, "model", model)  # accept a LoadedModel too
     factor = scale_factor(scale)
     x = np.asarray(x, np.float32)

@@ -42,10 +42,6 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise JobCancelled()
-
 
 def run_job(
     job: Job[R],

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core import safety
-from core.errors import ModelError, UnsafeModelError
+from core.errors import ModelError, UnsafeModelError, WeightsOnlyError
+from core.jobs import Job
 from core.tf_env import keras as _keras
 
 
@@ -60,7 +61,7 @@ class ModelSummary:
 
     def describe(self) -> str:
         h, w, c = self.input_shape
-        convs = ", ".join(f"{l.name} ({l.channels})" for l in self.conv_layers) or "none"
+        convs = ", ".join(f"{layer.name} ({layer.channels})" for layer in self.conv_layers) or "none"
         saved = self.keras_version or "unknown"
         return (
             f"input {h}x{w}x{c}, {self.num_classes} classes, {self.params:,} parameters, "
@@ -102,8 +103,9 @@ def load_model(path: str | Path, arch: str | Path | None = None) -> LoadedModel:
         _load_weights(model, scanned, path, Path(arch))
         return _describe(model, path, "weights+arch", scanned, arch_path=str(arch))
     if scanned.kind.startswith("h5-weights"):
-        raise ModelError(
-            f"{path} holds weights only (no model config): give the architecture with --arch OTHER_MODEL"
+        raise WeightsOnlyError(
+            f"{path} holds weights only (no model config): give a model file of the same network for its architecture",
+            fixed_by=("architecture",),
         )
     model = _load_full(scanned, path)
     return _describe(model, path, "keras" if scanned.kind == "keras" else "h5", scanned)
@@ -212,7 +214,7 @@ def _load_full(scanned: _Scanned, path: Path) -> Any:
             return keras.models.load_model(copy, compile=False, safe_mode=True)
     except UnsafeModelError:
         raise
-    except Exception as exc:  # Keras raises many types for bad files
+    except Exception as exc:  # noqa: BLE001 -- Keras raises many types for bad files
         raise ModelError(f"Keras could not load {path}: {_first_line(exc)}") from None
 
 
@@ -227,7 +229,7 @@ def _load_weights(model: Any, scanned: _Scanned, path: Path, arch: Path) -> None
     try:
         with tmpdir:
             model.load_weights(copy)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- as above: any Keras error means a mismatch
         raise ModelError(
             f"the weights in {path} do not fit the architecture of {arch}: {_first_line(exc)}"
         ) from None
@@ -301,7 +303,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model_job(path: str | Path, arch: str | Path | None = None):
+def load_model_job(path: str | Path, arch: str | Path | None = None) -> Job[LoadedModel]:
     """:func:`load_model` as a job, so the GUI loads on its worker thread."""
     from core.jobs import Progress
 

@@ -27,11 +27,19 @@ activates least are the likely hiding places. We
    channels had all grown back;
 6. save atomically next to the input, never over it, with a JSON record.
 
-Defaults, measured on the demo BadNet (``python main.py demo``; target 7;
-1,000 clean validation images, 20% held out for the figures): see
-``DEFAULTS_NOTE`` below. Reproduce: ``python main.py prune --model DEMO/badnet.keras
---clean DEMO/clean_valid.h5 --poisoned DEMO/poisoned_test.h5 --out r.keras --json`` then
-``python main.py evaluate --model r.keras --clean DEMO/clean_test.h5 --poisoned DEMO/poisoned_test.h5``.
+Defaults (:class:`PruneSettings`), measured on the demo BadNet (``python main.py demo``;
+target 7; 1,000 clean validation images, 20% held out for the figures), on
+clean_test / poisoned_test: before 96.0% clean, 98.4% attack success. Pruning
+alone (18/32 conv_3 channels, the 4-point stop) leaves attack success at 97%:
+on this small net the backdoor is not confined to dormant channels.
+Fine-tuning 10 epochs, Adam 1e-2 cosine-decayed, batch 32, random shifts, on
+800 clean images: 94.6% clean (-1.4 points), 1.4% attack success. Adam 1e-3
+constant left ~60% attack success after 12 epochs; 5e-3 left ~14%.
+Fine-tuning alone at 1e-2 does about as well here (95.7% / 1.1%), so the
+high-rate fine-tuning does most of the work. Reproduce: ``python main.py prune
+--model DEMO/badnet.keras --clean DEMO/clean_valid.h5 --poisoned DEMO/poisoned_test.h5
+--out r.keras --json`` then ``python main.py evaluate --model r.keras --clean
+DEMO/clean_test.h5 --poisoned DEMO/poisoned_test.h5``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from core.atomic import atomic_path, json_default, refuse_overwriting, write_tex
 from core.errors import DataError, ModelError, TrojanScopeError
 from core.finetune import (
     FineTuneResult,
+    FineTuneSettings,
     apply_masks,
     clone_model,
     fine_tune,
@@ -59,7 +68,7 @@ from core.tf_env import keras as _keras
 from core.tf_env import tf as _tf
 
 DEFAULT_MAX_ACC_DROP = 0.04  # 4 points of clean accuracy, the paper's budget
-# Fine-tuning after pruning, chosen on the demo BadNet (figures in DEFAULTS_NOTE):
+# Fine-tuning after pruning, chosen on the demo BadNet (figures in the module docstring):
 # a high initial rate, cosine-decayed to zero, is what unlearns the trigger;
 # Adam at 1e-3 left 60% attack success after 12 epochs.
 DEFAULT_EPOCHS = 10
@@ -69,18 +78,39 @@ DEFAULT_AUGMENT = True
 SCHEDULE = "cosine"
 DEFAULT_HOLDOUT = 0.2  # share of the clean data kept out of fine-tuning to measure it honestly
 SWEEP_CHUNK = 2048
-DEFAULTS_NOTE = (
-    "Demo BadNet (target 7), clean_test / poisoned_test: before 96.0% clean, 98.4% attack success. "
-    "Pruning alone (18/32 conv_3 channels, the 4-point stop) leaves attack success at 97%: on this small "
-    "net the backdoor is not confined to dormant channels. Fine-tuning 10 epochs, Adam 1e-2 cosine-decayed, "
-    "batch 32, random shifts, on 800 clean images: 94.6% clean (-1.4 points), 1.4% attack success. "
-    "Adam 1e-3 constant left ~60% attack success after 12 epochs; 5e-3 left ~14%. Fine-tuning alone at "
-    "1e-2 does about as well here (95.7% / 1.1%), so the high-rate fine-tuning does most of the work."
-)
 
 # Layers that act on each channel separately and map an all-zero channel to an
 # all-zero channel: a 0/1 channel mask commutes with them exactly.
 _CHANNELWISE = {"MaxPooling2D", "AveragePooling2D", "Dropout", "SpatialDropout2D", "ZeroPadding2D", "ReLU", "Cropping2D"}
+
+
+# ----------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """Where and how far to prune, and how to fine-tune afterwards.
+
+    The stop rule: ``count`` channels, else a ``fraction`` of them, else the
+    largest prune whose clean accuracy stays within ``max_acc_drop`` (a
+    fraction: 0.04 = 4 points) of the unpruned model's. ``layer`` None: the
+    :func:`default_layer`. A share ``holdout`` of the clean data is never
+    fine-tuned on; the before/after figures are measured there.
+    """
+
+    layer: Optional[str] = None
+    max_acc_drop: float = DEFAULT_MAX_ACC_DROP
+    fraction: Optional[float] = None
+    count: Optional[int] = None
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    augment: bool = DEFAULT_AUGMENT
+    holdout: float = DEFAULT_HOLDOUT
+    seed: int = 0
+
+    def fine_tuning(self) -> FineTuneSettings:
+        return FineTuneSettings(self.epochs, self.learning_rate, self.batch_size, self.augment, SCHEDULE, self.seed)
 
 
 # ------------------------------------------------------------------ results
@@ -322,7 +352,7 @@ class _Splitter:
         self.mask_at = mask_at
         downstream = _reachable(outbound[mask_at], outbound)
         frontier = []
-        for name in [l.name for l in model.layers]:
+        for name in [layer.name for layer in model.layers]:
             if name in downstream:
                 for parent in inbound[name]:
                     if parent not in downstream and parent != mask_at and parent not in frontier:
@@ -437,22 +467,23 @@ def sweep(
     x_clean: np.ndarray,
     y_clean: np.ndarray,
     scale: str,
-    layer: Optional[str] = None,
+    settings: PruneSettings = PruneSettings(),
+    *,
     x_poisoned: Optional[np.ndarray] = None,
     y_poisoned: Optional[np.ndarray] = None,
     target: Optional[int] = None,
-    max_acc_drop: Optional[float] = DEFAULT_MAX_ACC_DROP,
-    fraction: Optional[float] = None,
-    count: Optional[int] = None,
 ) -> Job[SweepResult]:
     """Rank the layer's channels on clean data and prune them one at a time.
 
     Yields :class:`Ranking`, then one :class:`SweepPoint` per step (the first
-    with nothing pruned), and ``Progress``; returns :class:`SweepResult`.
-    Inputs are pixel values as stored; ``scale`` is '255' or '1'.
+    with nothing pruned), and ``Progress``; returns :class:`SweepResult` (its
+    ``stop`` follows the settings' stop rule). Inputs are pixel values as
+    stored; ``scale`` is '255' or '1'. ``x_poisoned`` (suspected-poisoned
+    images) with ``target``, or else their labels ``y_poisoned``, adds the
+    attack success rate to each point.
     """
     started = time.perf_counter()
-    layer = resolve_layer(loaded, layer)
+    layer = resolve_layer(loaded, settings.layer)
     y_clean = np.asarray(y_clean).reshape(-1)
     if len(x_clean) == 0 or len(y_clean) != len(x_clean):
         raise DataError("the pruning sweep needs labelled clean images")
@@ -486,7 +517,7 @@ def sweep(
         yield point
         yield Progress(0.15 + 0.85 * (k + 1) / (total + 1), f"Pruned {k}/{total} channels of {layer}: clean accuracy {acc:.3f}"
                        + (f", attack success {asr:.3f}" if asr is not None else ""))
-    stop, rule = choose_stop(curve, max_acc_drop, fraction, count)
+    stop, rule = choose_stop(curve, settings.max_acc_drop, settings.fraction, settings.count)
     return SweepResult(layer, total, activations, order, curve, stop, scale, target,
                        len(x_clean), len(x_poisoned) if has_poison else 0, time.perf_counter() - started, rule)
 
@@ -552,24 +583,20 @@ def repair(
     result: SweepResult,
     x_clean: np.ndarray,
     y_clean: np.ndarray,
-    count: Optional[int] = None,
+    settings: PruneSettings = PruneSettings(),
+    *,
     x_poisoned: Optional[np.ndarray] = None,
     y_poisoned: Optional[np.ndarray] = None,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    augment: bool = DEFAULT_AUGMENT,
-    holdout: float = DEFAULT_HOLDOUT,
-    seed: int = 0,
 ) -> Job[PruneResult]:
-    """Prune ``count`` channels (default: the sweep's stop) permanently and fine-tune.
+    """Prune ``settings.count`` channels (None: the sweep's stop) permanently and fine-tune.
 
-    A share ``holdout`` of the clean data is never trained on: the before /
-    after figures are measured there, so fine-tuning cannot flatter itself.
-    Yields the fine-tuning events (:class:`~core.finetune.BatchLoss`,
+    A share ``settings.holdout`` of the clean data is never trained on: the
+    before / after figures are measured there, so fine-tuning cannot flatter
+    itself. Yields the fine-tuning events (:class:`~core.finetune.BatchLoss`,
     :class:`~core.finetune.EpochMetrics`), :class:`StageMetrics` and Progress.
     """
-    count = result.stop if count is None else int(count)
+    count = result.stop if settings.count is None else int(settings.count)
+    holdout, seed, epochs = settings.holdout, settings.seed, settings.epochs
     if not 0 <= count <= result.channels_total:
         raise DataError(f"prune count must lie in 0..{result.channels_total}; received {count}")
     x_clean = np.asarray(x_clean, np.float32)
@@ -594,21 +621,19 @@ def repair(
     tuned = None
     model = pruned
     if epochs > 0:
-        tuned = yield from fine_tune(pruned, x_fit, y_fit, scale, epochs=epochs, learning_rate=learning_rate,
-                                     batch_size=batch_size, masks=mask, augment=augment, seed=seed, eval_sets=eval_sets,
-                                     schedule=SCHEDULE)
+        tuned = yield from fine_tune(pruned, x_fit, y_fit, scale, settings.fine_tuning(), masks=mask, eval_sets=eval_sets)
         model = tuned.model
     after = _measure(model, x_hold, y_hold, x_poisoned, yp, target, scale)
     yield StageMetrics("after_fine_tune", after)
     if set(channels) - set(zero_channels(model, layer)):
         raise AssertionError(f"pruned channels of {layer} are no longer zero after fine-tuning")  # a bug, never input
-    settings = {
+    record = {
         "layer": layer, "pruned": count, "stop_rule": result.stop_rule, "epochs": epochs,
-        "learning_rate": learning_rate, "schedule": SCHEDULE, "batch_size": batch_size, "augment": augment,
-        "holdout": holdout, "seed": seed, "scale": scale, "target": target,
+        "learning_rate": settings.learning_rate, "schedule": SCHEDULE, "batch_size": settings.batch_size,
+        "augment": settings.augment, "holdout": holdout, "seed": seed, "scale": scale, "target": target,
     }
     return PruneResult(layer, result.channels_total, channels, result, before, after_prune, after,
-                       model, tuned, settings, n_holdout=len(hold_idx))
+                       model, tuned, record, n_holdout=len(hold_idx))
 
 
 # ------------------------------------------------------------------ saving
@@ -657,19 +682,11 @@ def fine_prune(
     x_clean: np.ndarray,
     y_clean: np.ndarray,
     scale: str,
-    layer: Optional[str] = None,
+    settings: PruneSettings = PruneSettings(),
+    *,
     x_poisoned: Optional[np.ndarray] = None,
     y_poisoned: Optional[np.ndarray] = None,
     target: Optional[int] = None,
-    max_acc_drop: Optional[float] = DEFAULT_MAX_ACC_DROP,
-    fraction: Optional[float] = None,
-    count: Optional[int] = None,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    augment: bool = DEFAULT_AUGMENT,
-    holdout: float = DEFAULT_HOLDOUT,
-    seed: int = 0,
     out: Optional[str | Path] = None,
     inputs: Iterable[Any] = (),
 ) -> Job[PruneResult]:
@@ -678,10 +695,10 @@ def fine_prune(
         if Path(out).suffix.lower() not in (".keras", ".h5"):
             raise TrojanScopeError(f"the output must end in .keras or .h5; received {out}")
         refuse_overwriting(out, loaded.summary.path, *[i for i in inputs if i])
-    result = yield from rescaled(sweep(loaded, x_clean, y_clean, scale, layer, x_poisoned, y_poisoned, target,
-                                        max_acc_drop, fraction, count), 0.0, 0.4)
-    repaired = yield from rescaled(repair(loaded, result, x_clean, y_clean, None, x_poisoned, y_poisoned, epochs,
-                                           learning_rate, batch_size, augment, holdout, seed), 0.4, 0.97)
+    result = yield from rescaled(
+        sweep(loaded, x_clean, y_clean, scale, settings, x_poisoned=x_poisoned, y_poisoned=y_poisoned, target=target), 0.0, 0.4)
+    repaired = yield from rescaled(
+        repair(loaded, result, x_clean, y_clean, settings, x_poisoned=x_poisoned, y_poisoned=y_poisoned), 0.4, 0.97)
     if out is not None:
         yield Progress(0.98, f"Saving {out}")
         save_result(repaired, loaded, out, inputs)

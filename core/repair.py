@@ -18,8 +18,13 @@ backdoor in place, so "both" prunes first and then unlearns.
 - Saving follows Fine-Pruning's rules: atomic, never over an input, a JSON
   record beside the model (``OUT.json``).
 
-Defaults measured on the demo BadNet (``python bench/cleanse_acceptance.py``):
-see ``DEFAULTS_NOTE``.
+Defaults (:class:`RepairSettings`) measured on the demo BadNet
+(``python bench/cleanse_acceptance.py``): demo BadNet v2 (``python main.py demo``),
+1,000 clean validation images, 800 trained on, 200 held out; 10 epochs, Adam
+2e-3 cosine-decayed, 20% stamped, verdict trigger + 2 restarts: attack success
+on poisoned_test.h5 99.2% -> 1.0%, clean accuracy on clean_test.h5 96.4% -> 95.5%.
+Demo v1, hold-out seeds 0/1/2: 98.4% -> 0.9/1.4/1.4%, 96.0% -> 96.0/94.9/95.8%.
+One trigger only: 3-10% left; a constant 1e-3 for 5 epochs lost 1-2.5 points.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from core.atomic import atomic_path, json_default, refuse_overwriting, write_tex
 from core.cleanse import CleanseResult, CleanseSettings, ReversedTrigger, cleanse
 from core.data import Arrays
 from core.errors import DataError, TrojanScopeError
-from core.finetune import FineTuneResult, fine_tune
+from core.finetune import FineTuneResult, FineTuneSettings, fine_tune
 from core.inference import predict_labels
 from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel, file_sha256
@@ -50,13 +55,38 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_HOLDOUT = 0.2
 DEFAULT_RESTARTS = 2  # extra reversed triggers per flagged class: one optimisation can land on a look-alike
 DEFAULT_SCHEDULE = "cosine"  # decays to 0: unlearns fully, then settles clean accuracy
-DEFAULTS_NOTE = (
-    "demo BadNet v2 (python main.py demo), 1,000 clean validation images, 800 trained on, 200 held out; "
-    "10 epochs, Adam 2e-3 cosine-decayed, 20% stamped, verdict trigger + 2 restarts: attack success on "
-    "poisoned_test.h5 99.2% -> 1.0%, clean accuracy on clean_test.h5 96.4% -> 95.5% (bench/cleanse_acceptance.py). "
-    "Demo v1, hold-out seeds 0/1/2: 98.4% -> 0.9/1.4/1.4%, 96.0% -> 96.0/94.9/95.8%. "
-    "One trigger only: 3-10% left; a constant 1e-3 for 5 epochs lost 1-2.5 points."
-)
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    """How to repair; defaults measured on the demo BadNet (module docstring).
+
+    ``method``: one of :data:`METHODS`. ``classes``: unlearn these classes'
+    reversed triggers instead of the ones Neural Cleanse flags. ``fraction``:
+    share of each batch stamped with a reversed trigger. ``restarts``: extra
+    Neural Cleanse runs per class (other seeds) whose triggers are unlearned
+    too. ``holdout``: share of the clean data never trained on, where the
+    before/after figures are measured. ``cleanse``: Neural Cleanse's settings
+    when the verdict must be computed (None: its defaults with ``seed``).
+    """
+
+    method: str = "unlearn"
+    classes: Optional[tuple[int, ...]] = None
+    fraction: float = DEFAULT_FRACTION
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    schedule: str = DEFAULT_SCHEDULE
+    holdout: float = DEFAULT_HOLDOUT
+    restarts: int = DEFAULT_RESTARTS
+    seed: int = 0
+    cleanse: Optional[CleanseSettings] = None
+
+    def fine_tuning(self) -> FineTuneSettings:
+        return FineTuneSettings(self.epochs, self.learning_rate, self.batch_size, False, self.schedule, self.seed)
+
+    def cleanse_settings(self) -> CleanseSettings:
+        return self.cleanse or CleanseSettings(seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -139,35 +169,27 @@ def repair(
     x_clean: np.ndarray,
     y_clean: np.ndarray,
     scale: str,
-    method: str = "unlearn",
+    settings: RepairSettings = RepairSettings(),
+    *,
     verdict: Optional[CleanseResult] = None,
-    targets: Optional[list[int]] = None,
     x_poisoned: Optional[np.ndarray] = None,
     y_poisoned: Optional[np.ndarray] = None,
     target: Optional[int] = None,
-    fraction: float = DEFAULT_FRACTION,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    holdout: float = DEFAULT_HOLDOUT,
-    seed: int = 0,
-    schedule: str = DEFAULT_SCHEDULE,
-    restarts: int = DEFAULT_RESTARTS,
-    cleanse_settings: Optional[CleanseSettings] = None,
     out: Optional[str | Path] = None,
     inputs: Iterable[Any] = (),
 ) -> Job[RepairResult]:
     """Unlearn (and/or fine-prune) the backdoor; measure before/after; save when ``out``.
 
     ``verdict``: a Neural Cleanse result already computed on this model (else
-    one is computed on the training share of the clean data). ``targets``:
-    unlearn these classes' reversed triggers instead of the flagged ones.
+    one is computed on the training share of the clean data).
     ``x_poisoned``/``y_poisoned``/``target``: the analyst's suspected-poisoned
     set, for the attack success rate (never trained on).
     """
-    from core.pruning import channel_mask, fine_prune, split_holdout
+    from core.pruning import PruneSettings, channel_mask, fine_prune, split_holdout
 
     started = time.perf_counter()
+    method, fraction, holdout, seed, restarts = settings.method, settings.fraction, settings.holdout, settings.seed, settings.restarts
+    targets = list(settings.classes) if settings.classes else None
     if method not in METHODS:
         raise DataError(f"repair method must be one of {', '.join(METHODS)}; received {method!r}")
     if not 0 < fraction < 1:
@@ -185,22 +207,23 @@ def repair(
     x_hold, y_hold = (x_clean[hold_idx], y_clean[hold_idx]) if len(hold_idx) else (x_fit, y_fit)
     yp = None if y_poisoned is None else np.asarray(y_poisoned).astype(np.int64).reshape(-1)
     if x_poisoned is not None and len(x_poisoned) and target is None and yp is None:
-        raise DataError("the poisoned data has no labels: give the attacker's target class (--target)")
+        raise DataError("the poisoned data has no labels: give the attacker's target class", fixed_by=("target",))
 
     # 1. the verdict: which classes, which triggers (named classes are reverse-engineered alone)
-    if method != "fine-prune" or targets or x_poisoned is None:
-        if verdict is None or (targets and not set(targets) <= set(verdict.triggers)):
-            settings = cleanse_settings or CleanseSettings(seed=seed)
-            verdict = yield from rescaled(
-                cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, settings, classes=list(targets) if targets else None),
-                0.0, 0.5,
-            )
+    wants_triggers = method != "fine-prune" or targets or x_poisoned is None
+    lacks_triggers = verdict is None or (targets and not set(targets) <= set(verdict.triggers))
+    if wants_triggers and lacks_triggers:
+        verdict = yield from rescaled(
+            cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, settings.cleanse_settings(), classes=targets),
+            0.0, 0.5,
+        )
     flagged = list(targets) if targets else ([] if verdict is None else list(verdict.flagged_classes))
     triggers = [verdict.triggers[c] for c in flagged] if verdict is not None else []
     if method != "fine-prune" and not triggers:
         raise TrojanScopeError(
             "Neural Cleanse flagged no class (verdict: clean), so there is no trigger to unlearn; "
-            "use --method fine-prune, or name a class with --target-class"
+            "repair by fine-pruning only, or name the classes to unlearn",
+            fixed_by=("method", "classes"),
         )
 
     # Neural Cleanse's optimisation is not convex: on the demo BadNet one seed
@@ -209,7 +232,7 @@ def repair(
     # seeds) covers the real one far more reliably than the single verdict trigger.
     unlearn_triggers = list(triggers)
     if method != "fine-prune" and restarts > 0:
-        base = cleanse_settings or CleanseSettings(seed=seed)
+        base = settings.cleanse_settings()
         for i in range(restarts):
             extra = yield from rescaled(
                 cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, replace(base, seed=base.seed + 1000 * (i + 1)),
@@ -255,8 +278,8 @@ def repair(
     model, masks, tuned = loaded.model, None, None
     if method in ("fine-prune", "both"):
         pruned = yield from rescaled(
-            fine_prune(loaded, x_clean, y_clean, scale, x_poisoned=x_poisoned, y_poisoned=yp, target=target,
-                       holdout=holdout, seed=seed),
+            fine_prune(loaded, x_clean, y_clean, scale, PruneSettings(holdout=holdout, seed=seed),
+                       x_poisoned=x_poisoned, y_poisoned=yp, target=target),
             0.6, 0.8 if method == "both" else 0.97,
         )
         model, tuned = pruned.model, pruned.fine_tune
@@ -273,9 +296,8 @@ def repair(
             t, xs = stamped_sets[0]
             eval_sets["attack_success_rate"] = (xs, None, t)
         tuned = yield from rescaled(
-            fine_tune(model, x_fit, y_fit, scale, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                      masks=masks, seed=seed, eval_sets=eval_sets, transform=stamp_transform(unlearn_triggers, fraction),
-                      schedule=schedule),
+            fine_tune(model, x_fit, y_fit, scale, settings.fine_tuning(), masks=masks, eval_sets=eval_sets,
+                      transform=stamp_transform(unlearn_triggers, fraction)),
             0.8 if method == "both" else 0.6, 0.97,
         )
         model = tuned.model
@@ -285,8 +307,8 @@ def repair(
     result = RepairResult(
         method=method, flagged_classes=flagged, before=stages[0].metrics, after=after.metrics, model=model,
         asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx),
-        settings={"method": method, "fraction": fraction, "epochs": epochs, "learning_rate": learning_rate,
-                  "batch_size": batch_size, "schedule": schedule, "holdout": holdout, "seed": seed, "scale": scale,
+        settings={"method": method, "fraction": fraction, "epochs": settings.epochs, "learning_rate": settings.learning_rate,
+                  "batch_size": settings.batch_size, "schedule": settings.schedule, "holdout": holdout, "seed": seed, "scale": scale,
                   "targets": flagged, "restarts": restarts,
                   "unlearned_trigger_norms": [round(t.norm, 2) for t in unlearn_triggers], "pruned_layers": sorted(masks) if masks else []},
         seconds=time.perf_counter() - started,

@@ -134,7 +134,7 @@ def quick_findings(
     """
     from core.data import load_arrays
     from core.evaluate import evaluate
-    from core.pruning import repair, sweep
+    from core.pruning import PruneSettings, repair, sweep
     from core.strip import StripSettings, calibrate, scan
 
     findings = Findings(summary=loaded.summary)
@@ -148,9 +148,10 @@ def quick_findings(
     x = load_arrays(clean, shape)
     xp = load_arrays(poisoned, shape) if poisoned is not None else None
     px, py = (xp.x, xp.y) if xp is not None else (None, None)
-    findings.sweep = yield from rescaled(sweep(loaded, x.x, x.y, scale, None, px, py, target), 0.1, 0.3)
+    findings.sweep = yield from rescaled(sweep(loaded, x.x, x.y, scale, x_poisoned=px, y_poisoned=py, target=target), 0.1, 0.3)
     if fine_tune_epochs > 0:
-        result = yield from rescaled(repair(loaded, findings.sweep, x.x, x.y, None, px, py, epochs=fine_tune_epochs, seed=seed), 0.3, 0.55)
+        settings = PruneSettings(epochs=fine_tune_epochs, seed=seed)
+        result = yield from rescaled(repair(loaded, findings.sweep, x.x, x.y, settings, x_poisoned=px, y_poisoned=py), 0.3, 0.55)
         result.model = None  # the report does not save the repaired model; free it
         findings.prune = result
 
@@ -267,7 +268,7 @@ def _summary(f: Findings) -> tuple[str, Optional[dict]]:
     rows = [
         ("File", s.path), ("Format", s.format), ("SHA-256", s.sha256), ("Input", f"{h} × {w} × {c}"),
         ("Classes", s.num_classes), ("Parameters", f"{s.params:,}"),
-        ("Conv layers", ", ".join(f"{l.name} ({l.channels})" for l in s.conv_layers) or "none"),
+        ("Conv layers", ", ".join(f"{layer.name} ({layer.channels})" for layer in s.conv_layers) or "none"),
         ("Saved by Keras", s.keras_version or "unknown"),
     ]
     if s.arch_path:
@@ -418,7 +419,7 @@ def _key_findings(f: Findings) -> str:
         lines.append(f.cleanse.describe())
     if not lines:
         return '<p class="not-run">No analysis has been run yet.</p>'
-    return "<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in lines) + "</ul>"
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
 
 
 # ------------------------------------------------------------------- figures

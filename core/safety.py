@@ -292,11 +292,11 @@ def scan_hdf5(h5file: Any, source: str, error: type = UnsafeModelError, max_rati
             problems.append(f"data set '{name}' claims {nbytes / 2**30:.0f} GiB")
             return
         stored = obj.id.get_storage_size()
-        if obj.compression is not None or obj.chunks is not None:
-            if nbytes > (64 << 20) and nbytes > max_ratio * max(stored, 1):
-                problems.append(
-                    f"data set '{name}' would inflate {stored} stored bytes to {nbytes >> 20} MiB (compression bomb?)"
-                )
+        compressed = obj.compression is not None or obj.chunks is not None
+        if compressed and nbytes > (64 << 20) and nbytes > max_ratio * max(stored, 1):
+            problems.append(
+                f"data set '{name}' would inflate {stored} stored bytes to {nbytes >> 20} MiB (compression bomb?)"
+            )
 
     try:
         check_attrs("/", h5file)

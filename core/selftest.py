@@ -157,7 +157,7 @@ def _prune(ctx: _Context) -> Job[str]:
     shape = ctx.loaded.input_shape
     clean = load_arrays(open_data(ctx.bundle.clean_valid), shape)
     poisoned = load_arrays(open_data(ctx.bundle.poisoned_test), shape)
-    result = yield from sweep(ctx.loaded, clean.x, clean.y, "255", None, poisoned.x, poisoned.y, TARGET)
+    result = yield from sweep(ctx.loaded, clean.x, clean.y, "255", x_poisoned=poisoned.x, y_poisoned=poisoned.y, target=TARGET)
     ctx.sweep = result
     curve = result.curve
     _check(len(curve) == result.channels_total + 1, f"{len(curve)} sweep points for {result.channels_total} channels")

@@ -301,14 +301,13 @@ def save_profile(profile: StripProfile, path: str | Path) -> Path:
 
     path = Path(path)
     meta = json.dumps(profile.metadata(), allow_nan=False).encode("utf-8")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:  # a handle: numpy would append .npz to a bare name
-            np.savez_compressed(
-                handle,
-                overlays=np.asarray(profile.overlays, np.float32),
-                clean_entropies=np.asarray(profile.clean_entropies, np.float64),
-                metadata=np.frombuffer(meta, np.uint8),
-            )
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy would append .npz to a bare name
+        np.savez_compressed(
+            handle,
+            overlays=np.asarray(profile.overlays, np.float32),
+            clean_entropies=np.asarray(profile.clean_entropies, np.float64),
+            metadata=np.frombuffer(meta, np.uint8),
+        )
     return path
 
 
@@ -321,13 +320,14 @@ def load_profile(path: str | Path) -> StripProfile:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file: expected a STRIP profile (.npz) saved by --save-profile")
+        raise DataError(f"{path} does not exist or is not a file: expected a STRIP profile (.npz) saved after STRIP calibration",
+                        fixed_by=("profile",))
     size = path.stat().st_size
     if size > MAX_PROFILE_BYTES:
         raise DataError(f"{path} is {size >> 20} MiB, too large for a STRIP profile")
     data = path.read_bytes()
     if safety.sniff_format(data[:8]) != "zip":
-        raise DataError(f"{path} is not a STRIP profile: expected an .npz archive saved by --save-profile")
+        raise DataError(f"{path} is not a STRIP profile: expected an .npz archive saved after STRIP calibration", fixed_by=("profile",))
     archive = safety.scan_zip(data, str(path), error=DataError, broken=DataError)
     names = set(archive.namelist())
     expected = {"overlays.npy", "clean_entropies.npy", "metadata.npy"}

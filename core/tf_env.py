@@ -25,7 +25,7 @@ def keras() -> Any:
     """The ``keras`` module, imported once, thread-safely."""
     with _lock:
         _quiet_environment()
-        import keras as _keras  # noqa: PLC0415  (lazy on purpose)
+        import keras as _keras
 
         try:
             import absl.logging
@@ -39,7 +39,7 @@ def keras() -> Any:
 def tf() -> Any:
     """The ``tensorflow`` module, imported once."""
     keras()
-    import tensorflow as _tf  # noqa: PLC0415
+    import tensorflow as _tf
 
     _tf.get_logger().setLevel("ERROR")
     return _tf

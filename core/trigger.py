@@ -353,7 +353,7 @@ def inspect(
                 raise DataError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
         except DataError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- e.g. ModelError: no conv layer for Grad-CAM
+        except Exception as exc:
             if name == method:
                 raise
             notes.append(f"{name} unavailable: {exc}")

@@ -38,8 +38,10 @@ def run_gui(demo: bool = False, screenshot_dir: Optional[str] = None) -> int:
         def after_demo() -> None:
             window.screenshot_all(out, app.quit)
 
-        def failed(message: str) -> None:
-            print(f"error: {message}", file=sys.stderr)
+        def failed(exc: BaseException) -> None:
+            from gui.jobs import describe_error
+
+            print(f"error: {describe_error(exc)}", file=sys.stderr)
             exit_code["value"] = 2
             app.quit()
 

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.images import to_pixmap
-from gui.state import ROLES
+from gui.state import ROLES, Kind
 
 THUMBNAILS = 200  # images listed from a source
 CLEAN_LIMIT = 5000  # clean images read for the transplant test and the mean fill
@@ -57,6 +57,7 @@ class InspectorPanel(QWidget):
         self.state = window.state
         self.inspection: Any = None  # core.trigger.Inspection on screen
         self.transplant_result: Any = None
+        self._inspection_entry: Any = None  # the inspection as published, the parent of its transplant
         self._images: Optional[np.ndarray] = None  # images listed on the left
         self._labels: Optional[np.ndarray] = None
         self._names: list[str] = []
@@ -309,6 +310,11 @@ class InspectorPanel(QWidget):
             self.image_list.addItem(item)
         if arrays.skipped:
             self.window.status.setText(f"{len(arrays.skipped)} file(s) skipped, e.g. {arrays.skipped[0].source}: {arrays.skipped[0].reason}")
+        else:
+            self.window.status.setText(f"{len(arrays.x)} image(s) listed: click one to inspect it")
+        if len(arrays.x) and self.image_list.currentRow() < 0:
+            self.image_list.setCurrentRow(0)
+        self._refresh_buttons()
 
     # -------------------------------------------------------------- inspect
 
@@ -441,6 +447,7 @@ class InspectorPanel(QWidget):
     def _show_inspection(self, result: Any) -> None:
         self.inspection = result
         self.transplant_result = None
+        self._inspection_entry = self.state.publish(Kind.INSPECTION, result, note=f"one image: {result.source}")
         self._clear_grid()
         image = np.clip(result.image, 0, 255).astype(np.uint8)
         if image.shape[2] == 1:
@@ -526,6 +533,9 @@ class InspectorPanel(QWidget):
             return False
         loaded, m = self.state.loaded, self.m_spin.value()
 
+        clean_role = "clean_test" if "clean_test" in self.state.data else self.state.calibration_role()
+        parent = self._inspection_entry
+
         def job():
             scale = result.scale
             clean = yield from self._clean_job()
@@ -535,10 +545,12 @@ class InspectorPanel(QWidget):
 
         def finished(tr: Any) -> None:
             self._show_transplant(tr)
-            if done:
-                done()
+            source = self.state.data.get(clean_role)
+            self.state.publish(Kind.TRANSPLANT, tr, [clean_role], parent=parent,
+                               note=f"{tr.n} clean images of {source.path.name if source else 'the clean data'} "
+                                    f"not of class {tr.suspect_class}")
 
-        started = self.window.start_job("Transplant test", job, finished, on_error=lambda _m: done() if done else None)
+        started = self.window.start_job("Transplant test", job, finished, on_end=lambda _o: done() if done else None)
         if not started and done:
             done()
         return started
@@ -607,16 +619,26 @@ class InspectorPanel(QWidget):
     # ---------------------------------------------------------------- state
 
     def _on_model(self) -> None:
+        """Another model: nothing of the old one's heat-maps, boxes or transplant may stay on screen."""
         loaded = self.state.loaded
         self.layer_combo.clear()
         self.layer_combo.addItem("last conv", None)
         for conv in loaded.summary.conv_layers:
             self.layer_combo.addItem(conv.name, conv.name)
         self.class_spin.setMaximum(loaded.num_classes - 1)
-        self.inspection = None
+        self.inspection = self.transplant_result = self._inspection_entry = None
         self._images = None
         self.image_list.clear()
         self._clean_cache = (None, None)
+        self._scale_cache = (None, None, "")
+        for key, parts in self.views.items():
+            parts["base"].clear()
+            parts["heat"].clear()
+            parts["box"].hide()
+            parts["title"].setText(TITLES[key], color="#222", size="11pt")
+        self._clear_grid()
+        self.result_label.setText("Model changed: choose an image on the left, open one, or send one here from another panel.")
+        self.transplant_label.setText("A trigger flips most of them to the suspect's class; a random clean box of the same size (baseline) does not.")
         self._refresh_buttons()
 
     def _refresh_buttons(self) -> None:

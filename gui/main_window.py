@@ -1,4 +1,4 @@
-"""The main window: one tab per analysis, one shared job runner with progress and Cancel.
+"""The main window: one tab per analysis, one shared job controller with progress and Cancel.
 
 Panels are listed in ``PANELS`` and imported lazily; each is a QWidget built
 as ``Panel(window)`` that reads ``window.state`` and starts jobs through
@@ -29,7 +29,8 @@ from PySide6.QtWidgets import (
 
 from core.jobs import Progress
 from gui.state import ROLES, AppState
-from gui.worker import JobRunner
+from gui.jobs import JobController, describe_error
+from gui.live_curve import LiveCurves
 
 # (module, class) of each tab, in order.
 PANELS: list[tuple[str, str]] = [
@@ -47,6 +48,7 @@ MAX_RECENT = 8
 
 class MainWindow(QMainWindow):
     error_shown = Signal(str)
+    error_raised = Signal(object)  # the exception behind the dialog, for code that needs its type
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,7 +56,8 @@ class MainWindow(QMainWindow):
         self.resize(1280, 860)
         self.setAcceptDrops(True)
         self.state = AppState()
-        self.runner = JobRunner(self)
+        self.jobs = JobController(self)
+        self.runner = self.jobs  # the name the tests and older code use
         self.settings = QSettings("TrojanScope", "TrojanScope")
         self.last_error: Optional[str] = None
         self.demo_settings: Any = None  # core.demo.DemoSettings; None = the standard demo
@@ -75,6 +78,7 @@ class MainWindow(QMainWindow):
         self.runner.idle.connect(self._on_idle)
         self.runner.failed.connect(self.show_error)
         self.runner.cancelled.connect(lambda: self.status.setText("Cancelled; nothing was changed"))
+        self.state.results_stale.connect(self.status.setText)
 
     # ---------------------------------------------------------------- jobs
 
@@ -84,10 +88,21 @@ class MainWindow(QMainWindow):
         factory: Callable[[], Any],
         on_result: Optional[Callable[[Any], None]] = None,
         on_event: Optional[Callable[[Any], None]] = None,
-        on_error: Optional[Callable[[str], None]] = None,
+        on_error: Optional[Callable[[BaseException], None]] = None,
+        on_cancel: Optional[Callable[[], None]] = None,
+        on_end: Optional[Callable[[str], None]] = None,
+        live: Any = (),
     ) -> bool:
-        """Run a core job on the worker thread; refuse politely while another runs."""
-        if not self.runner.start(name, factory, on_event=on_event, on_result=on_result, on_error=on_error):
+        """Run a core job on the worker thread; refuse politely while another runs.
+
+        Exactly one of ``on_result(result)``, ``on_cancel()`` or ``on_error(exception)``
+        runs when it ends, then ``on_end(outcome)``; ``live`` curves redraw meanwhile
+        and stop on every ending (gui/jobs.py). Errors also get the window's dialog.
+        """
+        if isinstance(live, LiveCurves):
+            live = (live,)
+        if not self.runner.start(name, factory, on_result=on_result, on_event=on_event, on_error=on_error,
+                                 on_cancel=on_cancel, on_end=on_end, live=live):
             self.status.setText(f"Busy with {self.runner.name}: wait or press Cancel")
             return False
         return True
@@ -141,8 +156,11 @@ class MainWindow(QMainWindow):
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
 
-    def show_error(self, message: str) -> None:
+    def show_error(self, error: "str | BaseException") -> None:
         """One line the analyst can act on, in a dialog that never blocks the window."""
+        if isinstance(error, BaseException):
+            self.error_raised.emit(error)
+        message = error if isinstance(error, str) else describe_error(error)
         self.last_error = message
         self.status.setText(message)
         self.error_shown.emit(message)
@@ -209,8 +227,10 @@ class MainWindow(QMainWindow):
             self._remember("model", path)
             self.status.setText(f"Model: {result.summary.describe()}")
 
-        def failed(message: str) -> None:
-            if "weights only" in message and arch is None:
+        def failed(exc: BaseException) -> None:
+            from core.errors import WeightsOnlyError
+
+            if isinstance(exc, WeightsOnlyError) and arch is None:
                 self._ask_architecture(path)
 
         self.start_job(f"Loading {Path(path).name}", lambda: load_model_job(path, arch), loaded, on_error=failed)
@@ -240,7 +260,6 @@ class MainWindow(QMainWindow):
         from core.demo import open_demo
 
         def loaded(session: Any) -> None:
-            self.state.demo = session.bundle
             self.state.scale = "255"
             self.state.target = None
             self.state.set_model(session.loaded)

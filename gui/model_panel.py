@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -23,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.images import to_pixmap
-from gui.state import ROLES
+from gui.state import ROLES, Kind
 
 GRID_COLUMNS = 6
 
@@ -157,18 +158,19 @@ class ModelPanel(QWidget):
         from core.evaluate import evaluate
 
         loaded = self.state.loaded
-        clean = self.state.data.get("clean_test") or self.state.data.get("clean_valid")
+        clean_role = "clean_test" if "clean_test" in self.state.data else "clean_valid"
+        clean = self.state.data.get(clean_role)
         poisoned = self.state.data.get("poisoned")
         scale, target = self.state.scale, self.state.target
 
         def finished(result: Any) -> None:
+            note = (f"clean accuracy on all {result.n_clean} images of {clean.path.name}" if clean is not None else "")
+            self.state.publish(Kind.EVALUATION, result, [clean_role, "poisoned"], note=note)
             self._show_result(result)
-            if done:
-                done()
 
         started = self.window.start_job(
             "Evaluating", lambda: evaluate(loaded, clean, poisoned, target, scale), finished,
-            on_error=lambda _msg: done() if done else None,
+            on_end=lambda _outcome: done() if done else None,
         )
         if not started and done:
             done()
@@ -180,11 +182,12 @@ class ModelPanel(QWidget):
         self.evaluate(done)
 
     def _show_result(self, result: Any) -> None:
-        self.state.last_eval = result
-        self.state.evaluated.emit(result)
+        entry = self.state.results.latest(Kind.EVALUATION)
         lines = []
         if result.clean_accuracy is not None:
-            lines.append(f"<b>Clean accuracy: {result.clean_accuracy:.2%}</b> on {result.n_clean} images")
+            source = entry.data.get("clean_test") or entry.data.get("clean_valid") if entry else None
+            named = f" of {Path(source).name}" if source else ""
+            lines.append(f"<b>Clean accuracy: {result.clean_accuracy:.2%}</b> on all {result.n_clean} images{named}")
         if result.attack_success_rate is not None:
             lines.append(
                 f"<b>Attack success rate: {result.attack_success_rate:.2%}</b> on {result.n_poisoned} "

@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,34 +31,15 @@ from PySide6.QtWidgets import (
 
 from core.jobs import Progress
 from gui.before_after import BeforeAfterTable
+from gui.jobs import DONE
+from gui.live_curve import LiveCurves, clean_accuracy_of
+from gui.state import Kind, measured_on
 from gui.saving import ask_save_path, save_in_background
 
 CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
 KEPT_BRUSH = pg.mkBrush("#7f9fbf")
 PRUNED_BRUSH = pg.mkBrush("#d62728")
-
-
-class _Buffer:
-    """A growable pair of float arrays: append cheaply, plot the filled part."""
-
-    def __init__(self) -> None:
-        self.x = np.zeros(256)
-        self.y = np.zeros(256)
-        self.n = 0
-
-    def append(self, x: float, y: float) -> None:
-        if self.n == len(self.x):
-            self.x = np.resize(self.x, 2 * self.n)
-            self.y = np.resize(self.y, 2 * self.n)
-        self.x[self.n], self.y[self.n] = x, y
-        self.n += 1
-
-    def clear(self) -> None:
-        self.n = 0
-
-    def draw(self, curve: Any) -> None:
-        curve.setData(self.x[: self.n], self.y[: self.n])
 
 
 def _plot(title: str, xlabel: str, ylabel: str, legend: tuple[int, int] = (-10, 10)) -> pg.PlotWidget:
@@ -83,13 +63,14 @@ class PrunePanel(QWidget):
         self.repair_result: Any = None
         self._arrays: Any = None  # (clean Arrays, poisoned Arrays or None, scale)
         self._channels = 0
-        self._buffers = {k: _Buffer() for k in ("clean", "asr", "loss", "ep_clean", "ep_asr")}
         layout = QHBoxLayout(self)
         layout.addWidget(self._controls(), 0)
         layout.addWidget(self._plots(), 1)
-        self._timer = QTimer(self)
-        self._timer.setInterval(80)
-        self._timer.timeout.connect(self._redraw)
+        self.curves = LiveCurves(self)
+        for key, curve in (("clean", self.clean_curve), ("asr", self.asr_curve), ("loss", self.loss_curve),
+                           ("ep_clean", self.ep_clean_curve), ("ep_asr", self.ep_asr_curve)):
+            self.curves.add(key, curve)
+        self._buffers = self.curves  # buffers by key (tests read their fill)
         self.state.model_changed.connect(self._model_changed)
         self.state.data_changed.connect(lambda _role: self._refresh_buttons())
         self._model_changed()
@@ -191,8 +172,17 @@ class PrunePanel(QWidget):
     # ---------------------------------------------------------------- state
 
     def _model_changed(self) -> None:
+        """Nothing of the old model's sweep, prune point or table may stay on screen."""
         self.layer_combo.clear()
-        self.sweep_result = self.repair_result = self._arrays = None
+        self._reset_sweep()
+        self._arrays = None
+        self._channels = 0
+        self._activations = None
+        if self.bars is not None:
+            self.bar_plot.removeItem(self.bars)
+            self.bars = None
+        self.bar_plot.setTitle("Mean activation on clean data", color="k")
+        self.stop_label.setText("Run the sweep to see how accuracy and attack success fall as channels go.")
         loaded = self.state.loaded
         if loaded is not None:
             from core.errors import TrojanScopeError
@@ -227,7 +217,7 @@ class PrunePanel(QWidget):
     def run_sweep(self, then: Optional[Callable[[bool], None]] = None) -> bool:
         from core.data import load_arrays
         from core.evaluate import choose_scale
-        from core.pruning import sweep
+        from core.pruning import PruneSettings, sweep
 
         loaded = self.state.loaded
         clean = self.state.data.get("clean_valid") or self.state.data.get("clean_test")
@@ -243,35 +233,31 @@ class PrunePanel(QWidget):
             scale, _note = choose_scale(loaded, clean, requested_scale)
             cx = load_arrays(clean, loaded.input_shape)
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
-            result = yield from sweep(loaded, cx.x, cx.y, scale, layer, None if px is None else px.x,
-                                      None if px is None else px.y, target, max_drop)
+            result = yield from sweep(loaded, cx.x, cx.y, scale, PruneSettings(layer=layer, max_acc_drop=max_drop),
+                                      x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target)
             return result, (cx, px, scale)
+
+        roles = [self.state.calibration_role(), "poisoned"]
 
         def finished(value: Any) -> None:
             self.sweep_result, self._arrays = value
+            cx = self._arrays[0]
+            self.state.publish(Kind.SWEEP, self.sweep_result, roles,
+                               note=f"{len(cx.x)} clean images of {clean.path.name} (all of them; the sweep trains nothing)")
             self._show_stop(self.sweep_result.stop)
             self._refresh_buttons()
-            self._timer.stop()
-            self._redraw()
-            if then:
-                then(True)
 
         self._reset_sweep()
-        started = self.window.start_job("Pruning sweep", job, finished, self._on_event,
-                                        on_error=lambda _m: then(False) if then else None)
-        if started:
-            self._timer.start()
-        return started
+        return self.window.start_job("Pruning sweep", job, finished, self._on_event, live=self.curves,
+                                     on_end=lambda outcome: then(outcome == DONE) if then else None)
 
     def _reset_sweep(self) -> None:
         self.sweep_result = self.repair_result = None
-        for buffer in self._buffers.values():
-            buffer.clear()
+        self.curves.clear()
         self.stop_marker.setData([], [])
         self.prune_line.setVisible(False)
         self.table.clearContents()
         self.note.setText("")
-        self._redraw()
         self._refresh_buttons()
 
     def _on_event(self, event: Any) -> None:
@@ -280,30 +266,23 @@ class PrunePanel(QWidget):
 
         if isinstance(event, SweepPoint):
             self._channels = event.channels_total
-            self._buffers["clean"].append(event.fraction, event.clean_accuracy)
+            self.curves.append("clean", event.fraction, event.clean_accuracy)
             if event.attack_success_rate is not None:
-                self._buffers["asr"].append(event.fraction, event.attack_success_rate)
+                self.curves.append("asr", event.fraction, event.attack_success_rate)
         elif isinstance(event, Ranking):
             self._activations, self._order = np.array(event.activations), np.array(event.order)
             self._draw_bars(0)
         elif isinstance(event, BatchLoss):
-            self._buffers["loss"].append(event.step, event.loss)
+            self.curves.append("loss", event.step, event.loss)
         elif isinstance(event, EpochMetrics):
-            if "clean" in event.metrics:
-                self._buffers["ep_clean"].append(event.epoch, event.metrics["clean"])
+            clean = clean_accuracy_of(event.metrics)
+            if clean is not None:
+                self.curves.append("ep_clean", event.epoch, clean)
             if "attack_success_rate" in event.metrics:
-                self._buffers["ep_asr"].append(event.epoch, event.metrics["attack_success_rate"])
+                self.curves.append("ep_asr", event.epoch, event.metrics["attack_success_rate"])
         elif isinstance(event, StageMetrics):
             row = {"before": 0, "after_prune": 1, "after_fine_tune": 2}[event.stage]
             self.table.set_row(row, event.metrics)
-
-    def _redraw(self) -> None:
-        b = self._buffers
-        b["clean"].draw(self.clean_curve)
-        b["asr"].draw(self.asr_curve)
-        b["loss"].draw(self.loss_curve)
-        b["ep_clean"].draw(self.ep_clean_curve)
-        b["ep_asr"].draw(self.ep_asr_curve)
 
     def _draw_bars(self, pruned: int) -> None:
         if getattr(self, "_activations", None) is None:
@@ -361,7 +340,7 @@ class PrunePanel(QWidget):
     # --------------------------------------------------------------- repair
 
     def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
-        from core.pruning import repair
+        from core.pruning import PruneSettings, repair
 
         if self.sweep_result is None or self._arrays is None:
             return False
@@ -369,35 +348,32 @@ class PrunePanel(QWidget):
         cx, px, _scale = self._arrays
         count = self.selected_count()
         epochs, lr, batch, augment = self.epochs.value(), self.learning_rate.value(), self.batch_size.value(), self.augment.isChecked()
-        for key in ("loss", "ep_clean", "ep_asr"):
-            self._buffers[key].clear()
+        self.curves.clear("loss", "ep_clean", "ep_asr")
         self.table.clearContents()
         self.repair_result = None
         self._refresh_buttons()
+        roles = [self.state.calibration_role(), "poisoned"]
 
         def job():
-            return (yield from repair(loaded, result, cx.x, cx.y, count, None if px is None else px.x,
-                                      None if px is None else px.y, epochs, lr, batch, augment))
+            settings = PruneSettings(count=count, epochs=epochs, learning_rate=lr, batch_size=batch, augment=augment)
+            return (yield from repair(loaded, result, cx.x, cx.y, settings, x_poisoned=None if px is None else px.x,
+                                      y_poisoned=None if px is None else px.y))
 
         def finished(repaired: Any) -> None:
             self.repair_result = repaired
-            self._timer.stop()
-            self._redraw()
             for row, stage in enumerate(("before", "after_prune", "after_fine_tune")):
                 self.table.set_row(row, getattr(repaired, stage))
+            measured = measured_on(repaired.n_holdout, self.state)
             self.note.setText(
                 f"Pruned channels {repaired.pruned_channels} of {repaired.layer}; they stay exactly zero. "
-                f"Figures on {repaired.n_holdout} held-out clean images never used for fine-tuning."
+                f"Every row: clean accuracy on {measured}; attack success on the suspected-poisoned data. "
+                f"'After pruning' = the {len(repaired.pruned_channels)} channels zeroed, before any fine-tuning."
             )
+            self.state.publish(Kind.PRUNE, repaired, roles, note=f"clean accuracy on {measured}")
             self._refresh_buttons()
-            if then:
-                then(True)
 
-        started = self.window.start_job("Pruning and fine-tuning", job, finished, self._on_event,
-                                        on_error=lambda _m: then(False) if then else None)
-        if started:
-            self._timer.start()
-        return started
+        return self.window.start_job("Pruning and fine-tuning", job, finished, self._on_event, live=self.curves,
+                                     on_end=lambda outcome: then(outcome == DONE) if then else None)
 
     # ----------------------------------------------------------------- save
 

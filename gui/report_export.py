@@ -1,12 +1,13 @@
-"""File > Export report…: the findings report from whatever the panels last computed.
+"""File > Export report…: the findings report from everything the session computed.
 
-Panels keep their last results on themselves (the Fine-Pruning sweep and
-repair, the STRIP profile and scanned rows, the Neural Cleanse verdict, the
-Inspector's image) and the evaluation in ``window.state``. Results are found
-by *type*, not by attribute name, so a panel can rename its fields or a new
-panel can join without this module changing. Reading the flagged images back,
-their heat-maps and the writing itself run as one job on the worker thread
-(Cancel works; nothing is half-written: :func:`core.report.write_report` is atomic).
+Every panel publishes its results on the session registry
+(``window.state.results``, :class:`gui.state.SessionResults`) with what they
+were measured on; this module reads them from there -- never from panels'
+attributes -- so the report holds each result the analyst saw, and a result
+computed on data that has since been replaced is reported as stale. Reading the
+flagged images back, their heat-maps and the writing itself run as one job on
+the worker thread (Cancel works; nothing is half-written:
+:func:`core.report.write_report` is atomic).
 """
 
 from __future__ import annotations
@@ -18,49 +19,38 @@ from typing import Any, Callable, Optional
 from PySide6.QtWidgets import QFileDialog
 
 from core.jobs import Job, Progress
+from gui.state import Kind
 
 REPORT_FILTER = "HTML report (*.html)"
 
 
 def gather_findings(window: Any) -> tuple[Any, Any, Any]:
-    """(Findings, the scan's DataSource or path, the Inspector's last inspection) from the window."""
-    from core.cleanse import CleanseResult
-    from core.pruning import PruneResult, SweepResult
+    """(Findings, the last scan's DataSource or path, the last inspection) from the session registry."""
     from core.report import Findings
-    from core.strip import ScanResult, StripProfile
-    from core.trigger import Inspection
 
     state = window.state
-    findings = Findings(summary=state.loaded.summary if state.loaded is not None else None, evaluation=state.last_eval)
-    inspection = None
-    for panel in window.panels.values():
-        for value in vars(panel).values():
-            if isinstance(value, PruneResult):
-                findings.prune = value
-            elif isinstance(value, SweepResult):
-                findings.sweep = value
-            elif isinstance(value, StripProfile):
-                findings.profile = value
-            elif isinstance(value, ScanResult):
-                findings.scan = value
-            elif isinstance(value, CleanseResult):
-                findings.cleanse = value
-            elif isinstance(value, Inspection):
-                inspection = value
+    results = state.results
+    findings = Findings(summary=state.loaded.summary if state.loaded is not None else None,
+                        evaluation=results.value(Kind.EVALUATION), sweep=results.value(Kind.SWEEP),
+                        profile=results.value(Kind.STRIP_PROFILE), cleanse=results.value(Kind.CLEANSE))
+    prune = results.latest(Kind.PRUNE, current_only=True)
+    findings.prune = None if prune is None else prune.value
     if findings.prune is not None and findings.sweep is None:
         findings.sweep = findings.prune.sweep
+    scan = results.latest(Kind.SCAN, current_only=True)
+    if scan is not None:
+        profile = findings.profile or scan.value.profile  # the threshold the STRIP line shows now
+        rows = [_reflag(r, profile.threshold, profile.num_classes) for r in scan.value.rows]
+        findings.profile = profile
+        findings.scan = dataclasses.replace(scan.value, profile=profile, rows=rows)
+    inspection_entry = results.latest(Kind.INSPECTION, current_only=True)
+    inspection = None if inspection_entry is None else inspection_entry.value
+    for entry in results.entries():
+        if entry.note:
+            findings.notes.append(f"{entry.kind.value}: measured on {entry.note}"
+                                  + (f" -- STALE: {entry.stale}" if entry.stale else ""))
 
     scan_source: Any = None
-    strip_panel = window.panels.get("StripPanel")
-    rows = list(getattr(getattr(strip_panel, "model", None), "rows", []) or [])
-    if findings.scan is None and findings.profile is not None and rows:
-        # The STRIP panel streams rows into its table; the analyst may have dragged the threshold since.
-        threshold = getattr(strip_panel, "threshold", None)
-        profile = findings.profile if threshold is None else findings.profile.with_threshold(threshold)
-        rows = [_reflag(r, profile.threshold, profile.num_classes) for r in rows]
-        name = str(getattr(strip_panel, "scan_name", ""))
-        findings.profile = profile
-        findings.scan = ScanResult(profile, rows, list(getattr(strip_panel, "skipped", []) or []), [], name)
     if findings.scan is not None:
         preset = state.data.get("scan")
         scan_source = preset if preset is not None and str(preset.path) == findings.scan.source else findings.scan.source

@@ -1,12 +1,21 @@
-"""What the analyst has opened, shared by every panel.
+"""What the analyst has opened, and what the session has computed on it, shared by every panel.
 
 Panels read the model and data from here and listen to its signals instead of
 talking to each other, so a new panel never needs to know the old ones.
+
+Results live in one place too (:class:`SessionResults`): each panel publishes
+its last result together with what it was measured on (the model's sha256 and
+the data sets, by role), and the report, the Verdict and the Inspector read
+them from here -- never out of another panel's attributes. Opening another
+model clears every result (they described a different network); opening other
+data marks the results measured on the old data stale, and says so.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
 
 from PySide6.QtCore import QObject, Signal
 
@@ -21,10 +30,92 @@ ROLES = {
 }
 
 
+class Kind(str, enum.Enum):
+    """The kinds of result a session holds, and the type each carries."""
+
+    EVALUATION = "evaluation"  # core.evaluate.EvalResult
+    SWEEP = "sweep"  # core.pruning.SweepResult
+    PRUNE = "prune"  # core.pruning.PruneResult (Fine-Pruning panel: pruned + fine-tuned)
+    REPAIR = "repair"  # core.repair.RepairResult (Verdict panel: unlearn / fine-prune / both)
+    STRIP_PROFILE = "strip_profile"  # core.strip.StripProfile
+    SCAN = "scan"  # core.strip.ScanResult (every scan of the session)
+    INSPECTION = "inspection"  # core.trigger.Inspection
+    TRANSPLANT = "transplant"  # core.trigger.Transplant (of the inspection published just before)
+    CLEANSE = "cleanse"  # core.cleanse.CleanseResult
+
+
+# Kinds that keep every result of the session; the others keep only the last one.
+ACCUMULATING = {Kind.PRUNE, Kind.REPAIR, Kind.SCAN, Kind.INSPECTION, Kind.TRANSPLANT}
+
+
+@dataclass
+class Published:
+    """One result and what it was measured on."""
+
+    kind: Kind
+    value: Any
+    model_sha256: str
+    data: dict[str, str] = field(default_factory=dict)  # role -> path of the data set used
+    note: str = ""  # what the figures were measured on, in words (shown beside them)
+    stale: str = ""  # why it no longer describes what is open ("" = current)
+    parent: Optional["Published"] = None  # e.g. the inspection a transplant belongs to
+
+
+class SessionResults(QObject):
+    """The typed registry of the session's results (see :class:`Kind`)."""
+
+    changed = Signal(str)  # the Kind's value; "" when everything was cleared
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: dict[Kind, list[Published]] = {k: [] for k in Kind}
+
+    def publish(self, kind: Kind, value: Any, model_sha256: str, data: Optional[dict[str, str]] = None,
+                note: str = "", parent: Optional[Published] = None) -> Published:
+        entry = Published(Kind(kind), value, model_sha256, dict(data or {}), note, "", parent)
+        if entry.kind in ACCUMULATING:
+            self._items[entry.kind].append(entry)
+        else:
+            self._items[entry.kind] = [entry]
+        self.changed.emit(entry.kind.value)
+        return entry
+
+    def latest(self, kind: Kind, current_only: bool = False) -> Optional[Published]:
+        items = [e for e in self._items[Kind(kind)] if not (current_only and e.stale)]
+        return items[-1] if items else None
+
+    def value(self, kind: Kind) -> Any:
+        """The last current (not stale) result of ``kind``, or None."""
+        entry = self.latest(kind, current_only=True)
+        return None if entry is None else entry.value
+
+    def all(self, kind: Kind) -> list[Published]:
+        return list(self._items[Kind(kind)])
+
+    def entries(self) -> Iterable[Published]:
+        for kind in Kind:
+            yield from self._items[kind]
+
+    def clear(self) -> None:
+        self._items = {k: [] for k in Kind}
+        self.changed.emit("")
+
+    def mark_stale(self, role: str, reason: str) -> int:
+        """Mark every result measured on data ``role`` stale; returns how many."""
+        count = 0
+        for entry in self.entries():
+            if role in entry.data and not entry.stale:
+                entry.stale = reason
+                count += 1
+        if count:
+            self.changed.emit("")
+        return count
+
+
 class AppState(QObject):
     model_changed = Signal()
     data_changed = Signal(str)  # the role that changed
-    evaluated = Signal(object)  # core.evaluate.EvalResult
+    results_stale = Signal(str)  # a line saying what was cleared or marked stale, for the status bar
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,21 +123,53 @@ class AppState(QObject):
         self.data: dict[str, DataSource] = {}
         self.scale = "auto"
         self.target: Optional[int] = None
-        self.demo: Any = None
-        self.last_eval: Any = None
+        self.results = SessionResults()
 
     def set_model(self, loaded: LoadedModel) -> None:
+        """A new model: nothing computed on the old one describes it, so every result goes."""
+        had = sum(1 for _ in self.results.entries())
         self.loaded = loaded
-        self.last_eval = None
+        self.results.clear()
         self.model_changed.emit()
+        if had:
+            self.results_stale.emit(f"New model: {had} result(s) of the previous model cleared")
 
     def set_data(self, role: str, source: Optional[DataSource]) -> None:
+        old = self.data.get(role)
         if source is None:
             self.data.pop(role, None)
         else:
             self.data[role] = source
+        if old is not None and (source is None or str(source.path) != str(old.path)):
+            stale = self.results.mark_stale(role, f"{ROLES.get(role, role)} changed from {old.path.name}")
+            if stale:
+                self.results_stale.emit(f"{ROLES.get(role, role)} changed: {stale} result(s) measured on "
+                                        f"{old.path.name} are marked stale")
         self.data_changed.emit(role)
 
     def clean_for_calibration(self) -> Optional[DataSource]:
         """Clean validation data if opened, else clean test data."""
         return self.data.get("clean_valid") or self.data.get("clean_test")
+
+    # --------------------------------------------------------- publishing
+
+    def publish(self, kind: Kind, value: Any, roles: Iterable[str] = (), note: str = "",
+                parent: Optional[Published] = None) -> Optional[Published]:
+        """Publish ``value`` as measured on the open model and the data of ``roles``."""
+        if self.loaded is None:
+            return None
+        data = {r: str(self.data[r].path) for r in roles if r in self.data}
+        return self.results.publish(kind, value, self.loaded.summary.sha256, data, note, parent)
+
+    def calibration_role(self) -> Optional[str]:
+        """The role :meth:`clean_for_calibration` reads."""
+        return "clean_valid" if "clean_valid" in self.data else ("clean_test" if "clean_test" in self.data else None)
+
+
+def measured_on(n_holdout: int, state: AppState) -> str:
+    """How the repair panels name the images their clean accuracies were measured on."""
+    source = state.clean_for_calibration()
+    name = source.path.name if source is not None else "the clean data"
+    if not n_holdout:
+        return f"the clean images of {name} it was trained on (no hold-out)"
+    return f"{n_holdout} held-out clean images of {name} (never fine-tuned on)"

@@ -9,6 +9,7 @@ and redraws the histograms, so 5,000 rows never mean 5,000 repaints.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -41,6 +42,8 @@ from core import strip
 from core.atomic import write_text_atomic
 from core.jobs import Progress
 from gui.images import to_pixmap
+from gui.jobs import CANCELLED, DONE
+from gui.state import Kind
 
 FLUSH_MS = 100
 THRESHOLD_MS = 50
@@ -183,6 +186,7 @@ class StripPanel(QWidget):
         self.threshold: Optional[float] = None
         self.skipped: list = []
         self.scan_name = ""
+        self._profile_entry: Any = None  # the profile as published (its threshold follows the line)
         self._pending: list[tuple[list, list]] = []
         self._hist_dirty = False
         self._build()
@@ -371,17 +375,19 @@ class StripPanel(QWidget):
         weights = strip.BlendWeights(self.input_weight.value(), self.overlay_weight.value())
         scale = self.state.scale
 
+        role = self.state.calibration_role()
+
         def finished(profile: strip.StripProfile) -> None:
             self.set_profile(profile)
+            self._profile_entry = self.state.publish(
+                Kind.STRIP_PROFILE, profile, [role], note=f"{len(profile.clean_entropies)} clean images of {clean.path.name}")
             self.window.status.setText(
                 f"STRIP calibrated on {len(profile.clean_entropies)} clean images: threshold {profile.threshold:.4f} bits"
             )
-            if done:
-                done()
 
         started = self.window.start_job(
             "Calibrating STRIP", lambda: strip.calibrate(loaded, clean, strip.StripSettings(n, frr, seed=seed, weights=weights), scale), finished,
-            on_error=lambda _m: done() if done else None,
+            on_end=lambda _outcome: done() if done else None,
         )
         if not started and done:
             done()
@@ -418,6 +424,8 @@ class StripPanel(QWidget):
             return
         self.threshold = float(self.line.value())
         self.model.set_threshold(self.threshold)
+        if self._profile_entry is not None and self._profile_entry.value is not None:
+            self._profile_entry.value = self.profile.with_threshold(self.threshold)  # the report shows the line's threshold
         if self.proxy.only_flagged:
             self.proxy.invalidateFilter()
         self._update_info()
@@ -490,16 +498,17 @@ class StripPanel(QWidget):
                 self.skipped_label.setText(item.message)
 
         def finished(result: strip.ScanResult) -> None:
-            self._stop_streaming()
             self.window.status.setText(
-                f"STRIP scan of {Path(result.source).name}: {len(result.rows)} scanned, "
+                f"STRIP scan of {Path(result.source).name}: {len(self.model.rows)} scanned, "
                 f"{int(self.model.flagged_mask().sum())} flagged, {len(result.skipped)} skipped"
             )
-            if done:
-                done()
 
-        def failed(_message: str) -> None:
-            self._stop_streaming()
+        def ended(outcome: str) -> None:
+            # Rows already received stay (and are published) when the analyst presses Cancel.
+            self.flush_timer.stop()
+            self._flush()
+            if self.model.rows:
+                self._publish_scan(profile, outcome, ["scan"] if preset is not None else [])
             if done:
                 done()
 
@@ -508,25 +517,20 @@ class StripPanel(QWidget):
         self.skipped_label.setText("")
         self._pending.clear()
         self.scan_name = str(path or preset.path)
-        started = self.window.start_job(f"STRIP scan of {Path(self.scan_name).name}", job, finished, event, failed)
+        started = self.window.start_job(f"STRIP scan of {Path(self.scan_name).name}", job, finished, event, on_end=ended)
         if started:
             self.flush_timer.start()
-            # rows already received stay when the analyst presses Cancel
-            self.window.runner.cancelled.connect(self._on_cancel)
         elif done:
             done()
         return started
 
-    def _on_cancel(self) -> None:
-        self._stop_streaming()
-
-    def _stop_streaming(self) -> None:
-        try:
-            self.window.runner.cancelled.disconnect(self._on_cancel)
-        except (RuntimeError, TypeError):
-            pass
-        self.flush_timer.stop()
-        self._flush()
+    def _publish_scan(self, profile: strip.StripProfile, outcome: str, roles: list[str]) -> None:
+        rows = [dataclasses.replace(r, flagged=self.model.is_flagged(i), label=self.model.guarded_label(i))
+                for i, r in enumerate(self.model.rows)]
+        part = {DONE: "", CANCELLED: " (cancelled part-way)"}.get(outcome, " (stopped by an error part-way)")
+        warnings = [] if outcome == DONE else [f"scan incomplete{part}: {len(rows)} rows"]
+        self.state.publish(Kind.SCAN, strip.ScanResult(profile, rows, list(self.skipped), warnings, self.scan_name), roles,
+                           note=f"{len(rows)} images of {Path(self.scan_name).name}{part}")
 
     def _flush(self) -> None:
         """Move pending rows into the table in one insert; redraw once."""
@@ -579,6 +583,7 @@ class StripPanel(QWidget):
             self.window.show_error(str(exc))
             return
         self.set_profile(profile)
+        self._profile_entry = self.state.publish(Kind.STRIP_PROFILE, profile, note=f"profile loaded from {path}")
         self.window.status.setText(warnings[0] if warnings else f"STRIP profile loaded from {path}")
 
     def choose_save_profile(self) -> None:
@@ -676,12 +681,16 @@ class StripPanel(QWidget):
         loaded = self.state.loaded
         if self.profile is not None and loaded is not None and self.profile.model_sha256 != loaded.summary.sha256:
             self.profile = None
+            self._profile_entry = None
             self.threshold = None
             self.line.setVisible(False)
             self.model.clear()
             self.clean_curve.setData(EMPTY_X, EMPTY_Y)
             self.scan_curve.setData(EMPTY_X, EMPTY_Y)
             self.info.setText("Model changed: calibrate again.")
+        elif self.profile is not None and loaded is not None:  # the same network reopened: its profile still holds
+            self._profile_entry = self.state.publish(Kind.STRIP_PROFILE, self.profile.with_threshold(self.threshold),
+                                                     note="profile kept: the same model was reopened")
         self._refresh_buttons()
 
     def run_default(self, done: Callable[[], None]) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -38,34 +38,21 @@ from core.jobs import Progress
 from gui.before_after import BeforeAfterTable
 from gui.saving import ask_save_path, save_in_background
 from gui.images import to_pixmap
+from gui.jobs import DONE
+from gui.live_curve import LiveCurves, clean_accuracy_of
+from gui.state import Kind, measured_on
 
 NORMAL_BRUSH = pg.mkBrush("#7f9fbf")
 FLAGGED_BRUSH = pg.mkBrush("#d62728")
 CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
 CELL = 40  # trigger thumbnails, pixels high: ten classes fit side by side
-
-
-class _Buffer:
-    """A growable pair of float arrays: append cheaply, plot the filled part."""
-
-    def __init__(self) -> None:
-        self.x = np.zeros(256)
-        self.y = np.zeros(256)
-        self.n = 0
-
-    def append(self, x: float, y: float) -> None:
-        if self.n == len(self.x):
-            self.x = np.resize(self.x, 2 * self.n)
-            self.y = np.resize(self.y, 2 * self.n)
-        self.x[self.n], self.y[self.n] = x, y
-        self.n += 1
-
-    def clear(self) -> None:
-        self.n = 0
-
-    def draw(self, curve: Any) -> None:
-        curve.setData(self.x[: self.n], self.y[: self.n])
+ASK = "Run Neural Cleanse to ask: is this model backdoored, and towards which class?"
+REPAIR_LABELS = {  # the button says what it will do
+    "unlearn": "Repair by unlearning",
+    "both": "Repair: fine-prune, then unlearn",
+    "fine-prune": "Repair by fine-pruning",
+}
 
 
 def _plot(title: str, xlabel: str, ylabel: str, legend: bool = True) -> pg.PlotWidget:
@@ -93,10 +80,9 @@ class VerdictPanel(QWidget):
         self._bars: dict[int, float] = {}
         self._current_target: Optional[int] = None
         self._repairing = False  # the repair's extra trigger searches must not redraw the verdict's chart
-        self._buffers = {k: _Buffer() for k in ("norm", "loss", "ep_clean", "ep_asr")}
 
         outer = QVBoxLayout(self)
-        self.verdict_label = QLabel("Run Neural Cleanse to ask: is this model backdoored, and towards which class?")
+        self.verdict_label = QLabel(ASK)
         self.verdict_label.setWordWrap(True)
         self.verdict_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._style_verdict(None)
@@ -106,9 +92,11 @@ class VerdictPanel(QWidget):
         body.addWidget(self._views(), 1)
         outer.addLayout(body, 1)
 
-        self._timer = QTimer(self)
-        self._timer.setInterval(80)
-        self._timer.timeout.connect(self._redraw)
+        self.curves = LiveCurves(self)
+        for key, curve in (("norm", self.norm_curve), ("loss", self.loss_curve),
+                           ("ep_clean", self.ep_clean_curve), ("ep_asr", self.ep_asr_curve)):
+            self.curves.add(key, curve)
+        self._buffers = self.curves  # buffers by key (tests read their fill)
         self.state.model_changed.connect(self._model_changed)
         self.state.data_changed.connect(lambda _role: self._refresh_buttons())
         self._refresh_buttons()
@@ -169,8 +157,9 @@ class VerdictPanel(QWidget):
         self.learning_rate.setValue(repair.DEFAULT_LEARNING_RATE)
         self.learning_rate.setToolTip("Adam's initial rate, cosine-decayed to zero")
         rform.addRow("Learning rate", self.learning_rate)
-        self.repair_button = QPushButton("Repair by unlearning")
+        self.repair_button = QPushButton(REPAIR_LABELS["unlearn"])
         self.repair_button.clicked.connect(lambda: self.run_repair())
+        self.method.currentIndexChanged.connect(lambda _i: self.repair_button.setText(REPAIR_LABELS[self.method.currentData()]))
         rform.addRow(self.repair_button)
         column.addWidget(rep)
 
@@ -243,7 +232,7 @@ class VerdictPanel(QWidget):
     def _model_changed(self) -> None:
         self.result = self.repair_result = None
         self._clear_views()
-        self.verdict_label.setText("Run Neural Cleanse to ask: is this model backdoored, and towards which class?")
+        self.verdict_label.setText(ASK)
         self._style_verdict(None)
         self._refresh_buttons()
 
@@ -254,8 +243,7 @@ class VerdictPanel(QWidget):
         self.save_button.setEnabled(self.repair_result is not None)
 
     def _clear_views(self) -> None:
-        for buffer in self._buffers.values():
-            buffer.clear()
+        self.curves.clear()
         self._bars = {}
         self._draw_bars()
         self.threshold_line.setVisible(False)
@@ -266,7 +254,6 @@ class VerdictPanel(QWidget):
                 item.widget().deleteLater()
         self.table.clearContents()
         self.note.setText("")
-        self._redraw()
 
     # ------------------------------------------------------------- cleanse
 
@@ -290,16 +277,25 @@ class VerdictPanel(QWidget):
             result = yield from cleanse(loaded, arrays, scale, settings)
             return result, arrays
 
+        roles = [self.state.calibration_role()]
+
         def finished(value: Any) -> None:
             self.result, arrays = value
-            self._arrays = arrays
             self._example = arrays.x[0] if len(arrays.x) else None
             self._pixel_max = 255.0 if len(arrays.x) and float(np.max(arrays.x)) > 1.5 else 1.0
-            self._timer.stop()
             self._show_result()
+            self.state.publish(Kind.CLEANSE, self.result, roles,
+                               note=f"{self.result.n_images} clean images of {clean.path.name}")
             self._refresh_buttons()
+
+        def stopped(outcome: str) -> None:
+            if outcome != DONE:  # cancelled or failed: the headline must not say it is still running
+                self.verdict_label.setText(f"Neural Cleanse was {'cancelled' if outcome == 'cancelled' else 'stopped by an error'}: "
+                                           "no verdict. " + ASK.replace("Run", "Run it again", 1))
+                self._style_verdict(None)
+                self._refresh_buttons()
             if then:
-                then(True)
+                then(outcome == DONE)
 
         self.result = self.repair_result = None
         self._repairing = False
@@ -310,11 +306,7 @@ class VerdictPanel(QWidget):
         self.verdict_label.setText("Neural Cleanse is running: reverse-engineering a trigger per candidate class…")
         self._style_verdict(None)
         self._refresh_buttons()
-        started = self.window.start_job("Neural Cleanse", job, finished, self._on_event,
-                                        on_error=lambda _m: then(False) if then else None)
-        if started:
-            self._timer.start()
-        return started
+        return self.window.start_job("Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
 
     def _on_event(self, event: Any) -> None:
         from core.cleanse import ClassDone, CleanseStep
@@ -327,34 +319,28 @@ class VerdictPanel(QWidget):
             return
         if isinstance(event, CleanseStep):
             if event.round == 1:  # a new class, or another random start of the same class
-                self._buffers["norm"].clear()
+                self.curves["norm"].clear()
             if event.target != self._current_target:
                 self._current_target = event.target
-                self._buffers["norm"].clear()
+                self.curves["norm"].clear()
                 self.live_plot.setTitle(f"Optimisation: mask norm per round, class {event.target} "
                                         f"({event.position + 1}/{event.candidates})", color="k")
-            self._buffers["norm"].append(event.round, event.norm)
+            self.curves.append("norm", event.round, event.norm)
         elif isinstance(event, ClassDone):
             self._bars[event.target] = event.norm
             self._draw_bars()
         elif isinstance(event, BatchLoss):
-            self._buffers["loss"].append(event.step, event.loss)
+            self.curves.append("loss", event.step, event.loss)
         elif isinstance(event, EpochMetrics):
-            if "clean_accuracy" in event.metrics:
-                self._buffers["ep_clean"].append(event.epoch, event.metrics["clean_accuracy"])
-            if "attack_success_rate" in event.metrics:
-                self._buffers["ep_asr"].append(event.epoch, event.metrics["attack_success_rate"])
+            clean = clean_accuracy_of(event.metrics)
+            if clean is not None:
+                self.curves.append("ep_clean", event.epoch, clean)
+            if event.metrics.get("attack_success_rate") is not None:
+                self.curves.append("ep_asr", event.epoch, event.metrics["attack_success_rate"])
         elif isinstance(event, RepairStage):
             row = {"before": 0, "after_prune": 1, "after": 2}.get(event.stage)
             if row is not None:
                 self.table.set_row(row, event.metrics)
-
-    def _redraw(self) -> None:
-        b = self._buffers
-        b["norm"].draw(self.norm_curve)
-        b["loss"].draw(self.loss_curve)
-        b["ep_clean"].draw(self.ep_clean_curve)
-        b["ep_asr"].draw(self.ep_asr_curve)
 
     def _draw_bars(self) -> None:
         if self.bar_item is not None:
@@ -427,11 +413,12 @@ class VerdictPanel(QWidget):
     def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
         """Repair with the chosen method, reusing this verdict's triggers."""
         from core.data import load_arrays
-        from core.repair import repair
+        from core.repair import RepairSettings, repair
 
-        if self.result is None or self.state.loaded is None:
+        verdict = self.state.results.value(Kind.CLEANSE)  # the session's current verdict, not a stale one
+        if verdict is None or self.state.loaded is None:
             return False
-        loaded, verdict = self.state.loaded, self.result
+        loaded = self.state.loaded
         clean = self.state.clean_for_calibration()
         poisoned = self.state.data.get("poisoned")
         target = self.state.target
@@ -440,13 +427,11 @@ class VerdictPanel(QWidget):
         if method != "fine-prune" and not verdict.flagged_classes:
             self.window.show_error("Neural Cleanse flagged no class, so there is no trigger to unlearn; choose 'Fine-prune only'.")
             return False
-        for key in ("loss", "ep_clean", "ep_asr"):
-            self._buffers[key].clear()
         self.table.clearContents()
         self.repair_result = None
         self._refresh_buttons()
         self._repairing = True
-        self._buffers["norm"].clear()
+        self.curves.clear("loss", "ep_clean", "ep_asr", "norm")
         self.live_plot.setTitle("Unlearning: training loss per batch", color="k")
         self.live_plot.setLabel("bottom", "batch")
         self.live_plot.setLabel("left", "loss")
@@ -457,30 +442,27 @@ class VerdictPanel(QWidget):
             cx = load_arrays(clean, loaded.input_shape)
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
             return (yield from repair(
-                loaded, cx.x, cx.y, verdict.scale, method=method, verdict=verdict,
-                x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
-                fraction=fraction, epochs=epochs, learning_rate=lr, seed=seed,
+                loaded, cx.x, cx.y, verdict.scale, RepairSettings(method=method, fraction=fraction, epochs=epochs, learning_rate=lr, seed=seed),
+                verdict=verdict, x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
             ))
+
+        roles = [self.state.calibration_role(), "poisoned"]
 
         def finished(result: Any) -> None:
             self.repair_result = result
-            self._timer.stop()
-            self._redraw()
             for stage in result.stages:
                 self.table.set_row({"before": 0, "after_prune": 1, "after": 2}[stage.stage], stage.metrics)
+            measured = measured_on(result.n_holdout, self.state)
             self.note.setText(
-                f"{self.note.text()}\n\nRepair ({result.method}): clean accuracy on {result.n_holdout} held-out images; "
+                f"{self.note.text()}\n\nRepair ({result.method}): every row's clean accuracy on {measured}; "
                 f"attack success on {result.asr_source}."
             )
+            self.state.publish(Kind.REPAIR, result, roles, note=f"clean accuracy on {measured}")
             self._refresh_buttons()
-            if then:
-                then(True)
 
-        started = self.window.start_job("Repairing by unlearning", job, finished, self._on_event,
-                                        on_error=lambda _m: then(False) if then else None)
-        if started:
-            self._timer.start()
-        return started
+        return self.window.start_job(REPAIR_LABELS[method].replace("Repair by", "Repairing by"), job, finished,
+                                     self._on_event, live=self.curves,
+                                     on_end=lambda outcome: then(outcome == DONE) if then else None)
 
     # ----------------------------------------------------------------- save
 

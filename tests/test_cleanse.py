@@ -124,12 +124,12 @@ def demo_verdict(demo_model, demo_arrays):
 
 
 def test_unlearning_removes_the_demo_backdoor_and_saves_atomically(demo_model, demo_arrays, demo_verdict, tmp_path):
-    from core.repair import repair
+    from core.repair import RepairSettings, repair
 
     clean, _test, poisoned = demo_arrays
     out = tmp_path / "repaired.keras"
-    result = run_job(repair(demo_model, clean.x, clean.y, "255", targets=[7], verdict=demo_verdict,
-                            x_poisoned=poisoned.x, y_poisoned=poisoned.y, restarts=1, out=out))
+    result = run_job(repair(demo_model, clean.x, clean.y, "255", RepairSettings(classes=(7,), restarts=1), verdict=demo_verdict,
+                            x_poisoned=poisoned.x, y_poisoned=poisoned.y, out=out))
     assert result.before.attack_success_rate > 0.8
     assert result.after.attack_success_rate < 0.1
     assert result.after.clean_accuracy >= result.before.clean_accuracy - 0.05
@@ -140,10 +140,10 @@ def test_unlearning_removes_the_demo_backdoor_and_saves_atomically(demo_model, d
 
 def test_cancel_leaves_nothing_written(demo_model, demo_arrays, demo_verdict, tmp_path):
     from core.finetune import BatchLoss
-    from core.repair import repair
+    from core.repair import RepairSettings, repair
 
     clean = demo_arrays[0]
-    job = repair(demo_model, clean.x, clean.y, "255", targets=[7], verdict=demo_verdict, restarts=0,
+    job = repair(demo_model, clean.x, clean.y, "255", RepairSettings(classes=(7,), restarts=0), verdict=demo_verdict,
                  out=tmp_path / "never.keras")
     for event in job:
         if isinstance(event, BatchLoss):
@@ -154,11 +154,11 @@ def test_cancel_leaves_nothing_written(demo_model, demo_arrays, demo_verdict, tm
 
 def test_repair_refuses_to_write_over_its_input(demo_model, demo_arrays, demo_verdict, demo_bundle):
     from core.errors import TrojanScopeError
-    from core.repair import repair
+    from core.repair import RepairSettings, repair
 
     clean = demo_arrays[0]
     with pytest.raises(TrojanScopeError, match="refusing to write over"):
-        run_job(repair(demo_model, clean.x, clean.y, "255", verdict=demo_verdict, targets=[7], out=demo_bundle.model))
+        run_job(repair(demo_model, clean.x, clean.y, "255", RepairSettings(classes=(7,)), verdict=demo_verdict, out=demo_bundle.model))
 
 
 def test_repair_on_a_clean_verdict_says_there_is_nothing_to_unlearn(planted):

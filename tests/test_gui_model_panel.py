@@ -21,7 +21,9 @@ def test_load_demo_evaluate_and_show_results(qtbot, window, demo_settings, demo_
     assert panel.evaluate_button.isEnabled()
     qtbot.mouseClick(panel.evaluate_button, __import__("PySide6.QtCore", fromlist=["Qt"]).Qt.MouseButton.LeftButton)
     wait_idle(qtbot, window)
-    result = window.state.last_eval
+    from gui.state import Kind
+
+    result = window.state.results.value(Kind.EVALUATION)
     assert result is not None and result.attack_success_rate > 0.8
     assert f"{result.clean_accuracy:.2%}" in panel.results.text()
     assert panel.grid.count() > 0

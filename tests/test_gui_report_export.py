@@ -1,10 +1,8 @@
-"""File > Export report: the panels' last results end up in the HTML and JSON."""
+"""File > Export report: the results published on the session registry end up in the HTML and JSON."""
 
 from __future__ import annotations
 
 import json
-
-import numpy as np
 
 from conftest import wait_idle
 
@@ -14,19 +12,18 @@ def test_export_report_gathers_the_panels_results(window, qtbot, demo_bundle, de
     from core.jobs import run_job
     from core.pruning import sweep
     from core.strip import calibrate, scan
+    from gui.state import Kind
 
     clean_valid, _test, poisoned = demo_arrays
     window.state.set_model(demo_model)
     scan_source = open_data(demo_bundle.scan_dir)
     window.state.set_data("scan", scan_source)
-    window.panels["PrunePanel"].sweep_result = run_job(
-        sweep(demo_model, clean_valid.x, clean_valid.y, "255", x_poisoned=poisoned.x, y_poisoned=poisoned.y))
+    window.state.publish(Kind.SWEEP, run_job(
+        sweep(demo_model, clean_valid.x, clean_valid.y, "255", x_poisoned=poisoned.x, y_poisoned=poisoned.y)))
     profile = run_job(calibrate(demo_model, open_data(demo_bundle.clean_valid), 8, scale="255"))
     result = run_job(scan(demo_model, profile, scan_source, thumbnails=False))
-    strip_panel = window.panels["StripPanel"]
-    strip_panel.set_profile(profile)
-    strip_panel.model.append(result.rows, [np.zeros((28, 28, 3), np.uint8)] * len(result.rows))
-    strip_panel.scan_name = str(scan_source.path)
+    window.state.publish(Kind.STRIP_PROFILE, profile)
+    window.state.publish(Kind.SCAN, result, ["scan"])
 
     assert "&Export report…" in [a.text() for a in window.file_menu.actions()]
     out = tmp_path / "exported.html"

@@ -41,13 +41,13 @@ def test_deepid_default_layer_is_conv_3_not_the_branch_conv_4(csaw_model):
 
 
 def test_sweep_on_deepid_fixture_with_random_data(csaw_model):
-    from core.pruning import SweepPoint, sweep
+    from core.pruning import PruneSettings, SweepPoint, sweep
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (48, 55, 47, 3)).astype(np.float32)
     y = rng.integers(0, csaw_model.num_classes, 48)
     for layer, channels in (("conv_3", 60), ("conv_4", 80)):  # conv_4: a branch, needs the other branch cached
-        events, result = collect(sweep(csaw_model, x, y, "255", layer=layer, x_poisoned=x[:16], target=0))
+        events, result = collect(sweep(csaw_model, x, y, "255", PruneSettings(layer=layer), x_poisoned=x[:16], target=0))
         assert result.channels_total == channels and len(result.curve) == channels + 1
         assert sum(isinstance(e, SweepPoint) for e in events) == channels + 1
         # Everything pruned: compare the last point with the whole network run on a zeroed clone.
@@ -90,14 +90,14 @@ def test_stop_rule_is_largest_prune_within_budget(demo_sweep):
 
 def test_pruned_channels_exactly_zero_in_saved_file_and_input_untouched(demo_bundle, demo_model, demo_arrays, tmp_path):
     from core.models import file_sha256, load_model
-    from core.pruning import fine_prune, zero_channels
+    from core.pruning import PruneSettings, fine_prune, zero_channels
 
     valid, _test, poisoned = demo_arrays
     before = file_sha256(demo_bundle.model)
     weights_before = [w.copy() for w in demo_model.model.get_weights()]
     out = tmp_path / "repaired.keras"
-    _events, result = collect(fine_prune(demo_model, valid.x, valid.y, "255", x_poisoned=poisoned.x, target=TARGET,
-                                         count=12, epochs=1, out=out))
+    _events, result = collect(fine_prune(demo_model, valid.x, valid.y, "255", PruneSettings(count=12, epochs=1),
+                                         x_poisoned=poisoned.x, target=TARGET, out=out))
     assert file_sha256(demo_bundle.model) == before
     assert all(np.array_equal(a, b) for a, b in zip(weights_before, demo_model.model.get_weights()))
     saved = load_model(out)
@@ -108,23 +108,23 @@ def test_pruned_channels_exactly_zero_in_saved_file_and_input_untouched(demo_bun
 def test_h5_output_and_refuses_to_overwrite_input(demo_bundle, demo_model, demo_arrays, tmp_path):
     from core.errors import TrojanScopeError
     from core.models import load_model
-    from core.pruning import fine_prune, zero_channels
+    from core.pruning import PruneSettings, fine_prune, zero_channels
 
     valid = demo_arrays[0]
     with pytest.raises(TrojanScopeError):
-        collect(fine_prune(demo_model, valid.x, valid.y, "255", count=2, epochs=0, out=demo_bundle.model))
+        collect(fine_prune(demo_model, valid.x, valid.y, "255", PruneSettings(count=2, epochs=0), out=demo_bundle.model))
     out = tmp_path / "repaired.h5"
-    _e, result = collect(fine_prune(demo_model, valid.x[:200], valid.y[:200], "255", count=4, epochs=1, out=out))
+    _e, result = collect(fine_prune(demo_model, valid.x[:200], valid.y[:200], "255", PruneSettings(count=4, epochs=1), out=out))
     assert zero_channels(load_model(out).model, "conv_3") == result.pruned_channels
 
 
 @pytest.mark.parametrize("cancel_on", ["SweepPoint", "BatchLoss"])
 def test_cancel_leaves_no_output(demo_model, demo_arrays, tmp_path, cancel_on):
-    from core.pruning import fine_prune
+    from core.pruning import PruneSettings, fine_prune
 
     valid = demo_arrays[0]
     out = tmp_path / "never.keras"
-    job = fine_prune(demo_model, valid.x, valid.y, "255", count=4, epochs=2, out=out)
+    job = fine_prune(demo_model, valid.x, valid.y, "255", PruneSettings(count=4, epochs=2), out=out)
     seen = 0
     for event in job:
         if type(event).__name__ == cancel_on:
@@ -137,7 +137,7 @@ def test_cancel_leaves_no_output(demo_model, demo_arrays, tmp_path, cancel_on):
 
 
 def test_fine_tune_keeps_masks_and_does_not_modify_input(demo_model, demo_arrays):
-    from core.finetune import BatchLoss, EpochMetrics, fine_tune
+    from core.finetune import BatchLoss, EpochMetrics, FineTuneSettings, fine_tune
 
     valid, test, poisoned = demo_arrays
     kernel_before = demo_model.model.get_layer("conv_3").kernel.numpy().copy()
@@ -149,8 +149,8 @@ def test_fine_tune_keeps_masks_and_does_not_modify_input(demo_model, demo_arrays
         seen.append(len(xb))
         return xb, yb
 
-    events, result = collect(fine_tune(demo_model.model, valid.x[:256], valid.y[:256], "255", epochs=2, batch_size=64,
-                                       masks={"conv_3": mask}, augment=True, transform=transform,
+    events, result = collect(fine_tune(demo_model.model, valid.x[:256], valid.y[:256], "255",
+                                       FineTuneSettings(epochs=2, batch_size=64, augment=True), masks={"conv_3": mask}, transform=transform,
                                        eval_sets={"clean": (test.x, test.y, None), "asr": (poisoned.x, None, TARGET)}))
     assert np.array_equal(demo_model.model.get_layer("conv_3").kernel.numpy(), kernel_before)
     layer = result.model.get_layer("conv_3")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import tempfile
-from pathlib import Path
 
-import pytest
 
 
 def test_self_test_passes_end_to_end_and_cleans_up(tmp_path):
