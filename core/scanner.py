@@ -337,9 +337,8 @@ def save_profile(profile: ScanProfile, path: str | Path) -> Path:
     meta = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "method": profile.method, "frr": profile.frr,
             "confidence": profile.confidence, "notes": list(profile.notes), "detectors": metas}
     arrays["metadata"] = np.frombuffer(json.dumps(meta, allow_nan=False).encode("utf-8"), np.uint8)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 
