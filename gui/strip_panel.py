@@ -511,7 +511,7 @@ class StripPanel(QWidget):
         moved = "" if abs(self.threshold - p.threshold) < 1e-12 else " (moved)"
         side = "below" if p.tail == "low" else "above"
         lines = [
-            f"<b>{scanner.LABELS[current.method]}</b>: {SCORE_HEADER.get(p.method, 'score').lower()} {side} "
+            f"<b>{scanner.LABELS[current.method].capitalize()}</b>: {SCORE_HEADER.get(p.method, 'score').lower()} {side} "
             f"<b>{self.threshold:.4f}</b>{moved} is flagged as trojaned (label {p.num_classes})"
             + "".join(f"; {scanner.LABELS[k]} {'below' if d.tail == 'low' else 'above'} {d.threshold:.4f}"
                       for k, d in current.detectors.items() if k != p.method) + ".",
@@ -579,8 +579,8 @@ class StripPanel(QWidget):
 
         def finished(result: Any) -> None:
             self.window.status.setText(
-                f"{scanner.LABELS[profile.method]} scan of {Path(result.source).name}: {len(self.model.rows)} scanned, "
-                f"{int(self.model.flagged_mask().sum())} flagged, {len(result.skipped)} skipped"
+                f"{scanner.LABELS[profile.method]} scan of {Path(result.source).name}: {len(result.rows)} scanned, "
+                f"{result.flagged} flagged, {len(result.skipped)} skipped"
             )
 
         def ended(outcome: str) -> None:
