@@ -68,14 +68,22 @@ def cases_from_demo(folder: str) -> list[dict]:
              "clean_test": b.clean_test, "poisoned_test": b.poisoned_test}]
 
 
-def measure(case: dict, methods: list[str]) -> list[dict]:
+def subsample(arrays, limit: int | None):
+    """A seeded random subset of ``limit`` images (all when None): the same one for every method."""
+    if limit is None or len(arrays.x) <= limit:
+        return arrays
+    keep = np.sort(np.random.default_rng(12345).permutation(len(arrays.x))[:limit])
+    return type(arrays)(arrays.x[keep], None if arrays.y is None else arrays.y[keep], [arrays.sources[i] for i in keep] if arrays.sources else [], [])
+
+
+def measure(case: dict, methods: list[str], limit: int | None = None) -> list[dict]:
     """One row per method. Each detector scores the clean split, clean_test and poisoned_test once; a
     method's thresholds are then set on those clean scores exactly as ``scanner.calibrate`` sets them
     (same split, same seed: a single detector at ``frr``, combined at ``frr / 2`` each with Bonferroni
     confidence), so STRIP's 100-overlay scores are not recomputed for every method."""
     loaded = load_model(case["model"])
-    clean_test = load_arrays(open_data(case["clean_test"]), loaded.input_shape)
-    poisoned = load_arrays(open_data(case["poisoned_test"]), loaded.input_shape) if case["poisoned_test"] else None
+    clean_test = subsample(load_arrays(open_data(case["clean_test"]), loaded.input_shape), limit)
+    poisoned = subsample(load_arrays(open_data(case["poisoned_test"]), loaded.input_shape), limit) if case["poisoned_test"] else None
     detectors = sorted({d for m in methods for d in scanner.ScanSettings(method=m).detectors()}, key=scanner.DETECTORS.index)
     defaults = scanner.ScanSettings()
     seconds, scored = {}, {}
@@ -123,13 +131,14 @@ def main() -> int:
     parser.add_argument("--all", action="store_true", help="also clean, two-target and all-to-all models (FRR only / informative)")
     parser.add_argument("--methods", default=",".join(scanner.METHODS))
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--limit", type=int, help="measure on a seeded random subset of this many clean_test and poisoned_test images")
     args = parser.parse_args()
     cases = cases_from_zoo(args.names.split(",") if args.names else None, args.all) if args.zoo else cases_from_demo(args.demo)
     methods = args.methods.split(",")
     print(f"{'model':<22} {'attack':<13} {'method':<9} {'FRR test':>8} {'expected (95% interval)':>24} {'ASR before':>10} {'residual':>9} {'s':>6}  pass")
     rows, failures = [], []
     for case in cases:
-        for r in measure(case, methods):
+        for r in measure(case, methods, args.limit):
             method = r["method"]
             rows.append(r)
             ok = r["frr_clean_test"] <= 0.03 and (r["residual_asr"] is None or r["residual_asr"] <= 0.05)
