@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from core import scanner  # noqa: E402
 from core.calibration import conservative_threshold, estimate_at  # noqa: E402
-from core.data import load_arrays, open_data  # noqa: E402
+from core.data import Arrays, load_arrays, open_data  # noqa: E402
 from core.jobs import run_job  # noqa: E402
 from core.models import load_model  # noqa: E402
 
@@ -68,7 +68,7 @@ def cases_from_demo(folder: str) -> list[dict]:
              "clean_test": b.clean_test, "poisoned_test": b.poisoned_test}]
 
 
-def subsample(arrays, limit: int | None):
+def subsample(arrays: Arrays, limit: int | None) -> Arrays:
     """A seeded random subset of ``limit`` images (all when None): the same one for every method."""
     if limit is None or len(arrays.x) <= limit:
         return arrays

@@ -287,9 +287,16 @@ def classify(loaded: LoadedModel, profile: ScanProfile, x: np.ndarray, step: int
     return cat(labels, np.int64), {k: cat(v, np.float64) for k, v in scores.items()}, cat(preds, np.int64)
 
 
-def scan(loaded: LoadedModel, profile: ScanProfile, source: DataSource, step: int = 128, thumbnails: bool = True) -> Job[ScannerResult]:
-    """Stream ``source`` through every detector, yielding rows as they are ready; unreadable files are skipped."""
+def scan(loaded: LoadedModel, profile: ScanProfile, source: DataSource, step: Optional[int] = None, thumbnails: bool = True) -> Job[ScannerResult]:
+    """Stream ``source`` through every detector, yielding rows as they are ready; unreadable files are skipped.
+
+    ``step`` inputs per chunk; by default as many as one STRIP kernel call blends (about a second of work), else 256.
+    """
     import time
+
+    if step is None:
+        st = profile.detectors.get("strip")
+        step = max(1, strip.chunk_for(loaded.input_shape) // st.n_overlays) if st is not None else 256
 
     started = time.perf_counter()
     warnings = check_profile(loaded, profile)
