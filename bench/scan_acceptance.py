@@ -19,6 +19,7 @@ Everything is seeded; re-running prints the same numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from core import scanner  # noqa: E402
-from core.calibration import conservative_threshold, estimate_at  # noqa: E402
+from core.calibration import conservative_threshold  # noqa: E402
 from core.data import Arrays, load_arrays, open_data  # noqa: E402
 from core.jobs import run_job  # noqa: E402
 from core.models import load_model  # noqa: E402
@@ -77,45 +78,60 @@ def subsample(arrays: Arrays, limit: int | None) -> Arrays:
 
 
 def measure(case: dict, methods: list[str], limit: int | None = None) -> list[dict]:
-    """One row per method. Each detector scores the clean split, clean_test and poisoned_test once; a
-    method's thresholds are then set on those clean scores exactly as ``scanner.calibrate`` sets them
-    (same split, same seed: a single detector at ``frr``, combined at ``frr / 2`` each with Bonferroni
-    confidence), so STRIP's 100-overlay scores are not recomputed for every method."""
+    """One row per method, each exactly as ``scanner.calibrate`` + ``scanner.classify`` would give it.
+
+    STRIP's 100-overlay scores are computed once: the combined profile's STRIP detector scored the same
+    clean images (same seed, same split) that STRIP alone calibrates on, so STRIP alone is that
+    detector re-thresholded at the full FRR and confidence (what ``strip.profile_from`` does).
+    Every other detector is calibrated on its own, as its method would.
+    """
     loaded = load_model(case["model"])
     clean_test = subsample(load_arrays(open_data(case["clean_test"]), loaded.input_shape), limit)
     poisoned = subsample(load_arrays(open_data(case["poisoned_test"]), loaded.input_shape), limit) if case["poisoned_test"] else None
-    detectors = sorted({d for m in methods for d in scanner.ScanSettings(method=m).detectors()}, key=scanner.DETECTORS.index)
     defaults = scanner.ScanSettings()
-    seconds, scored = {}, {}
-    for name in detectors:
+    profiles, seconds = {}, {}
+    for method in methods:
+        if method == "strip":
+            continue
         started = time.perf_counter()
-        profile = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method=name)))
-        fn = profile.first.score_fn(loaded)
-        test_scores, test_probs = fn(clean_test.x)
-        p_scores, p_probs = fn(poisoned.x) if poisoned is not None else (None, None)
-        scored[name] = (profile.first, test_scores, p_scores, p_probs)
-        seconds[name] = time.perf_counter() - started
+        profiles[method] = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method=method)))
+        seconds[method] = time.perf_counter() - started
+    if "strip" in methods:
+        comb = profiles.get("combined") or run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method="combined")))
+        det = comb.detectors["strip"]
+        cal = conservative_threshold(det.scores, defaults.frr, defaults.confidence, "low")
+        alone = dataclasses.replace(det, threshold=cal.threshold, frr=defaults.frr, confidence=defaults.confidence)
+        profiles["strip"] = scanner.ScanProfile("strip", {"strip": alone}, defaults.frr, defaults.confidence)
+    cache: dict = {}  # (detector, threshold-free) scores of the held-out sets, computed once per detector profile
+
+    def scores(name: str, det: object, x: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+        k = (name, id(det.scores), key)
+        if k not in cache:
+            started = time.perf_counter()
+            cache[k] = det.score_fn(loaded)(x)
+            cache[(k, "s")] = time.perf_counter() - started
+        return cache[k]
+
     rows = []
     for method in methods:
-        names = scanner.ScanSettings(method=method).detectors()
-        d = len(names)
-        frr, conf = defaults.frr / d, 1 - (1 - defaults.confidence) / d
+        profile = profiles[method]
         flag_c = np.zeros(len(clean_test.x), bool)
         flag_p = None if poisoned is None else np.zeros(len(poisoned.x), bool)
-        clean_flags = []
-        for name in names:
-            det, t_scores, p_scores, _ = scored[name]
-            cal = conservative_threshold(det.scores, frr, conf, det.tail)
-            flag_c |= cal.flags(t_scores)
-            clean_flags.append(cal.flags(det.scores))
-            if flag_p is not None:
-                flag_p |= cal.flags(p_scores)
-        est = estimate_at(np.any(clean_flags, axis=0).astype(float), 0.5, "high", defaults.confidence)
+        pred = None
+        for name, det in profile.detectors.items():
+            s_c, _ = scores(name, det, clean_test.x, "clean")
+            flag_c |= scanner.is_flagged(s_c, det)
+            if poisoned is not None:
+                s_p, probs = scores(name, det, poisoned.x, "poisoned")
+                flag_p |= scanner.is_flagged(s_p, det)
+                pred = probs.argmax(axis=1)
+        est = profile.frr_estimate()
+        used = [v for k, v in cache.items() if isinstance(k[0], tuple) and k[0][0] in profile.detectors]
         row = {"model": case["name"], "attack": case["attack"], "method": method, "frr_clean_test": float(np.mean(flag_c)),
-               "frr_expected": est.expected, "frr_interval": [est.low, est.high], "asr_before": None, "residual_asr": None,
-               "seconds": round(sum(seconds[n] for n in names), 1)}
+               "n_clean_test": len(clean_test.x), "frr_expected": est.expected, "frr_interval": [est.low, est.high], "frr_bound": est.bound,
+               "asr_before": None, "residual_asr": None, "n_poisoned": None if poisoned is None else len(poisoned.x),
+               "seconds": round(seconds.get(method, seconds.get("combined", 0.0)) + sum(used), 1)}
         if poisoned is not None:
-            pred = scored[names[0]][3].argmax(axis=1)
             row["asr_before"] = float(np.mean(pred == poisoned.y))
             row["residual_asr"] = float(np.mean((pred == poisoned.y) & ~flag_p))
         rows.append(row)
