@@ -282,6 +282,7 @@ class StripPanel(QWidget):
         form.addRow("False rejection", self.frr_spin)
         form.addRow("Seed", self.seed_spin)
         form.addRow("STRIP blend weights", weights)
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
         buttons = QHBoxLayout()
         self.calibrate_button = QPushButton("Calibrate")
         self.calibrate_button.clicked.connect(lambda: self.calibrate())
@@ -323,6 +324,12 @@ class StripPanel(QWidget):
         info_row.addWidget(self.reset_button, 0, Qt.AlignmentFlag.AlignTop)
         column.addLayout(info_row)
         return host
+
+    def _method_changed(self) -> None:
+        """STRIP's own settings only matter when the method runs STRIP."""
+        uses_strip = self.method_combo.currentData() != "features"
+        for w in (self.overlays_spin, self.input_weight, self.overlay_weight):
+            w.setEnabled(uses_strip)
 
     def _weight_spin(self, value: float, tip: str) -> QDoubleSpinBox:
         spin = QDoubleSpinBox()
