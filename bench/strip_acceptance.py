@@ -46,7 +46,7 @@ def measure(
     args: argparse.Namespace,
 ) -> dict:
     started = time.perf_counter()
-    profile = run_job(strip.calibrate(loaded, open_data(bundle.clean_valid), args.overlays, args.frr, args.seed, weights, "255"))
+    profile = run_job(strip.calibrate(loaded, open_data(bundle.clean_valid), strip.StripSettings(args.overlays, args.frr, seed=args.seed, weights=weights), "255"))
     if not clip:  # emulate no clipping: a range no blend reaches
         profile = strip.StripProfile(**{**profile.__dict__, "pixel_max": 1e9})
         profile = _recalibrate_unclipped(loaded, bundle, profile, args)

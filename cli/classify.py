@@ -1,4 +1,4 @@
-"""``classify``: the guarded classifier -- the model's class, or N when STRIP flags the input."""
+"""``classify``: the guarded classifier -- the model's class, or N when the profile's scanner flags the input."""
 
 from __future__ import annotations
 
@@ -7,34 +7,33 @@ import sys
 from pathlib import Path
 
 from cli.common import add_model_arguments, add_output_arguments, drive, open_model, skipped_list
-from core import strip
+from core import scanner
 from core.data import FolderSource, open_data
 
 NAME = "classify"
-HELP = "print one class per image: the model's class in [0, N-1], or N when STRIP flags it as trojaned"
+HELP = "print one class per image: the model's class in [0, N-1], or N when the saved scanner (STRIP, SCALE-UP, TeCo, combined) flags it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--profile", required=True, help="STRIP profile saved by `strip --save-profile`")
-    parser.add_argument("--chunk", type=int, help="blended images per model call (memory bound)")
+    parser.add_argument("--profile", required=True, help="profile saved by `strip --save-profile` or `scan --save-profile` (its method is applied)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (a folder is searched recursively)")
     add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
-    profile = strip.load_profile(args.profile)
+    profile = scanner.load_profile(args.profile)
     files: list[Path] = []
     for item in args.images:
         path = Path(item)
         source = open_data(path) if path.is_dir() else None
         files.extend(source.files if isinstance(source, FolderSource) else [path])
     loaded = open_model(args)
-    for warning in strip.check_profile(loaded, profile):
+    for warning in scanner.check_profile(loaded, profile):
         print(warning, file=sys.stderr)
     source = FolderSource(Path("."), files, None, [])
     args.quiet = True if not args.json else args.quiet
-    result = drive(strip.scan(loaded, profile, source, args.chunk, thumbnails=False), args)
+    result = drive(scanner.scan(loaded, profile, source, thumbnails=False), args)
     by_index = {row.index: row for row in result.rows}
     reasons = {s.source: s.reason for s in result.skipped}
     if not args.json:

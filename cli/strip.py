@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
     parser.add_argument("--profile", help="use a saved profile instead of calibrating (no --clean needed)")
-    parser.add_argument("--frr", type=float, default=strip.DEFAULT_FRR, help="false rejection rate the threshold allows on clean inputs (default 0.01)")
+    parser.add_argument("--frr", type=float, default=strip.DEFAULT_FRR, help="false rejection rate allowed on clean inputs calibration never saw (default %(default)s)")
+    parser.add_argument("--confidence", type=float, default=strip.DEFAULT_CONFIDENCE,
+                        help="probability that the false rejection rate holds on unseen clean inputs (default %(default)s)")
     parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="clean images superimposed on each input (default 100)")
     parser.add_argument("--seed", type=int, default=strip.DEFAULT_SEED, help="seed for drawing the overlays (default 0)")
     parser.add_argument("--input-weight", type=float, default=strip.DEFAULT_INPUT_WEIGHT, help="weight of the scanned input in a blend (default %(default)s)")
@@ -46,10 +48,9 @@ def run(args: argparse.Namespace) -> dict:
         profile = strip.load_profile(args.profile)
     else:
         clean = open_data(args.clean)
-        weights = strip.BlendWeights(args.input_weight, args.overlay_weight)
-        profile = drive(
-            strip.calibrate(loaded, clean, args.overlays, args.frr, args.seed, weights, args.scale, args.max_clean, args.chunk), args
-        )
+        settings = strip.StripSettings(args.overlays, args.frr, args.confidence, args.seed,
+                                       strip.BlendWeights(args.input_weight, args.overlay_weight), args.max_clean, args.chunk)
+        profile = drive(strip.calibrate(loaded, clean, settings, args.scale), args)
         calibration_skipped = list(profile.skipped)
     for warning in strip.check_profile(loaded, profile):
         print(warning, file=sys.stderr)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
         "notes": list(profile.notes),
     }
     out["saved_profile"] = saved
-    say(args, f"threshold {profile.threshold:.4f} bits (normal fit at FRR {profile.frr:.2%}; empirical percentile {profile.empirical_threshold:.4f}), "
+    say(args, f"threshold {profile.threshold:.4f} bits for FRR {profile.frr:.2%}: {profile.frr_estimate().describe()}, "
               f"{profile.n_overlays} overlays, weights {profile.weights.input:g}/{profile.weights.overlay:g}, scale {profile.scale}")
     if target is not None:
         say(args, f"scanned {len(result.rows)}, flagged {result.flagged} (guarded label {profile.num_classes})")

@@ -154,7 +154,7 @@ def quick_findings(
     from core.data import load_arrays
     from core.evaluate import evaluate
     from core.pruning import PruneSettings, repair, sweep
-    from core.strip import calibrate, scan
+    from core.strip import StripSettings, calibrate, scan
 
     findings = Findings(summary=loaded.summary)
     yield Progress(0.0, "Evaluating")
@@ -174,7 +174,7 @@ def quick_findings(
         result.model = None  # the report does not save the repaired model; free it
         findings.prune = result
 
-    findings.profile = yield from rescaled(calibrate(loaded, clean, overlays, seed=seed, scale=scale), 0.55, 0.7)
+    findings.profile = yield from rescaled(calibrate(loaded, clean, StripSettings(overlays, seed=seed), scale=scale), 0.55, 0.7)
     target_source = scan_source if scan_source is not None else poisoned
     if target_source is not None:
         findings.scan = yield from rescaled(scan(loaded, findings.profile, target_source, thumbnails=False), 0.7, 0.85)

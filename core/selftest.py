@@ -173,9 +173,9 @@ def _prune(ctx: _Context) -> Job[str]:
 
 def _calibrate(ctx: _Context) -> Job[str]:
     from core.data import open_data
-    from core.strip import calibrate
+    from core.strip import StripSettings, calibrate
 
-    profile = yield from calibrate(ctx.loaded, open_data(ctx.bundle.clean_valid), STRIP_OVERLAYS, STRIP_FRR, 0, scale="255", max_clean=200)
+    profile = yield from calibrate(ctx.loaded, open_data(ctx.bundle.clean_valid), StripSettings(STRIP_OVERLAYS, STRIP_FRR, seed=0, max_clean=200), scale="255")
     ctx.profile = profile
     top = math.log2(ctx.loaded.num_classes)
     _check(math.isfinite(profile.threshold), f"threshold {profile.threshold} is not finite")

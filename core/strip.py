@@ -9,11 +9,13 @@ blends is therefore abnormally *low* for trojaned inputs.
 The story of this module, top-down:
 
 1. :func:`calibrate` draws N clean overlay images (seeded), measures the mean
-   per-blend entropy of other clean images, fits a normal distribution
-   (``scipy.stats.norm.fit``) and puts the threshold at its ``frr`` quantile
-   (``norm.ppf``): the expected false rejection rate. The empirical percentile
-   is kept beside it, because entropies are bounded below by 0 and need not be
-   normal.
+   per-blend entropy of other clean images and puts the threshold at the
+   order statistic whose false-rejection rate on *unseen* clean inputs is <=
+   ``frr`` with 95% confidence (:mod:`core.calibration`; distribution-free).
+   The paper's normal fit (``scipy.stats.norm.fit`` and its ``frr`` quantile)
+   is kept beside it for comparison only: entropies are bounded below by 0 and
+   skewed, and on held-out clean data the fit's "1%" measured 2.3-3.1%
+   (issue 11).
 2. :func:`scan` streams any :class:`~core.data.DataSource`, yielding partial
    table rows (:class:`ScanRows`) as it goes, and flags every input whose
    entropy is below the threshold. The guarded label is the model's class, or
@@ -45,10 +47,12 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from core import safety
+from core.calibration import DEFAULT_CONFIDENCE, FrrEstimate, conservative_threshold, estimate_at
+from core.clean_split import draw_clean_split, pixel_max_of  # noqa: F401  (pixel_max_of: re-exported)
 from core.data import DataSource, Skipped
 from core.errors import DataError
 from core.inference import scale_factor
-from core.jobs import Job, Progress
+from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel
 from core.tf_env import tf as _tf
 
@@ -65,7 +69,7 @@ DEFAULT_CHUNK_BYTES = 24 << 20
 MIN_CHUNK, MAX_CHUNK = 256, 4096
 THUMB_SIDE = 64  # thumbnails larger inputs are shrunk to (GUI table)
 PROFILE_FORMAT = "trojanscope-strip-profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: order-statistic threshold and confidence; 1 (normal fit) still loads
 MAX_PROFILE_BYTES = 1 << 30
 MAX_METADATA_BYTES = 1 << 20
 LN2 = math.log(2.0)
@@ -102,9 +106,17 @@ class BlendWeights:
         return {"input": float(self.input), "overlay": float(self.overlay)}
 
 
-def pixel_max_of(images: np.ndarray) -> float:
-    """255 for images stored as 0..255, 1 for images stored as 0..1."""
-    return 255.0 if float(np.max(images, initial=0.0)) > 1.5 else 1.0
+@dataclass(frozen=True)
+class StripSettings:
+    """Every knob of a STRIP calibration, with the defaults the acceptance was measured at."""
+
+    n_overlays: int = DEFAULT_OVERLAYS
+    frr: float = DEFAULT_FRR  # false-rejection rate allowed on unseen clean inputs
+    confidence: float = DEFAULT_CONFIDENCE  # probability that the rate holds
+    seed: int = DEFAULT_SEED
+    weights: BlendWeights = BlendWeights()
+    max_clean: int = DEFAULT_MAX_CLEAN
+    chunk: Optional[int] = None  # blended images per model call; None: from the input size
 
 
 def chunk_for(input_shape: Sequence[int], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -186,9 +198,9 @@ class StripProfile:
     weights: BlendWeights
     scale: str
     pixel_max: float
-    threshold: float  # normal-fit threshold at ``frr``: entropy below it is flagged
-    frr: float
-    fit_mean: float
+    threshold: float  # entropy below it is flagged (order statistic, see core.calibration)
+    frr: float  # the rate it was calibrated for (or, after a drag, its upper bound)
+    fit_mean: float  # the paper's normal fit, for comparison only
     fit_std: float
     empirical_threshold: float  # the ``frr`` percentile of the clean entropies
     clean_entropies: np.ndarray  # what the threshold was fitted on (GUI histogram)
@@ -198,10 +210,35 @@ class StripProfile:
     seed: int
     notes: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)  # calibration's unreadable files (reports only, not saved)
+    confidence: float = DEFAULT_CONFIDENCE
+
+    method = "strip"
+    tail = "low"  # low entropy is suspicious
 
     @property
     def n_overlays(self) -> int:
         return int(len(self.overlays))
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The clean calibration scores (entropies), as every scanner profile names them."""
+        return self.clean_entropies
+
+    def score_fn(self, loaded: LoadedModel, chunk: Optional[int] = None) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """(entropies, probabilities) of any number of inputs, blended in memory-bounded chunks."""
+        kernel = StripKernel(loaded, self.overlays, self.weights, self.scale, self.pixel_max)
+        step = max(1, (chunk or chunk_for(loaded.input_shape)) // self.n_overlays)
+
+        def score(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            parts = [kernel(x[i : i + step]) for i in range(0, len(x), step)] or [kernel(x[:0])]
+            return np.concatenate([e for e, _ in parts]), np.concatenate([p for _, p in parts])
+
+        return score
+
+    def frr_estimate(self, threshold: Optional[float] = None) -> FrrEstimate:
+        """Expected false-rejection rate of ``threshold`` (default: the profile's), interval and bound."""
+        t = self.threshold if threshold is None else float(threshold)
+        return estimate_at(self.clean_entropies, t, "low", self.confidence)
 
     def expected_frr(self, threshold: float) -> tuple[float, float]:
         """(normal-fit, empirical) false rejection rate of clean inputs at ``threshold``."""
@@ -215,7 +252,7 @@ class StripProfile:
         """A copy using another threshold (the GUI's draggable line), FRR updated to match."""
         import dataclasses
 
-        return dataclasses.replace(self, threshold=float(threshold), frr=self.expected_frr(threshold)[0])
+        return dataclasses.replace(self, threshold=float(threshold), frr=self.frr_estimate(threshold).bound)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -225,8 +262,11 @@ class StripProfile:
             "weights": self.weights.as_dict(),
             "scale": self.scale,
             "pixel_max": self.pixel_max,
+            "method": self.method,
             "threshold": self.threshold,
             "frr": self.frr,
+            "confidence": self.confidence,
+            "frr_estimate": self.frr_estimate().as_dict(),
             "fit_mean": self.fit_mean,
             "fit_std": self.fit_std,
             "empirical_threshold": self.empirical_threshold,
@@ -238,22 +278,19 @@ class StripProfile:
         }
 
 
-def fit_threshold(entropies: np.ndarray, frr: float) -> tuple[float, float, float, float]:
+def fit_threshold(entropies: np.ndarray, frr: float, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float, float, float]:
     """(threshold, mean, std, empirical) for clean ``entropies`` at false rejection ``frr``.
 
-    The normal fit is the paper's choice; it extrapolates beyond the few
-    clean samples in a 1% tail, while the empirical percentile shows how far
-    the fit is from the data.
+    The threshold is :func:`core.calibration.conservative_threshold`'s order
+    statistic; the normal fit (the paper's choice) and the plain empirical
+    percentile are returned beside it so the GUI and reports can show how far
+    apart they are.
     """
     from scipy.stats import norm
 
-    if not 0.0 < frr < 0.5:
-        raise DataError(f"false rejection rate must be between 0 and 0.5; received {frr}")
     e = np.asarray(entropies, np.float64)
-    if len(e) < 2:
-        raise DataError(f"calibration needs at least 2 clean entropies; received {len(e)}")
+    threshold = conservative_threshold(e, frr, confidence, "low").threshold
     mean, std = norm.fit(e)
-    threshold = float(norm.ppf(frr, mean, std)) if std > 0 else float(mean)
     empirical = float(np.percentile(e, 100.0 * frr))
     return threshold, float(mean), float(std), empirical
 
@@ -309,17 +346,18 @@ def load_profile(path: str | Path) -> StripProfile:
         meta = json.loads(meta_raw.tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: profile metadata is not valid JSON ({exc})") from None
-    return _profile_from(meta, overlays, clean, path)
+    return profile_from_saved(meta, overlays, clean, path)
 
 
-def _profile_from(meta: Any, overlays: np.ndarray, clean: np.ndarray, path: Path) -> StripProfile:
+def profile_from_saved(meta: Any, overlays: np.ndarray, clean: np.ndarray, path: Path) -> StripProfile:
+    """A profile from saved metadata and arrays, every field checked (also used inside scan profiles)."""
     def bad(what: str) -> DataError:
         return DataError(f"{path}: {what} (not a STRIP profile saved by this version of TrojanScope?)")
 
     if not isinstance(meta, dict) or meta.get("format") != PROFILE_FORMAT:
         raise bad("missing the STRIP profile marker")
-    if meta.get("version") != PROFILE_VERSION:
-        raise bad(f"profile version {meta.get('version')!r}, expected {PROFILE_VERSION}")
+    if meta.get("version") not in (1, PROFILE_VERSION):
+        raise bad(f"profile version {meta.get('version')!r}, expected 1 or {PROFILE_VERSION}")
 
     def number(key: str) -> float:
         value = meta.get(key)
@@ -350,6 +388,12 @@ def _profile_from(meta: Any, overlays: np.ndarray, clean: np.ndarray, path: Path
     if not isinstance(num_classes, int) or num_classes < 2:
         raise bad(f"'num_classes' must be an integer >= 2; found {num_classes!r}")
     notes = meta.get("notes", [])
+    notes = [str(x) for x in notes] if isinstance(notes, list) else []
+    if meta.get("version") == 1:
+        notes.append("profile saved by an older TrojanScope: its threshold is a normal fit, not the conservative order statistic")
+    confidence = number("confidence") if "confidence" in meta else DEFAULT_CONFIDENCE
+    if not 0.5 <= confidence < 1.0:
+        raise bad(f"'confidence' must be in [0.5, 1); found {confidence}")
     return StripProfile(
         overlays=overlays.astype(np.float32),
         weights=BlendWeights(float(_finite(weights.get("input"), bad)), float(_finite(weights.get("overlay"), bad))),
@@ -365,7 +409,8 @@ def _profile_from(meta: Any, overlays: np.ndarray, clean: np.ndarray, path: Path
         num_classes=num_classes,
         input_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
         seed=int(number("seed")),
-        notes=[str(x) for x in notes] if isinstance(notes, list) else [],
+        notes=notes,
+        confidence=confidence,
     )
 
 
@@ -401,97 +446,70 @@ def check_profile(loaded: LoadedModel, profile: StripProfile) -> list[str]:
 
 
 def calibrate(
-    loaded: LoadedModel,
-    clean: DataSource,
-    n_overlays: int = DEFAULT_OVERLAYS,
-    frr: float = DEFAULT_FRR,
-    seed: int = DEFAULT_SEED,
-    weights: BlendWeights = BlendWeights(),
-    scale: str = "auto",
-    max_clean: int = DEFAULT_MAX_CLEAN,
-    chunk: Optional[int] = None,
+    loaded: LoadedModel, clean: DataSource, settings: StripSettings = StripSettings(), scale: str = "auto"
 ) -> Job[StripProfile]:
     """Draw N overlays from clean data and set the threshold from the other clean images.
 
-    One seeded permutation of the clean set decides everything: its first N
-    readable images are the overlays, the next ``max_clean`` are calibrated
-    on, so overlays never blend with themselves and a set sorted by class is
-    still sampled evenly. Memory holds at most N + ``max_clean`` (+N spare for
-    unreadable files) images.
+    The split is :func:`core.clean_split.draw_clean_split` (the same one every
+    scanner uses); the threshold is :func:`fit_threshold`'s order statistic.
     """
-    if n_overlays < 1:
-        raise DataError(f"the number of overlays must be at least 1; received {n_overlays}")
-    if not 0.0 < frr < 0.5:
-        raise DataError(f"false rejection rate must be between 0 and 0.5; received {frr}")
-    from core.evaluate import choose_scale
+    _check_settings(settings)
+    split = yield from rescaled(draw_clean_split(loaded, clean, settings.n_overlays, settings.max_clean, settings.seed, scale), 0.0, 0.2)
+    entropies = yield from rescaled(clean_entropies_of(loaded, split.overlays, split.calibration, settings, split.scale, split.pixel_max), 0.2, 1.0)
+    profile = profile_from(loaded, split, entropies, settings)
+    yield Progress(1.0, f"Calibrated: threshold {profile.threshold:.4f} bits, {profile.frr_estimate().describe()}")
+    return profile
 
-    yield Progress(None, "Choosing the input scale")
-    scale, scale_note = choose_scale(loaded, clean, scale)
-    shape = loaded.input_shape
-    rng = np.random.default_rng(seed)
-    rank = np.empty(clean.count, np.int64)
-    rank[rng.permutation(clean.count)] = np.arange(clean.count)
-    keep_below = n_overlays + max_clean + n_overlays  # spare ranks absorb unreadable files
 
-    kept_x, kept_rank, skipped = [], [], []
-    seen = 0
-    for batch in clean.batches(shape, 256):
-        skipped.extend(batch.skipped)
-        if len(batch.x):
-            mask = rank[batch.indices] < keep_below
-            kept_x.append(batch.x[mask])
-            kept_rank.append(rank[batch.indices][mask])
-        seen += len(batch.x) + len(batch.skipped)
-        yield Progress(0.2 * seen / max(clean.count, 1), f"Reading clean images: {seen}/{clean.count}")
-    if not kept_x or sum(len(r) for r in kept_rank) == 0:
-        raise DataError(f"{clean.path}: none of its {clean.count} items could be read")
-    x = np.concatenate(kept_x)
-    order = np.argsort(np.concatenate(kept_rank), kind="stable")
-    x = x[order]
-    notes = [scale_note]
-    if len(x) < n_overlays + 2:
-        raise DataError(
-            f"{clean.path}: STRIP needs more than {n_overlays} readable clean images for {n_overlays} overlays "
-            f"(found {len(x)}): lower the number of overlays"
-        )
-    overlays = np.ascontiguousarray(x[:n_overlays])
-    calib = x[n_overlays : n_overlays + max_clean]
-    if len(calib) < 20:
-        calib = x[: n_overlays + max_clean]
-        notes.append(f"only {len(x)} clean images: calibrated on all of them, overlays included")
-    pixel_max = pixel_max_of(x)
-    kernel = StripKernel(loaded, overlays, weights, scale, pixel_max)
-    step = max(1, (chunk or chunk_for(shape)) // n_overlays)
+def _check_settings(settings: StripSettings) -> None:
+    if settings.n_overlays < 1:
+        raise DataError(f"the number of overlays must be at least 1; received {settings.n_overlays}")
+    if not 0.0 < settings.frr < 0.5:
+        raise DataError(f"false rejection rate must be between 0 and 0.5; received {settings.frr}")
+
+
+def clean_entropies_of(
+    loaded: LoadedModel, overlays: np.ndarray, calib: np.ndarray, settings: StripSettings, scale: str, pixel_max: float
+) -> Job[np.ndarray]:
+    """Mean blend entropy of each calibration image, in chunks, with progress."""
+    kernel = StripKernel(loaded, overlays, settings.weights, scale, pixel_max)
+    n = len(overlays)
+    step = max(1, (settings.chunk or chunk_for(loaded.input_shape)) // n)
     entropies = []
     for start in range(0, len(calib), step):
         e, _ = kernel(calib[start : start + step])
         entropies.append(e)
         done = min(start + step, len(calib))
-        yield Progress(0.2 + 0.8 * done / len(calib), f"Calibrating: {done}/{len(calib)} clean images x {n_overlays} overlays")
-    clean_entropies = np.concatenate(entropies)
-    threshold, mean, std, empirical = fit_threshold(clean_entropies, frr)
-    if skipped:
-        notes.append(f"{len(skipped)} clean file(s) skipped")
-    profile = StripProfile(
-        overlays=overlays.astype(np.float32),
-        weights=weights,
-        scale=scale,
-        pixel_max=pixel_max,
+        yield Progress(done / len(calib), f"Calibrating STRIP: {done}/{len(calib)} clean images x {n} overlays")
+    return np.concatenate(entropies) if entropies else np.zeros(0)
+
+
+def profile_from(loaded: LoadedModel, split: Any, entropies: np.ndarray, settings: StripSettings, frr: Optional[float] = None,
+                 confidence: Optional[float] = None) -> StripProfile:
+    """The profile for ``entropies`` of a :class:`~core.clean_split.CleanSplit` (``frr``/``confidence`` override the settings')."""
+    frr = settings.frr if frr is None else frr
+    confidence = settings.confidence if confidence is None else confidence
+    threshold, mean, std, empirical = fit_threshold(entropies, frr, confidence)
+    note = conservative_threshold(entropies, frr, confidence, "low").note
+    return StripProfile(
+        overlays=split.overlays.astype(np.float32),
+        weights=settings.weights,
+        scale=split.scale,
+        pixel_max=split.pixel_max,
         threshold=threshold,
         frr=float(frr),
         fit_mean=mean,
         fit_std=std,
         empirical_threshold=empirical,
-        clean_entropies=clean_entropies,
+        clean_entropies=np.asarray(entropies, np.float64),
         model_sha256=loaded.summary.sha256,
         num_classes=loaded.num_classes,
-        input_shape=tuple(shape),
-        seed=int(seed),
-        notes=notes,
-        skipped=skipped,
+        input_shape=tuple(loaded.input_shape),
+        seed=int(settings.seed),
+        notes=list(split.notes) + ([note] if note else []),
+        skipped=list(split.skipped),
+        confidence=float(confidence),
     )
-    yield Progress(1.0, f"Calibrated: threshold {threshold:.4f} bits at FRR {frr:.2%} (empirical {empirical:.4f})")
-    return profile
 
 
 # --------------------------------------------------------------------- scan
@@ -555,6 +573,9 @@ class ScanResult:
             "flagged": self.flagged,
             "results": [r.as_dict() for r in self.rows],
             "skipped": [s.as_dict() for s in self.skipped],
+            "method": "strip",
+            "confidence": p.confidence,
+            "frr_estimate": p.frr_estimate().as_dict(),
             "empirical_threshold": p.empirical_threshold,
             "normal_fit": {"mean": p.fit_mean, "std": p.fit_std},
             "weights": p.weights.as_dict(),
@@ -683,6 +704,7 @@ __all__ = [
     "ScanRows",
     "StripProfile",
     "StripRow",
+    "StripSettings",
     "blend_loop_entropy",
     "calibrate",
     "check_profile",

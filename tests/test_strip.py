@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import binom
 
 from core import strip
 from core.data import ArraySource, open_data, write_png
@@ -19,7 +19,7 @@ N = 16  # overlays in tests: fast, and enough to separate the demo's triggered i
 
 @pytest.fixture(scope="module")
 def profile(demo_model, demo_bundle):
-    return run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), n_overlays=N, seed=0, scale="255", max_clean=300))
+    return run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), strip.StripSettings(n_overlays=N, seed=0, max_clean=300), scale="255"))
 
 
 def test_entropy_of_one_hot_is_zero_uniform_is_log2_k_and_a_hand_case():
@@ -46,23 +46,33 @@ def test_kernel_gives_log2_k_for_a_model_that_always_says_uniform():
     assert probs.shape == (3, 7)
 
 
-def test_threshold_is_the_normal_fit_quantile_beside_the_empirical_percentile():
+def test_threshold_is_the_conservative_order_statistic_beside_the_normal_fit_and_percentile():
     e = np.random.default_rng(1).normal(0.6, 0.15, 500)
     threshold, mean, std, empirical = strip.fit_threshold(e, 0.01)
     assert mean == pytest.approx(e.mean()) and std == pytest.approx(e.std(ddof=0))  # MLE, as norm.fit
-    assert threshold == pytest.approx(norm.ppf(0.01, *norm.fit(e)))
-    assert threshold == pytest.approx(e.mean() - 2.3263478740408408 * e.std())  # z(0.01), by hand
     assert empirical == pytest.approx(np.percentile(e, 1))
+    # 500 scores, 1% at 95%: the largest k with P(Binomial(500, 0.01) >= k) >= 0.95 is 2 (by hand: P(>=2) = 0.96, P(>=3) = 0.88)
+    assert 1 - binom.cdf(1, 500, 0.01) >= 0.95 > 1 - binom.cdf(2, 500, 0.01)
+    assert threshold == np.sort(e)[1]
     with pytest.raises(DataError):
         strip.fit_threshold(e, 0.7)
 
 
+def test_profile_reports_its_frr_with_an_interval_and_drag_updates_the_bound(profile):
+    est = profile.frr_estimate()
+    m = int(np.sum(profile.clean_entropies < profile.threshold))
+    assert est.flagged_in_calibration == m and est.n == len(profile.clean_entropies)
+    assert est.low <= est.expected <= est.high and est.expected <= est.bound
+    higher = profile.with_threshold(float(np.quantile(profile.clean_entropies, 0.2)))
+    assert higher.frr == pytest.approx(higher.frr_estimate().bound) and higher.frr > 0.15
+
+
 def test_same_seed_same_results_other_seed_other_overlays(demo_model, demo_bundle, profile):
-    again = run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), n_overlays=N, seed=0, scale="255", max_clean=300))
+    again = run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), strip.StripSettings(n_overlays=N, seed=0, max_clean=300), scale="255"))
     np.testing.assert_array_equal(again.overlays, profile.overlays)
     np.testing.assert_array_equal(again.clean_entropies, profile.clean_entropies)
     assert again.threshold == profile.threshold
-    other = run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), n_overlays=N, seed=1, scale="255", max_clean=300))
+    other = run_job(strip.calibrate(demo_model, open_data(demo_bundle.clean_valid), strip.StripSettings(n_overlays=N, seed=1, max_clean=300), scale="255"))
     assert not np.array_equal(other.overlays, profile.overlays)
 
 
@@ -136,15 +146,15 @@ def test_cancel_mid_scan_stops_with_partial_rows(demo_model, demo_arrays, profil
 
 def test_demo_triggered_inputs_are_flagged_clean_ones_mostly_accepted(demo_model, demo_arrays, demo_bundle):
     clean_valid, clean_test, poisoned = demo_arrays
-    profile = run_job(strip.calibrate(demo_model, ArraySource(clean_valid.x, clean_valid.y), n_overlays=32, scale="255"))
+    profile = run_job(strip.calibrate(demo_model, ArraySource(clean_valid.x, clean_valid.y), strip.StripSettings(n_overlays=32, frr=0.03), scale="255"))
     labels_c, _, _ = strip.classify(demo_model, profile, clean_test.x[:300])
     labels_p, _, pred_p = strip.classify(demo_model, profile, poisoned.x[:300])
     n, target = demo_model.num_classes, demo_bundle.info["target"]
     print(f"FRR {np.mean(labels_c == n):.3f} flagged {np.mean(labels_p == n):.3f} "
           f"ASR before {np.mean(pred_p == target):.3f} after {np.mean(labels_p == target):.3f}")
-    assert np.mean(labels_c == n) <= 0.05  # false rejection near the 1% asked for
+    assert np.mean(labels_c == n) <= 0.05  # false rejection at most the 3% asked for, give or take the 300-image sample
     # the small, briefly trained test BadNet with 32 overlays; the full demo does better (bench/strip_acceptance.py)
-    assert np.mean(labels_p == target) <= 0.25 * np.mean(pred_p == target)  # measured: 0.90 -> 0.14
+    assert np.mean(labels_p == target) <= 0.25 * np.mean(pred_p == target)  # measured at FRR 3%: 0.90 -> 0.07
 
 
 def test_cli_strip_json_and_classify_lines(capsys, demo_bundle, tmp_path):
@@ -182,3 +192,22 @@ def test_cli_strip_needs_clean_or_profile(capsys, demo_bundle):
     code = cli.main(["strip", "--model", str(demo_bundle.model), "--scan", str(demo_bundle.scan_dir), "--json"])
     _, err = capsys.readouterr()
     assert code == 2 and "--clean" in err
+
+
+def test_old_version_1_profiles_still_load_with_their_threshold_and_a_note(profile, tmp_path):
+    import io
+    import zipfile
+
+    path = strip.save_profile(profile, tmp_path / "v2.npz")
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["metadata"].tobytes())
+    for key in ("confidence", "frr_estimate", "method"):
+        meta.pop(key)
+    meta.update(version=1, threshold=0.123)
+    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    old = tmp_path / "v1.npz"
+    np.savez_compressed(old, **arrays)
+    back = strip.load_profile(old)
+    assert back.threshold == 0.123 and back.confidence == 0.95 and "older" in back.notes[-1]
+    assert zipfile.is_zipfile(io.BytesIO(old.read_bytes()))

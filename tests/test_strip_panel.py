@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import strip
+from core import scanner, strip
 from core.jobs import Progress
 from tests.conftest import wait_idle
 
@@ -26,11 +26,14 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     wait_idle(qtbot, window)
     panel = window.panels["StripPanel"]
     panel.overlays_spin.setValue(16)
+    assert panel.method_combo.currentData() == "combined"  # the default: STRIP + feature space
     assert panel.calibrate_button.isEnabled() and not panel.scan_loaded_button.isEnabled()
     panel.calibrate_button.click()
     wait_idle(qtbot, window)
     assert panel.profile is not None and panel.line.isVisible()
-    assert "Expected false rejection" in panel.info.text()
+    assert list(panel.scan_profile.detectors) == ["strip", "features"]
+    est = panel.scan_profile.frr_estimate()
+    assert "Expected false rejection here" in panel.info.text() and f"95% interval {est.low:.2%}–{est.high:.2%}" in panel.info.text()
 
     panel.scan_loaded_button.click()
     wait_idle(qtbot, window)
@@ -48,7 +51,7 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     # Dragging the line (here: moving it) updates verdicts, counts and the expected FRR live.
     panel.line.setValue(10.0)
     qtbot.waitUntil(lambda: f"{len(manifest)} flagged" in panel.counts.text(), timeout=2000)
-    assert "100.00%</b> (normal fit)" in panel.info.text()
+    assert "Expected false rejection here: 99." in panel.info.text()  # every clean calibration image below the line
     panel.reset_threshold()
     panel.only_flagged.setChecked(True)
     assert panel.proxy.rowCount() == int(panel.model.flagged_mask().sum()) == len(flagged)
@@ -76,7 +79,21 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     saved = []
     assert panel.save_profile(str(tmp_path / "p.npz"), then=saved.append)  # on the worker thread
     wait_idle(qtbot, window)
-    assert strip.load_profile(saved[0]).threshold == panel.threshold
+    back = scanner.load_profile(saved[0])
+    assert back.method == "combined" and back.first.threshold == panel.threshold
+
+
+def test_strip_only_method_calibrates_a_strip_profile(qtbot, window, demo_settings):
+    window.demo_settings = demo_settings
+    window.load_demo()
+    wait_idle(qtbot, window)
+    panel = window.panels["StripPanel"]
+    panel.overlays_spin.setValue(8)
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("strip"))
+    panel.calibrate_button.click()
+    wait_idle(qtbot, window)
+    assert isinstance(panel.profile, strip.StripProfile) and panel.scan_profile.method == "strip"
+    assert panel.model.HEADERS[2] == "Entropy"
 
 
 def _fake_profile() -> strip.StripProfile:

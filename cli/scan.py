@@ -1,0 +1,79 @@
+"""``scan``: input-level scanning with STRIP, SCALE-UP, TeCo, or combined (flag if any flags)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, say, skipped_list
+from core import scaleup, scanner, strip
+from core.atomic import refuse_overwriting
+from core.data import open_data
+from core.errors import DataError
+
+NAME = "scan"
+HELP = "flag trojaned inputs with STRIP, the feature-space detector, or both combined (SCALE-UP and TeCo for comparison); FRR calibrated to hold on unseen clean data"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--method", choices=scanner.METHODS, default=scanner.DEFAULT_METHOD,
+                        help=f"detector(s): combined = {' + '.join(scanner.COMBINED)}, flagged if either flags (default %(default)s); "
+                             "scaleup and teco were measured weak on MNIST (docs/scan.md)")
+    parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
+    parser.add_argument("--profile", help="use a saved profile (any method) instead of calibrating")
+    parser.add_argument("--frr", type=float, default=scanner.DEFAULT_FRR,
+                        help="false rejection rate allowed on clean inputs calibration never saw (default %(default)s)")
+    parser.add_argument("--confidence", type=float, default=scanner.DEFAULT_CONFIDENCE,
+                        help="probability that the false rejection rate holds (default %(default)s)")
+    parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="STRIP: clean images superimposed on each input (default %(default)s)")
+    parser.add_argument("--factors", type=float, nargs="+", default=list(scaleup.DEFAULT_FACTORS),
+                        help="SCALE-UP: pixel amplification factors (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=strip.DEFAULT_SEED, help="seed of the clean split and overlays (default 0)")
+    parser.add_argument("--max-clean", type=int, default=strip.DEFAULT_MAX_CLEAN, help="clean images to calibrate on at most (default %(default)s)")
+    parser.add_argument("--scan", help="data to scan: a folder of images (recursive), HDF5 or .npz")
+    parser.add_argument("--save-profile", metavar="PROF", help="save the calibration (method, thresholds, model hash) to PROF (.npz)")
+    add_scale_argument(parser)
+    add_output_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if not args.scan and not args.save_profile:
+        raise DataError("nothing to do: give --scan TARGET, --save-profile PROF, or both")
+    if not args.clean and not args.profile:
+        raise DataError("give --clean DATA to calibrate on, or --profile PROF saved earlier")
+    if args.save_profile:
+        refuse_overwriting(args.save_profile, args.model, args.clean, args.scan, args.profile)
+    target = open_data(args.scan) if args.scan else None
+    loaded = open_model(args)
+    if args.profile:
+        profile = scanner.load_profile(args.profile)
+    else:
+        settings = scanner.ScanSettings(
+            method=args.method, frr=args.frr, confidence=args.confidence, seed=args.seed, max_clean=args.max_clean,
+            strip=strip.StripSettings(n_overlays=args.overlays, seed=args.seed, max_clean=args.max_clean),
+            scaleup=scaleup.ScaleUpSettings(factors=tuple(args.factors), seed=args.seed, max_clean=args.max_clean),
+        )
+        profile = drive(scanner.calibrate(loaded, open_data(args.clean), settings, args.scale), args)
+    for warning in scanner.check_profile(loaded, profile):
+        print(warning, file=sys.stderr)
+    saved = str(scanner.save_profile(profile, args.save_profile)) if args.save_profile else None
+    if target is not None:
+        result = drive(scanner.scan(loaded, profile, target, thumbnails=False), args)
+    else:
+        result = scanner.ScannerResult(profile, [], [], scanner.check_profile(loaded, profile))
+    out = result.as_dict()
+    out["skipped"] = skipped_list(result.skipped) + skipped_list(profile.skipped)
+    out["calibration"] = {"n_clean": int(len(profile.first.scores)), "skipped": skipped_list(profile.skipped), "notes": list(profile.notes)}
+    out["saved_profile"] = saved
+    say(args, f"{scanner.LABELS[profile.method]}: thresholds {profile.thresholds()} for FRR {profile.frr:.2%}; {profile.frr_estimate().describe()}")
+    if target is not None:
+        say(args, f"scanned {len(result.rows)}, flagged {result.flagged} (guarded label {profile.num_classes})")
+        for row in result.rows:
+            scores = " ".join(f"{k}={v:.4f}" for k, v in row.scores.items())
+            say(args, f"{row.source}#{row.index}\t{scores}\t{'FLAGGED by ' + '+'.join(row.flagged_by) if row.flagged else 'ok'}\t{row.label}")
+    for item in out["skipped"]:
+        say(args, f"skipped {item['source']}: {item['reason']}")
+    if saved:
+        say(args, f"profile saved to {saved}")
+    return out
