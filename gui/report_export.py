@@ -51,7 +51,8 @@ def gather_findings(window: Any) -> tuple[Any, Any, Any]:
         scan = entry.value
         used = profile or scan.profile  # the threshold the STRIP line shows now
         findings.scans.append(dataclasses.replace(scan, profile=used,
-                                                  rows=[_reflag(r, used.threshold, used.num_classes) for r in scan.rows]))
+                                                  rows=[_reflag(r, scan.profile.threshold, used.threshold, used.num_classes)
+                                                        for r in scan.rows]))
     if findings.scans:
         findings.scan = findings.scans[-1]
         findings.profile = findings.profile or findings.scan.profile
@@ -80,8 +81,14 @@ def gather_findings(window: Any) -> tuple[Any, Any, Any]:
     return findings, scan_source, inspection
 
 
-def _reflag(row: Any, threshold: float, num_classes: int) -> Any:
-    flagged = bool(row.entropy < threshold)
+def _reflag(row: Any, published: float, threshold: float, num_classes: int) -> Any:
+    """The row's verdict at the STRIP line shown now.
+
+    A row the panel flagged although its entropy was above the line it published
+    with was flagged by another detector (combined mode): that verdict stays.
+    """
+    by_others = bool(row.flagged and not row.entropy < published)
+    flagged = bool(row.entropy < threshold) or by_others
     return dataclasses.replace(row, flagged=flagged, label=num_classes if flagged else row.predicted)
 
 

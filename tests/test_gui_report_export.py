@@ -11,7 +11,7 @@ def test_export_report_gathers_the_panels_results(window, qtbot, demo_bundle, de
     from core.data import open_data
     from core.jobs import run_job
     from core.pruning import sweep
-    from core.strip import calibrate, scan
+    from core.strip import StripSettings, calibrate, scan
     from gui.state import Kind
 
     clean_valid, _test, poisoned = demo_arrays
@@ -20,7 +20,7 @@ def test_export_report_gathers_the_panels_results(window, qtbot, demo_bundle, de
     window.state.set_data("scan", scan_source)
     window.state.publish(Kind.SWEEP, run_job(
         sweep(demo_model, clean_valid.x, clean_valid.y, "255", x_poisoned=poisoned.x, y_poisoned=poisoned.y)))
-    profile = run_job(calibrate(demo_model, open_data(demo_bundle.clean_valid), 8, scale="255"))
+    profile = run_job(calibrate(demo_model, open_data(demo_bundle.clean_valid), StripSettings(n_overlays=8), scale="255"))
     result = run_job(scan(demo_model, profile, scan_source, thumbnails=False))
     window.state.publish(Kind.STRIP_PROFILE, profile)
     window.state.publish(Kind.SCAN, result, ["scan"])
