@@ -405,7 +405,7 @@ class _Optimiser:
                 v_hat = v / (1 - tf.pow(b2, self.t))
                 var.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-7))
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def step(xb, target, cost):  # noqa: ANN001
             with tf.GradientTape() as tape:
                 mask = to_mask(self.mask_t)
@@ -523,7 +523,7 @@ class _Optimiser:
         model, factor, class_loss = self._model, self._factor, self._class_loss
         cost = float(s.init_cost)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def step(targets):  # noqa: ANN001
             with tf.GradientTape() as tape:
                 mask = self._to_mask(mask_t)

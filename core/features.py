@@ -89,7 +89,7 @@ def feature_fn(loaded: LoadedModel) -> Callable[[np.ndarray], tuple[np.ndarray, 
     cut = keras.Model(model.inputs, [head[-1].input, model.outputs[0]])
     softmax = not loaded.summary.outputs_probabilities
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def fn(x):  # noqa: ANN001
         feats, out = cut(x, training=False)
         return tf.reshape(feats, [tf.shape(feats)[0], -1]), (tf.nn.softmax(out) if softmax else out)

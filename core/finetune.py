@@ -212,7 +212,7 @@ def fine_tune(
     optimizer = keras.optimizers.Adam(rate)
     variables = clone.trainable_variables
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def train_step(xb, yb):  # noqa: ANN001
         with tf.GradientTape() as tape:
             out = clone(xb, training=True)
@@ -224,7 +224,7 @@ def fine_tune(
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out, axis=-1), tf.cast(yb, tf.int64)), tf.float32))
         return loss, correct
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def predict(xb):  # noqa: ANN001
         return tf.argmax(clone(xb, training=False), axis=-1)
 

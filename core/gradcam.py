@@ -144,7 +144,7 @@ def _gradcam_fn(loaded: LoadedModel, layer: str) -> Callable:
         probe = keras.Model(model.inputs, [conv.output, model.outputs[0]])
     h, w = loaded.input_shape[:2]
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def fn(x, classes):  # noqa: ANN001
         with tf.GradientTape() as tape:
             acts, out = probe(x, training=False)

@@ -35,7 +35,7 @@ def probability_fn(loaded: LoadedModel) -> Callable[[Any], Any]:
         tf = _tf()
         softmax = not loaded.summary.outputs_probabilities
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def fn(x):  # noqa: ANN001
             out = model(x, training=False)
             return tf.nn.softmax(out) if softmax else out

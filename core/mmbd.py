@@ -305,7 +305,7 @@ def mmbd(
         other = tf.reduce_max(tf.where(onehot, -np.inf, z), axis=1)
         return own - other
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step():
         with tf.GradientTape() as tape:
             z = logits(x * (pixel_max * factor))
@@ -319,7 +319,7 @@ def mmbd(
         x.assign(tf.clip_by_value(x - lr * update, 0.0, 1.0))  # projection onto the pixel box
         return margins
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def current():
         return margin_of(logits(x * (pixel_max * factor)))
 

@@ -367,13 +367,13 @@ class _Splitter:
         self.suffix = keras.Model(cut if len(cut) > 1 else cut[0], model.outputs)
         prefix, suffix = self.prefix, self.suffix
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def run_prefix(x):  # noqa: ANN001
             outs = prefix(x, training=False)
             means = tf.reduce_sum(outs[0], axis=[1, 2])  # per-image channel sums
             return [means] + list(outs[1:])
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def run_suffix(h, mask, rest):  # noqa: ANN001
             masked = h * mask + (1.0 - mask) * zero if zero else h * mask
             inputs = [masked] + list(rest) if rest else masked
@@ -569,7 +569,7 @@ def _measure(model: Any, x: np.ndarray, y: np.ndarray, xp: Optional[np.ndarray],
     tf = _tf()
     factor = scale_factor(scale)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def predict(xb):  # noqa: ANN001
         return tf.argmax(model(xb, training=False), axis=-1)
 

@@ -170,7 +170,7 @@ def _kernel_fn(loaded: LoadedModel) -> Callable:
     spec = tf.TensorSpec([None, h, w, c], tf.float32)
     scalar = tf.TensorSpec([], tf.float32)
 
-    @tf.function(input_signature=[spec, spec, scalar, scalar, scalar])
+    @tf.function(input_signature=[spec, spec, scalar, scalar, scalar], autograph=False)
     def kernel(x, overlays, a, b, vmax):  # noqa: ANN001
         batch = tf.shape(x)[0]
         n = tf.shape(overlays)[0]
