@@ -27,8 +27,8 @@ score distribution with atoms can only make the real rate lower.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 import numpy as np
 
@@ -175,3 +175,23 @@ __all__ = [
     "min_calibration_size",
     "order_statistic_rank",
 ]
+
+
+class ThresholdedScores:
+    """What every score-and-threshold detector profile shares (feature space, SCALE-UP, TeCo).
+
+    A dataclass that mixes this in has ``clean_scores`` (its held-out clean
+    scores), ``threshold``, ``frr``, ``confidence`` and a class attribute
+    ``tail``; moving the threshold re-derives the FRR bound from the same scores.
+    """
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.clean_scores
+
+    def frr_estimate(self, threshold: Optional[float] = None) -> FrrEstimate:
+        t = self.threshold if threshold is None else float(threshold)
+        return estimate_at(self.clean_scores, t, self.tail, self.confidence)
+
+    def with_threshold(self, threshold: float) -> Any:
+        return replace(self, threshold=float(threshold), frr=self.frr_estimate(threshold).bound)

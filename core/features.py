@@ -34,12 +34,12 @@ The story, top-down:
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from core.calibration import DEFAULT_CONFIDENCE, FrrEstimate, conservative_threshold, estimate_at
+from core.calibration import DEFAULT_CONFIDENCE, ThresholdedScores, conservative_threshold
 from core.clean_split import CleanSplit, draw_clean_split
 from core.errors import ModelError
 from core.inference import scale_factor
@@ -138,7 +138,7 @@ def cross_fitted_scores(feats: np.ndarray, classes: np.ndarray, num_classes: int
 
 
 @dataclass
-class FeatureProfile:
+class FeatureProfile(ThresholdedScores):
     means: np.ndarray
     precision: np.ndarray
     scale: str
@@ -153,17 +153,6 @@ class FeatureProfile:
 
     method = "features"
     tail = "high"
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self.clean_scores
-
-    def frr_estimate(self, threshold: Optional[float] = None) -> FrrEstimate:
-        t = self.threshold if threshold is None else float(threshold)
-        return estimate_at(self.clean_scores, t, self.tail, self.confidence)
-
-    def with_threshold(self, threshold: float) -> "FeatureProfile":
-        return replace(self, threshold=float(threshold), frr=self.frr_estimate(threshold).bound)
 
     def score_fn(self, loaded: LoadedModel) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         g = Gaussians(self.means, self.precision)

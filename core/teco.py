@@ -28,12 +28,12 @@ The story of this module, top-down:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from core.calibration import DEFAULT_CONFIDENCE, FrrEstimate, conservative_threshold, estimate_at
+from core.calibration import DEFAULT_CONFIDENCE, ThresholdedScores, conservative_threshold
 from core.clean_split import CleanSplit, draw_clean_split, score_batches
 from core.inference import predict_proba, scale_factor
 from core.jobs import Job, Progress, rescaled
@@ -143,7 +143,7 @@ def teco_scores(loaded: LoadedModel, x: np.ndarray, scale: str, pixel_max: float
 
 
 @dataclass
-class TecoProfile:
+class TecoProfile(ThresholdedScores):
     scale: str
     pixel_max: float
     threshold: float  # above it is flagged
@@ -158,17 +158,6 @@ class TecoProfile:
 
     method = "teco"
     tail = "high"
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self.clean_scores
-
-    def frr_estimate(self, threshold: Optional[float] = None) -> FrrEstimate:
-        t = self.threshold if threshold is None else float(threshold)
-        return estimate_at(self.clean_scores, t, self.tail, self.confidence)
-
-    def with_threshold(self, threshold: float) -> "TecoProfile":
-        return replace(self, threshold=float(threshold), frr=self.frr_estimate(threshold).bound)
 
     def score_fn(self, loaded: LoadedModel) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         return lambda x: teco_scores(loaded, x, self.scale, self.pixel_max, self.seed)
