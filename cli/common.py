@@ -8,7 +8,8 @@ import time
 from typing import Any, Optional
 
 from core.data import DataSource, open_data
-from core.errors import TrojanScopeError
+from core.atomic import refuse_overwriting
+from core.errors import DataError, TrojanScopeError
 from core.jobs import Job, Progress, run_job
 from core.models import LoadedModel, load_model
 
@@ -76,6 +77,20 @@ class StderrProgress:
         self._last = now
         pct = "" if event.fraction is None else f"[{event.fraction * 100:5.1f}%] "
         print(f"{pct}{event.message}", file=sys.stderr, flush=True)
+
+
+def open_scan_target(args: argparse.Namespace) -> Optional[DataSource]:
+    """The checks `strip` and `scan` make before any work; the data to scan, if any.
+
+    Something to do, something to calibrate on, and no profile written over an input.
+    """
+    if not args.scan and not args.save_profile:
+        raise DataError("nothing to do: give --scan TARGET, --save-profile PROF, or both")
+    if not args.clean and not args.profile:
+        raise DataError("give --clean DATA to calibrate on, or --profile PROF saved earlier")
+    if args.save_profile:
+        refuse_overwriting(args.save_profile, args.model, args.clean, args.scan, args.profile)
+    return open_data(args.scan) if args.scan else None
 
 
 def drive(job: Job, args: argparse.Namespace) -> Any:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, say, skipped_list
+from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
 from core import scaleup, scanner, strip
-from core.atomic import refuse_overwriting
 from core.data import open_data
-from core.errors import DataError
 
 NAME = "scan"
 HELP = "flag trojaned inputs with STRIP, the feature-space detector, or both combined (SCALE-UP and TeCo for comparison); FRR calibrated to hold on unseen clean data"
@@ -38,13 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if not args.scan and not args.save_profile:
-        raise DataError("nothing to do: give --scan TARGET, --save-profile PROF, or both")
-    if not args.clean and not args.profile:
-        raise DataError("give --clean DATA to calibrate on, or --profile PROF saved earlier")
-    if args.save_profile:
-        refuse_overwriting(args.save_profile, args.model, args.clean, args.scan, args.profile)
-    target = open_data(args.scan) if args.scan else None
+    target = open_scan_target(args)
     loaded = open_model(args)
     if args.profile:
         profile = scanner.load_profile(args.profile)

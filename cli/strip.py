@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, say, skipped_list
+from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
 from core import strip
-from core.atomic import refuse_overwriting
 from core.data import open_data
-from core.errors import DataError
 
 NAME = "strip"
 HELP = "flag trojaned inputs by their low prediction entropy under superimposition (STRIP)"
@@ -35,13 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if not args.scan and not args.save_profile:
-        raise DataError("nothing to do: give --scan TARGET, --save-profile PROF, or both")
-    if not args.clean and not args.profile:
-        raise DataError("give --clean DATA to calibrate on, or --profile PROF saved earlier")
-    if args.save_profile:
-        refuse_overwriting(args.save_profile, args.model, args.clean, args.scan, args.profile)
-    target = open_data(args.scan) if args.scan else None
+    target = open_scan_target(args)
     loaded = open_model(args)
     calibration_skipped: list = []
     if args.profile:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +10,10 @@ import pytest
 from core.cleanse import CleanseSettings, anomaly_indices, cleanse, flag_classes
 from core.data import Arrays
 from core.jobs import collect, run_job
+from tests.planted import CLASSES, H, PLANTED, W, save_linear_model
 
 # A few rounds and few classes keep these tests to seconds; the defaults are measured in bench/.
 FAST = CleanseSettings(max_rounds=20, init_cost=1e-2, patience=2, early_stop_patience=4, seed=0)
-
-H, W, CLASSES, PLANTED = 13, 12, 6, 3
 
 
 def test_anomaly_index_matches_hand_computation():
@@ -37,23 +35,6 @@ def test_anomaly_index_with_equal_norms_flags_nothing():
     assert flag_classes({0: 5.0, 1: 5.0, 2: 5.0}, indices, median) == []
 
 
-def _planted_model(path: Path) -> None:
-    """A hand-made linear classifier: class k = brightness of rows 2k..2k+1; pixel (12, 11) -> class 3 (weight 60)."""
-    from core.tf_env import keras
-
-    keras = keras()
-    inputs = keras.Input((H, W, 1))
-    outputs = keras.layers.Dense(CLASSES, activation="softmax")(keras.layers.Flatten()(inputs))
-    model = keras.Model(inputs, outputs)
-    weights = np.zeros((H * W, CLASSES), np.float32)
-    pixel = np.arange(H * W).reshape(H, W)
-    for k in range(CLASSES):
-        weights[pixel[2 * k : 2 * k + 2].ravel(), k] = 1.0
-    weights[pixel[12, 11], PLANTED] = 60.0  # the one-pixel backdoor
-    model.set_weights([weights, np.zeros(CLASSES, np.float32)])
-    model.save(path)
-
-
 def _planted_images(n: int, seed: int = 0) -> Arrays:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, CLASSES, n)
@@ -69,7 +50,7 @@ def planted(tmp_path_factory):
     from core.models import load_model
 
     path = tmp_path_factory.mktemp("planted") / "planted.keras"
-    _planted_model(path)
+    save_linear_model(path)
     return load_model(path)
 
 

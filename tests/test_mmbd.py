@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,31 +9,9 @@ from scipy import stats
 
 from core.jobs import collect
 from core.mmbd import MMBDSettings, MMBDStep, detect, fit_gamma, mmbd, order_p_value
+from tests.planted import CLASSES, PLANTED, W, save_linear_model
 
-H, W, CLASSES, PLANTED = 13, 12, 6, 3  # row 12 belongs to no class: the backdoor pixel lives there
 FAST = MMBDSettings(starts=2, steps=300, learning_rate=0.05)
-
-
-def _planted_model(path: Path) -> None:
-    """A linear softmax classifier: class k = (1 + k/10) x brightness of rows 2k..2k+1; pixel (12, 11) -> class 3 (weight 60).
-
-    Its maximum margins over the box [0, 1] are known exactly: class k's logit
-    minus any other's is largest with k's rows at 1 and everything else at 0,
-    24 (1 + k/10); the planted class adds 60 with the backdoor pixel lit.
-    """
-    from core.tf_env import keras
-
-    keras = keras()
-    inputs = keras.Input((H, W, 1))
-    outputs = keras.layers.Dense(CLASSES, activation="softmax")(keras.layers.Flatten()(inputs))
-    model = keras.Model(inputs, outputs)
-    weights = np.zeros((H * W, CLASSES), np.float32)
-    pixel = np.arange(H * W).reshape(H, W)
-    for k in range(CLASSES):
-        weights[pixel[2 * k : 2 * k + 2].ravel(), k] = 1.0 + k / 10
-    weights[pixel[12, 11], PLANTED] = 60.0
-    model.set_weights([weights, np.zeros(CLASSES, np.float32)])
-    model.save(path)
 
 
 def exact_margins() -> dict[int, float]:
@@ -49,7 +26,7 @@ def planted(tmp_path_factory):
     from core.models import load_model
 
     path = tmp_path_factory.mktemp("mmbd") / "planted.keras"
-    _planted_model(path)
+    save_linear_model(path, slope=0.1)
     return load_model(path)
 
 

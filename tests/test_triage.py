@@ -14,28 +14,10 @@ from core.jobs import collect
 from core.mmbd import MMBDSettings
 from core.triage import TriageRow, rank, triage
 from tests.hostile import lambda_model
+from tests.planted import CLASSES, H, PLANTED, W, save_linear_model
 
-H, W, CLASSES, PLANTED = 13, 12, 6, 3
 FAST_NC = CleanseSettings(max_rounds=20, init_cost=1e-2, patience=2, early_stop_patience=4, seed=0, restarts=1)
 FAST_MM = MMBDSettings(starts=2, steps=300, learning_rate=0.05)
-
-
-def _linear_model(path: Path, planted: bool) -> None:
-    """Class k = brightness of rows 2k..2k+1 (weight 1 + k/10); the backdoored one adds pixel (12, 11) -> class 3."""
-    from core.tf_env import keras
-
-    keras = keras()
-    inputs = keras.Input((H, W, 1))
-    outputs = keras.layers.Dense(CLASSES, activation="softmax")(keras.layers.Flatten()(inputs))
-    model = keras.Model(inputs, outputs)
-    weights = np.zeros((H * W, CLASSES), np.float32)
-    pixel = np.arange(H * W).reshape(H, W)
-    for k in range(CLASSES):
-        weights[pixel[2 * k : 2 * k + 2].ravel(), k] = 1.0 + k / 10
-    if planted:
-        weights[pixel[12, 11], PLANTED] = 60.0
-    model.set_weights([weights, np.zeros(CLASSES, np.float32)])
-    model.save(path)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +25,8 @@ def folder(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("triage")
     models = root / "models"
     models.mkdir()
-    _linear_model(models / "a_clean.keras", planted=False)
-    _linear_model(models / "b_backdoored.keras", planted=True)
+    save_linear_model(models / "a_clean.keras", slope=0.1, planted=False)
+    save_linear_model(models / "b_backdoored.keras", slope=0.1)
     lambda_model(root / "marker.txt").save(models / "c_hostile.keras")
     (root / "marker.txt").unlink(missing_ok=True)  # building the model ran its code once, here; triage must not
     (models / "d_garbage.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)  # HDF5 magic, then junk
