@@ -3,8 +3,9 @@
     QT_QPA_PLATFORM=offscreen python bench/bench_gui_stalls.py [--small] [--only NAME ...] [--rounds N]
 
 Opens the demo BadNet in the real main window (1,280 x 720, each panel's tab on
-screen while its job runs, so its live redraws count) and runs every panel's
-job the way a click does: evaluate, pruning sweep, prune + fine-tune, STRIP
+screen while its job runs, so its live redraws count; the tab is opened and
+painted before its job starts, as an analyst's click on a tab comes before the
+click on Run) and runs every panel's job the way a click does: evaluate, pruning sweep, prune + fine-tune, STRIP
 calibrate, STRIP scan, STRIP profile save and load, Inspector inspect and
 transplant, Neural Cleanse, repair by unlearning, report export. A 10 ms
 ``QTimer`` beats on the GUI thread throughout; every gap between two beats is
@@ -200,7 +201,12 @@ def main() -> int:
             return
         name, panel, start = queue.pop(0)
         timed = args.only is None or any(o.lower() in name.lower() for o in args.only)
-        window.tabs.setCurrentWidget(panel)
+        if window.tabs.currentWidget() is not panel:
+            # As an analyst does: the tab is opened (and painted once) before its Run button is clicked.
+            window.tabs.setCurrentWidget(panel)
+            queue.insert(0, (name, panel, start))
+            QTimer.singleShot(300, run_next)
+            return
         started = time.perf_counter()
         if timed:
             heart.start()

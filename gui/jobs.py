@@ -20,11 +20,13 @@ temporary files.
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 import traceback
 from typing import Any, Callable, Iterable, Optional
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from core.errors import JobCancelled, TrojanScopeError
 from core.jobs import CancelToken, Job
@@ -32,6 +34,11 @@ from core.jobs import CancelToken, Job
 COALESCE_S = 0.03  # events cross to the GUI thread at most ~33 times a second
 DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
 BACKGROUND_NICE = 5  # the worker's threads yield the CPU to the GUI thread (CFS weight about 1:3)
+# How long a thread holding the GIL keeps it when another asks (Python's default: 5 ms). A
+# redraw takes and gives back the GIL dozens of times; against a worker that is
+# tracing a TensorFlow graph in Python each take waited the full interval, and the
+# waits added up to 140-160 ms gaps (bench/bench_gui_stalls.py --why, Neural Cleanse).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def lower_background_priority() -> int:
@@ -67,6 +74,30 @@ def lower_background_priority() -> int:
     return changed
 
 
+_modules_at_freeze = 0
+
+
+def freeze_imported_objects() -> bool:
+    """Exempt what the imports so far created from the cyclic garbage collector's full passes; True if it froze.
+
+    Python's full collection walks every tracked object while holding the GIL.
+    After TensorFlow, Keras and matplotlib are imported that is over a million
+    objects, and a full pass that a worker's allocations happened to trigger
+    stalled the GUI thread for 300-400 ms (bench/bench_gui_stalls.py --why:
+    report export, "GIL/CPU starved" with the worker in ``_weakrefset._remove``).
+    ``gc.freeze`` moves the objects alive now (modules, classes, functions:
+    alive for the whole session anyway) out of the collector's sight. It runs
+    only when many modules arrived since the last freeze -- a few times a
+    session -- because cyclic garbage alive at a freeze is never collected.
+    """
+    global _modules_at_freeze
+    if len(sys.modules) < _modules_at_freeze + 50:
+        return False
+    gc.freeze()
+    _modules_at_freeze = len(sys.modules)
+    return True
+
+
 def describe_error(exc: BaseException) -> str:
     """The one line shown to the analyst: our own errors as they are, bugs named as bugs."""
     if isinstance(exc, TrojanScopeError):
@@ -92,6 +123,7 @@ class _Worker(QObject):
         last = time.monotonic()
         try:
             lower_background_priority()
+            freeze_imported_objects()
             job = self._factory()
             while True:
                 if self._token.cancelled:
@@ -118,6 +150,7 @@ class _Worker(QObject):
         finally:
             if job is not None:
                 job.close()
+            freeze_imported_objects()  # a job that imported TensorFlow or matplotlib: the next job's passes skip them
 
     def _flush(self, pending: list[Any]) -> None:
         if pending:
@@ -146,6 +179,7 @@ class JobController(QObject):
 
     def __init__(self, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._thread: Optional[QThread] = None
         self._worker: Optional[_Worker] = None
         self._token: Optional[CancelToken] = None
@@ -196,7 +230,10 @@ class JobController(QObject):
         self._thread, self._worker = thread, worker
         for curves in self._callbacks.live:
             curves.start()
-        thread.start()
+        # The worker starts after the event loop's next pass, so the window first repaints what the
+        # click changed (cleared plots, "running" headline): a repaint competing for the GIL with a
+        # worker tracing a TensorFlow graph took twice its time (bench/bench_gui_stalls.py --why).
+        QTimer.singleShot(0, thread.start)
         self.started.emit(name)
         return True
 

@@ -75,3 +75,27 @@ def test_a_bug_reaches_the_dialog_as_an_internal_error(qtbot, window):
     wait_idle(qtbot, window)
     assert isinstance(errors[0], ZeroDivisionError)
     assert window.last_error == "Internal error (ZeroDivisionError): division by zero"
+
+
+def test_heavy_imports_are_frozen_out_of_full_collections_once(window):
+    import gc
+    import sys
+
+    from gui import jobs
+
+    gc.unfreeze()
+    jobs._modules_at_freeze = 0
+    assert jobs.freeze_imported_objects()  # the test session has imported hundreds of modules
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000
+    assert not jobs.freeze_imported_objects()  # nothing new was imported: no second freeze
+    assert jobs._modules_at_freeze == len(sys.modules)
+
+
+def test_the_controller_lets_the_gui_thread_take_the_gil_back_within_a_millisecond(window):
+    import sys
+
+    from gui.jobs import GIL_SWITCH_INTERVAL_S
+
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
+    assert GIL_SWITCH_INTERVAL_S <= 0.001
