@@ -7,7 +7,8 @@ screen while its job runs, so its live redraws count; the tab is opened and
 painted before its job starts, as an analyst's click on a tab comes before the
 click on Run) and runs every panel's job the way a click does: evaluate, pruning sweep, prune + fine-tune, STRIP
 calibrate, STRIP scan, STRIP profile save and load, Inspector inspect and
-transplant, Neural Cleanse, repair by unlearning, report export. A 10 ms
+transplant, Neural Cleanse, repair by unlearning, triage of the demo's
+model folder, report export. A 10 ms
 ``QTimer`` beats on the GUI thread throughout; every gap between two beats is
 time the window could not repaint or react to a click. The target is a largest
 gap of at most 100 ms for every job (issue 13).
@@ -120,8 +121,8 @@ def _where(frame: Any) -> str:
 def steps(window: Any, out_dir: Path, rounds: int) -> list[tuple[str, str, Callable[[Callable[[], None]], None]]]:
     """(name, panel key, start(done)) for every panel job, in workflow order."""
     p = window.panels
-    model, prune, strip_panel, inspector, verdict = (p["ModelPanel"], p["PrunePanel"], p["StripPanel"],
-                                                     p["InspectorPanel"], p["VerdictPanel"])
+    model, prune, strip_panel, inspector, verdict, triage_panel = (p["ModelPanel"], p["PrunePanel"], p["StripPanel"],
+                                                                   p["InspectorPanel"], p["VerdictPanel"], p["TriagePanel"])
 
     def fine_tune(done: Callable[[], None]) -> None:
         prune.epochs.setValue(2)
@@ -153,6 +154,19 @@ def steps(window: Any, out_dir: Path, rounds: int) -> list[tuple[str, str, Calla
         path = out_dir / "bench_profile.npz"
         strip_panel.save_profile(str(path), then=lambda _p: strip_panel.load_profile(str(path), then=done))
 
+    def triage(done: Callable[[], None]) -> None:
+        # the folder holding the demo's models (the BadNet, and its clean control when the demo has one)
+        triage_panel.folder_edit.setText(str(Path(window.state.loaded.summary.path).parent))
+        triage_panel.rounds.setValue(rounds)
+
+        def ended(_outcome: str) -> None:
+            window.runner.ended.disconnect(ended)
+            done()
+
+        window.runner.ended.connect(ended)
+        if not triage_panel.run_triage():
+            ended("refused")
+
     return [
         ("evaluate", model, lambda done: model.evaluate(done)),
         ("pruning sweep", prune, lambda done: prune.run_sweep(lambda _ok: done())),
@@ -164,6 +178,7 @@ def steps(window: Any, out_dir: Path, rounds: int) -> list[tuple[str, str, Calla
         ("Inspector transplant", inspector, lambda done: inspector.run_transplant(done)),
         ("Neural Cleanse", verdict, cleanse),
         ("repair (unlearn)", verdict, unlearn),
+        ("triage of the demo's folder", triage_panel, triage),
         ("report export", model, report),
     ]
 
