@@ -88,7 +88,7 @@ def measure(case: dict, methods: list[str], limit: int | None = None) -> list[di
     loaded = load_model(case["model"])
     clean_test = subsample(load_arrays(open_data(case["clean_test"]), loaded.input_shape), limit)
     poisoned = subsample(load_arrays(open_data(case["poisoned_test"]), loaded.input_shape), limit) if case["poisoned_test"] else None
-    defaults = scanner.ScanSettings()
+    defaults = scanner.ScanSettings(method="strip")
     profiles, seconds = {}, {}
     for method in methods:
         if method == "strip":

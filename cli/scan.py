@@ -16,12 +16,13 @@ HELP = "flag trojaned inputs with STRIP, the feature-space detector, or both com
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--method", choices=scanner.METHODS, default=scanner.DEFAULT_METHOD,
-                        help=f"detector(s): combined = {' + '.join(scanner.COMBINED)}, flagged if either flags (default %(default)s); "
+                        help=f"detector(s): combined = {' + '.join(scanner.COMBINED)}, flagged if any flags (default %(default)s); "
                              "scaleup and teco were measured weak on MNIST (docs/scan.md)")
     parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
     parser.add_argument("--profile", help="use a saved profile (any method) instead of calibrating")
-    parser.add_argument("--frr", type=float, default=scanner.DEFAULT_FRR,
-                        help="false rejection rate allowed on clean inputs calibration never saw (default %(default)s)")
+    parser.add_argument("--frr", type=float, default=None,
+                        help="false rejection rate allowed on clean inputs calibration never saw "
+                             f"(default {scanner.DEFAULT_FRR_PER_DETECTOR} per detector: {scanner.DEFAULT_FRR} for combined)")
     parser.add_argument("--confidence", type=float, default=scanner.DEFAULT_CONFIDENCE,
                         help="probability that the false rejection rate holds (default %(default)s)")
     parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="STRIP: clean images superimposed on each input (default %(default)s)")

@@ -62,10 +62,12 @@ FLAGGED = QColor("#b3261e")
 ACCEPTED = QColor("#1b7f3a")
 DATA_FILTER = "Data (*.h5 *.hdf5 *.npz);;All files (*)"
 PROFILE_FILTER = "Scan profiles (*.npz);;All files (*)"
-# The methods offered (SCALE-UP and TeCo were measured and left out: docs/scan.md).
-METHODS = (("combined", "Combined (STRIP + feature space)"), ("strip", "STRIP"), ("features", "Feature space"))
-AXIS = {"strip": "mean entropy per blend (bits)", "features": "distance to the predicted class's clean features (Mahalanobis)"}
-SCORE_HEADER = {"strip": "Entropy", "features": "Distance"}
+# The methods offered (TeCo was measured and left out; SCALE-UP alone misses most triggers but
+# catches SIG, so it runs inside "combined": docs/scan.md).
+METHODS = (("combined", "Combined (STRIP + feature space + SCALE-UP)"), ("strip", "STRIP"), ("features", "Feature space"))
+AXIS = {"strip": "mean entropy per blend (bits)", "features": "distance to the predicted class's clean features (Mahalanobis)",
+        "scaleup": "scaled prediction consistency (SCALE-UP)"}
+SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP"}
 
 
 def primary_score(row: Any, name: str) -> float:
@@ -260,7 +262,8 @@ class StripPanel(QWidget):
         for key, label in METHODS:
             self.method_combo.addItem(label, key)
         self.method_combo.setToolTip("STRIP misses large, blended and warped triggers; the feature-space detector catches them "
-                                     "(docs/scan.md). Combined flags an input when either does, each at half the false rejection.")
+                                     "and SCALE-UP catches sinusoidal signals (docs/scan.md). Combined flags an input when any of the three "
+                                     "does, each at a third of the false rejection.")
         self.overlays_spin = QSpinBox()
         self.overlays_spin.setRange(2, 1000)
         self.overlays_spin.setValue(strip.DEFAULT_OVERLAYS)
@@ -269,8 +272,10 @@ class StripPanel(QWidget):
         self.frr_spin.setRange(0.1, 49.0)
         self.frr_spin.setDecimals(1)
         self.frr_spin.setSuffix(" %")
-        self.frr_spin.setValue(strip.DEFAULT_FRR * 100)
-        self.frr_spin.setToolTip("False rejection rate allowed on clean inputs calibration never saw (holds with 95% confidence)")
+        self._default_frr = scanner.default_frr(scanner.DEFAULT_METHOD)
+        self.frr_spin.setValue(self._default_frr * 100)
+        self.frr_spin.setToolTip("False rejection rate allowed on clean inputs calibration never saw (holds with 95% confidence); "
+                                 "default 1% per detector, so 3% for Combined")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setValue(strip.DEFAULT_SEED)
@@ -331,9 +336,13 @@ class StripPanel(QWidget):
 
     def _method_changed(self) -> None:
         """STRIP's own settings only matter when the method runs STRIP."""
-        uses_strip = self.method_combo.currentData() != "features"
+        method = self.method_combo.currentData()
+        uses_strip = method != "features"
         for w in (self.overlays_spin, self.input_weight, self.overlay_weight):
             w.setEnabled(uses_strip)
+        if self.frr_spin.value() == self._default_frr * 100:  # still the default: follow the method's (1% per detector)
+            self._default_frr = scanner.default_frr(method)
+            self.frr_spin.setValue(self._default_frr * 100)
 
     def _weight_spin(self, value: float, tip: str) -> QDoubleSpinBox:
         spin = QDoubleSpinBox()

@@ -143,6 +143,21 @@ def test_scan_profile_round_trip_keeps_the_method_and_strip_profiles_load_as_str
         scanner.load_profile(tmp_path / "d.npz")
 
 
+def test_a_combined_profile_saved_before_scaleup_joined_loads_with_its_own_two_detectors(combined, demo_model, demo_arrays, tmp_path):
+    older = scanner.ScanProfile("combined", {k: combined.detectors[k] for k in ("strip", "features")}, 0.02, 0.95)
+    back = scanner.load_profile(scanner.save_profile(older, tmp_path / "old.npz"))
+    assert list(back.detectors) == ["strip", "features"]
+    x = np.concatenate([demo_arrays[1].x[:20], demo_arrays[2].x[:20]])
+    np.testing.assert_array_equal(scanner.classify(demo_model, back, x)[0], scanner.classify(demo_model, older, x)[0])
+
+
+def test_the_default_frr_is_one_percent_per_detector():
+    assert scanner.ScanSettings().method == "combined" and len(scanner.COMBINED) == 3
+    assert scanner.ScanSettings().frr == pytest.approx(0.03)
+    assert scanner.ScanSettings(method="strip").frr == pytest.approx(0.01)
+    assert scanner.ScanSettings(method="features", frr=0.05).frr == 0.05
+
+
 def test_scan_streams_rows_with_every_detectors_score(combined, demo_model, demo_arrays):
     source = ArraySource(demo_arrays[2].x[:30], None, "poisoned")
     events, result = collect(scanner.scan(demo_model, combined, source, step=8))

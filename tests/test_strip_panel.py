@@ -26,12 +26,16 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     wait_idle(qtbot, window)
     panel = window.panels["StripPanel"]
     panel.overlays_spin.setValue(16)
-    assert panel.method_combo.currentData() == "combined"  # the default: STRIP + feature space
+    assert panel.method_combo.currentData() == "combined"  # the default: STRIP + feature space + SCALE-UP
     assert panel.calibrate_button.isEnabled() and not panel.scan_loaded_button.isEnabled()
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("strip"))
+    assert panel.frr_spin.value() == 1.0  # an untouched FRR follows the method: 1% per detector
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("combined"))
     panel.calibrate_button.click()
     wait_idle(qtbot, window)
     assert panel.profile is not None and panel.line.isVisible()
-    assert list(panel.scan_profile.detectors) == ["strip", "features"]
+    assert list(panel.scan_profile.detectors) == ["strip", "features", "scaleup"]
+    assert panel.frr_spin.value() == 3.0  # 1% per detector
     est = panel.scan_profile.frr_estimate()
     assert "Expected false rejection here" in panel.info.text() and f"95% interval {est.low:.2%}–{est.high:.2%}" in panel.info.text()
 
