@@ -78,12 +78,16 @@ class ScanSettings:
     def detectors(self) -> tuple[str, ...]:
         if self.method not in METHODS:
             raise DataError(f"scan method must be one of {', '.join(METHODS)}; received {self.method!r}")
-        return COMBINED if self.method == "combined" else (self.method,)
+        return _detectors_of(self.method)
+
+
+def _detectors_of(method: str) -> tuple[str, ...]:
+    return COMBINED if method == "combined" else (method,)
 
 
 def default_frr(method: str) -> float:
     """1% per detector the method runs."""
-    return DEFAULT_FRR_PER_DETECTOR * (len(COMBINED) if method == "combined" else 1)
+    return DEFAULT_FRR_PER_DETECTOR * len(_detectors_of(method))
 
 
 @dataclass

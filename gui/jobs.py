@@ -123,7 +123,7 @@ class _Worker(QObject):
         last = time.monotonic()
         try:
             lower_background_priority()
-            freeze_imported_objects()
+            freeze_imported_objects()  # TensorFlow imported by the start-up preload thread, not by a job
             job = self._factory()
             while True:
                 if self._token.cancelled:

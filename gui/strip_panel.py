@@ -340,7 +340,8 @@ class StripPanel(QWidget):
         uses_strip = method != "features"
         for w in (self.overlays_spin, self.input_weight, self.overlay_weight):
             w.setEnabled(uses_strip)
-        if self.frr_spin.value() == self._default_frr * 100:  # still the default: follow the method's (1% per detector)
+        shown_default = round(self._default_frr * 100, self.frr_spin.decimals())  # as the spin box holds it
+        if self.frr_spin.value() == shown_default:  # still the default: follow the method's (1% per detector)
             self._default_frr = scanner.default_frr(method)
             self.frr_spin.setValue(self._default_frr * 100)
 
