@@ -20,7 +20,7 @@ from core.evaluate import EvalResult, evaluate
 from core.jobs import Job, Progress, rescaled
 from core.mmbd import MMBDResult, MMBDSettings, mmbd
 from core.models import LoadedModel
-from core.verdict import Verdict, combine, from_attack_success, from_cleanse, from_mmbd
+from core.verdict import Verdict, combine, from_attack_success, from_blind_spot, from_cleanse, from_mmbd
 
 METHODS = ("cleanse", "mmbd")
 
@@ -81,6 +81,9 @@ def judge(
         evidence.append(from_cleanse(nc))
     if mm is not None:
         evidence.append(from_mmbd(mm))
+        blind = from_blind_spot(mm, nc)
+        if blind is not None:
+            evidence.append(blind)
     if ev is not None:
         evidence.append(attack_evidence(ev, loaded.num_classes))
     verdict = combine(evidence)

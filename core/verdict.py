@@ -18,6 +18,10 @@ it with a few explicit rules, pure functions over the detectors' results:
    are the classes behind that level, those two methods agree on first.
 3. The score (for ranking models and for ROC curves) is the largest
    evidence score, plus a small bonus when methods agree on a class.
+4. Where the detectors are blind -- every class of the model is easy to
+   reach, so no target can stand out (:func:`from_blind_spot`) -- silence
+   is not evidence: the verdict is "suspicious, inconclusive", never "no
+   evidence".
 
 A wrong "clean" is the worst answer this tool can give, hence "no evidence
 found by <methods run>" rather than "clean": the machine value stays
@@ -57,6 +61,17 @@ ASR_BACKDOORED = 0.5
 ASR_SUSPICIOUS = 0.2
 # Bonus to the score when two methods point at the same class.
 AGREEMENT_BONUS = 0.1
+# The detectors' blind spot. Both detectors ask whether one class is far
+# *easier* to reach than the others; on a model where every class is easy to
+# reach, a backdoor does not stand out. MM-BD measures how far each class can
+# be pushed, and its clean images say where natural inputs sit. On the zoo
+# (docs/zoo.md) the median class can be pushed to 3.0-4.3 times the clean
+# images' median margin on the plain and wide CNNs, and to 8.3-14.4 times on
+# the BatchNorm + global-average-pooling ones, where the frame BadNet
+# escaped both detectors. From 6 times, "no evidence" would claim more than
+# the methods can see: the verdict says so instead.
+BLIND_SPOT_RATIO = 6.0
+BLIND_SPOT = "blind-spot check"
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,48 @@ def _hit_classes(target: Optional[int], predicted: Optional[np.ndarray], labels:
     return tuple(int(values[i]) for i in order if counts[i] >= 0.1 * len(hits))
 
 
+def from_blind_spot(mmbd_result: Any, cleanse_result: Any = None) -> Optional[Evidence]:
+    """Evidence that the detectors cannot see here, or None when they can (or it cannot be told).
+
+    Not a detector of its own: it reads MM-BD's margins (and Neural Cleanse's
+    masks) to say that "nothing stands out" means little on this model. The
+    classes it names are where an analyst should look first: those both
+    methods rank among the easiest to reach.
+    """
+    clean = getattr(mmbd_result, "clean_margin", None)
+    margins = dict(mmbd_result.margins)
+    if not clean or clean <= 0 or len(margins) < 3:
+        return None
+    ratio = float(np.median(list(margins.values()))) / float(clean)
+    if ratio < BLIND_SPOT_RATIO:
+        return None
+    classes = _easiest_classes(margins, None if cleanse_result is None else cleanse_result.norms)
+    details = {"median_margin_over_clean_margin": round(ratio, 2), "threshold": BLIND_SPOT_RATIO,
+               "easiest_classes": list(classes)}
+    nc_note = ""
+    if cleanse_result is not None and cleanse_result.norms:
+        nc_note = f"; Neural Cleanse's triggers are small for every class (median {cleanse_result.median:.0f} px)"
+    return Evidence(BLIND_SPOT, SUSPICIOUS, classes, 0.5,
+                    f"every class of this model can be pushed far beyond its clean inputs (median class {ratio:.1f} times "
+                    f"the clean margin, where the detectors work below {BLIND_SPOT_RATIO:.0f}){nc_note}, so a backdoor "
+                    f"would not stand out: inconclusive, not clean; classes {', '.join(map(str, classes))} are the easiest "
+                    f"to reach", details)
+
+
+def _easiest_classes(margins: dict[int, float], norms: Optional[dict[int, float]]) -> tuple[int, ...]:
+    """Classes in both methods' three easiest to reach (by mean rank), else the two best by mean rank."""
+    by_margin = sorted(margins, key=lambda c: -margins[c])
+    rankings = [by_margin] + ([sorted(norms, key=lambda c: norms[c])] if norms else [])
+    common = [c for c in by_margin if all(c in r for r in rankings)]
+
+    def mean_rank(c: int) -> float:
+        return float(np.mean([r.index(c) for r in rankings]))
+
+    ordered = sorted(common, key=mean_rank)
+    both = [c for c in ordered if all(r.index(c) < 3 for r in rankings)]
+    return tuple(int(c) for c in (both or ordered[:2]))
+
+
 # ------------------------------------------------------------ combining
 
 
@@ -229,7 +286,7 @@ def _agreed_classes(evidence: Sequence[Evidence]) -> tuple[int, ...]:
     """Classes named by at least two different methods (at suspicious level or above)."""
     named: dict[int, set[str]] = {}
     for e in evidence:
-        if e.level != NO_EVIDENCE:
+        if e.level != NO_EVIDENCE and e.method != BLIND_SPOT:  # it re-reads the detectors: no independent vote
             for c in e.classes:
                 named.setdefault(c, set()).add(e.method)
     return tuple(sorted(c for c, methods in named.items() if len(methods) >= 2))
@@ -251,6 +308,9 @@ def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]
         which = f" (target {targets[0]})" if len(targets) == 1 else f" (targets {', '.join(map(str, targets))})"
     if level == BACKDOORED:
         return f"Backdoored{which}"
+    if level == SUSPICIOUS and all(e.method == BLIND_SPOT for e in evidence if e.level != NO_EVIDENCE):
+        look = f"; look at class{'es' if len(targets) > 1 else ''} {_join([str(t) for t in targets])} first" if targets else ""
+        return f"Suspicious, inconclusive: the detectors cannot single out a target on this model{look}"
     if level == SUSPICIOUS:
         return f"Suspicious{which}: evidence is mixed or weak, inspect before trusting this model"
     return "No evidence found by " + _join([e.method for e in evidence])

@@ -14,6 +14,7 @@ from core.verdict import (
     Evidence,
     combine,
     from_attack_success,
+    from_blind_spot,
     from_cleanse,
     from_mmbd,
 )
@@ -30,10 +31,10 @@ def cleanse_result(norms: dict[int, float]) -> CleanseResult:
     )
 
 
-def mmbd_result(margins: dict[int, float]) -> MMBDResult:
+def mmbd_result(margins: dict[int, float], clean_margin: float | None = None) -> MMBDResult:
     found = detect(margins)
     return MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, len(margins), "255", 1.0,
-                      raw_p_values=found.raw_p_values)
+                      raw_p_values=found.raw_p_values, clean_margin=clean_margin)
 
 
 # Natural-looking statistics: no class stands out.
@@ -158,6 +159,48 @@ def test_mmbd_levels_follow_the_p_value_thresholds():
     assert strong.level == BACKDOORED and strong.classes == (2,)
     calm = from_mmbd(mmbd_result(CALM_MARGINS))
     assert calm.level == NO_EVIDENCE and calm.score < 0.5
+
+
+# A BatchNorm + global-average-pooling model (shape of the zoo's frame BadNet): every class is easy to reach,
+# margins 40-100 against a clean margin of 5.5, masks ~30 px; class 3 is second easiest by both, class 8 is not small.
+BLIND_MARGINS = {0: 72.8, 1: 23.0, 2: 61.4, 3: 98.8, 4: 77.1, 5: 82.5, 6: 56.4, 7: 51.7, 8: 100.3, 9: 43.2}
+BLIND_NORMS = {0: 29.4, 1: 124.3, 2: 23.3, 3: 18.8, 4: 24.8, 5: 16.6, 6: 36.7, 7: 34.7, 8: 28.7, 9: 42.8}
+
+
+def test_blind_spot_needs_every_class_far_beyond_the_clean_margin():
+    assert from_blind_spot(mmbd_result(CALM_MARGINS, clean_margin=9.0)) is None  # median 36.75 / 9 = 4.1 < 6
+    assert from_blind_spot(mmbd_result(CALM_MARGINS)) is None  # no clean data: cannot be told
+    e = from_blind_spot(mmbd_result(CALM_MARGINS, clean_margin=5.0))  # 7.35 times
+    assert e is not None and e.level == SUSPICIOUS
+    assert e.details["median_margin_over_clean_margin"] == pytest.approx(36.75 / 5.0)
+
+
+def test_blind_spot_names_the_classes_both_methods_find_easiest():
+    e = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5), cleanse_result(BLIND_NORMS))
+    # margins rank 8, 3, 5 first; masks rank 5, 3, 2 first: both put 3 and 5 in their three easiest
+    assert set(e.classes) == {3, 5}
+    alone = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5))
+    assert alone.classes == (8, 3, 5)  # MM-BD alone: its three easiest
+
+
+def test_silent_detectors_on_a_blind_model_give_an_inconclusive_suspicious_verdict():
+    nc, mm = cleanse_result(BLIND_NORMS), mmbd_result(BLIND_MARGINS, clean_margin=5.5)
+    evidence = [from_cleanse(nc), from_mmbd(mm)]
+    assert [e.level for e in evidence] == [NO_EVIDENCE, NO_EVIDENCE]
+    verdict = combine(evidence + [from_blind_spot(mm, nc)])
+    assert verdict.level == SUSPICIOUS and verdict.machine_verdict == "suspicious"
+    assert verdict.summary.startswith("Suspicious, inconclusive") and "classes" in verdict.summary
+    assert "not clean" in verdict.reason
+
+
+def test_blind_spot_is_no_second_vote_for_a_class():
+    nc = Evidence("Neural Cleanse", SUSPICIOUS, (3,), 0.45, "x")
+    blind = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5), cleanse_result(BLIND_NORMS))
+    verdict = combine([nc, blind])
+    assert "independently" not in verdict.reason  # it re-reads the detectors' numbers
+    assert verdict.score == pytest.approx(0.5)  # no agreement bonus
+    backdoored = combine([Evidence("MM-BD", BACKDOORED, (7,), 0.9, "y"), blind])
+    assert backdoored.level == BACKDOORED and backdoored.targets == (7,)
 
 
 def test_as_dict_carries_each_methods_evidence():
