@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from bench.zoo import ZooEntry, build_zoo  # noqa: E402
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: TensorFlow with oneDNN kernels (core.tf_env), all models re-timed
 
 
 def run_detectors(entry: ZooEntry) -> dict[str, Any]:

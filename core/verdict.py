@@ -30,7 +30,7 @@ found by <methods run>" rather than "clean": the machine value stays
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -268,7 +268,7 @@ def _easiest_classes(margins: dict[int, float], norms: Optional[dict[int, float]
 
 def combine(evidence: Sequence[Evidence]) -> Verdict:
     """The strongest level any evidence reaches (raised by agreement), with its targets and reason."""
-    evidence = tuple(evidence)
+    evidence = _read_in_blind_spot(tuple(evidence))
     if not evidence:
         return Verdict(NO_EVIDENCE, (), 0.0, "No evidence found: no method was run", "nothing was checked", ())
     level = max((e.level for e in evidence), key=LEVEL_RANK.__getitem__)
@@ -280,6 +280,28 @@ def combine(evidence: Sequence[Evidence]) -> Verdict:
     if level == BACKDOORED and score < 0.5:  # never rank a "backdoored" model below the line
         score = 0.5
     return Verdict(level, targets, _clip(score), _headline(level, targets, evidence), _reason(level, evidence, agreed), evidence)
+
+
+def _read_in_blind_spot(evidence: tuple[Evidence, ...]) -> tuple[Evidence, ...]:
+    """On a model in the blind spot, a detector's outlier is "suspicious", not proof.
+
+    Both detectors compare each class with the spread of the others. When
+    every class is easy to reach, that spread is small, and a class a little
+    easier than the rest crosses the line by chance: on the zoo, the clean
+    BatchNorm + GAP model's class 3 sat at Neural Cleanse's index 2.0 and
+    crossed it after a change of floating-point kernels (docs/zoo.md).
+    Measured attack success is not a statistic over classes and keeps its level.
+    """
+    if not any(e.method == BLIND_SPOT for e in evidence):
+        return evidence
+    read = []
+    for e in evidence:
+        if e.level == BACKDOORED and e.method in ("Neural Cleanse", "MM-BD"):
+            e = replace(e, level=SUSPICIOUS, summary=e.summary + " -- read as suspicious: on this model every class is easy "
+                                                                  "to reach, so one class a little easier proves little",
+                        details={**e.details, "level_before_blind_spot": BACKDOORED})
+        read.append(e)
+    return tuple(read)
 
 
 def _agreed_classes(evidence: Sequence[Evidence]) -> tuple[int, ...]:

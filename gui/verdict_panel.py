@@ -689,7 +689,7 @@ class VerdictPanel(QWidget):
 
 def _evidence_text(e: Any) -> str:
     """The figures behind one method's say, short enough for one table row."""
-    from core.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS, MMBD_BACKDOORED_P, MMBD_SUSPICIOUS_P
+    from core.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS, BLIND_SPOT, MMBD_BACKDOORED_P, MMBD_SUSPICIOUS_P
 
     d = e.details
     if e.method == "Neural Cleanse" and d.get("norms"):
@@ -705,4 +705,8 @@ def _evidence_text(e: Any) -> str:
         target = "" if d.get("target") is None else f" to class {d['target']}"
         return (f"attack success {d['attack_success_rate']:.1%}{target} on {d['n_poisoned']} suspected-poisoned images "
                 f"(Evaluate); suspicious from {ASR_SUSPICIOUS:.0%}, backdoored from {ASR_BACKDOORED:.0%}")
+    if e.method == BLIND_SPOT and "median_margin_over_clean_margin" in d:
+        return (f"median class pushed to {d['median_margin_over_clean_margin']:.1f} x the clean margin (the detectors "
+                f"discriminate below {d['threshold']:g} x): silence proves nothing; easiest to reach: "
+                f"{', '.join(map(str, d['easiest_classes']))}")
     return e.summary

@@ -199,8 +199,20 @@ def test_blind_spot_is_no_second_vote_for_a_class():
     verdict = combine([nc, blind])
     assert "independently" not in verdict.reason  # it re-reads the detectors' numbers
     assert verdict.score == pytest.approx(0.5)  # no agreement bonus
-    backdoored = combine([Evidence("MM-BD", BACKDOORED, (7,), 0.9, "y"), blind])
-    assert backdoored.level == BACKDOORED and backdoored.targets == (7,)
+    attack = combine([from_attack_success(0.9, 100, 10, target=7), blind])
+    assert attack.level == BACKDOORED and attack.targets == (7,)
+
+
+def test_in_the_blind_spot_a_single_detectors_outlier_is_suspicious_but_attack_success_stays_proof():
+    blind = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5), cleanse_result(BLIND_NORMS))
+    nc = Evidence("Neural Cleanse", BACKDOORED, (3,), 0.52, "an abnormally small trigger reaches class 3")
+    verdict = combine([nc, blind])
+    assert verdict.level == SUSPICIOUS and verdict.targets[0] == 3
+    assert "read as suspicious" in verdict.evidence[0].summary
+    assert verdict.evidence[0].details["level_before_blind_spot"] == BACKDOORED
+    assert combine([nc]).level == BACKDOORED  # the same evidence without the blind spot
+    measured = from_attack_success(0.97, 900, 10, target=3)
+    assert combine([nc, blind, measured]).level == BACKDOORED
 
 
 def test_as_dict_carries_each_methods_evidence():
