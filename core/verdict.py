@@ -149,9 +149,9 @@ def from_cleanse(result: Any) -> Evidence:
     if top is not None and index >= NC_SUSPICIOUS_INDEX:
         return Evidence("Neural Cleanse", SUSPICIOUS, (int(top),), score,
                         f"class {top} is easier to reach than the others ({result.norms[top]:.0f} px against ~{result.median:.0f} px, "
-                        f"index {index:.1f}, threshold 2)", details)
+                        f"index {index:.2f}, threshold 2)", details)
     return Evidence("Neural Cleanse", NO_EVIDENCE, (), score,
-                    f"no class needs an abnormally small trigger (highest index {index:.1f}, threshold 2); "
+                    f"no class needs an abnormally small trigger (highest index {index:.2f}, threshold 2); "
                     f"it cannot see large triggers", details)
 
 
@@ -370,7 +370,7 @@ def _p_score(p: float) -> float:
 
 
 def _fmt_index(v: float) -> str:
-    return f"{v:.1f}" if np.isfinite(v) else "inf"
+    return f"{v:.2f}" if np.isfinite(v) else "inf"
 
 
 def _round(v: float) -> Optional[float]:

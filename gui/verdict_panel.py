@@ -465,6 +465,8 @@ class VerdictPanel(QWidget):
             self.state.publish(Kind.CLEANSE, self.result, roles,
                                note=f"{self.result.n_images} clean images of {clean.path.name}")
             self.refresh_verdict()
+            if self.verdict is not None:  # the job's last line is the detectors' verdict; the session's may weigh Evaluate too
+                self.window.status.setText(f"{self.verdict.summary} ({self.judgement.seconds:.0f} s)")
 
         def stopped(outcome: str) -> None:
             if outcome != DONE:  # cancelled or failed: the headline must not say it is still running
@@ -695,7 +697,7 @@ def _evidence_text(e: Any) -> str:
     if e.method == "Neural Cleanse" and d.get("norms"):
         idx = {c: v for c, v in d.get("anomaly_index", {}).items() if v is not None}
         smallest = sorted(d["norms"], key=lambda c: d["norms"][c])[:3]
-        parts = ", ".join(f"{c}: {d['norms'][c]:.0f} px (index {idx.get(c, float('nan')):.1f})" for c in smallest)
+        parts = ", ".join(f"{c}: {d['norms'][c]:.0f} px (index {idx.get(c, float('nan')):.2f})" for c in smallest)
         return f"median mask {d.get('median_norm', 0):.0f} px; smallest {parts}; flagged at index > 2"
     if e.method == "MM-BD" and d.get("p_values"):
         ranked = sorted(d["p_values"], key=lambda c: d["p_values"][c])[:3]
