@@ -8,9 +8,11 @@ is silenced before the first import.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 _lock = threading.Lock()
 
@@ -24,11 +26,35 @@ def _quiet_environment() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """TensorFlow's C++ start-up lines ("oneDNN custom operations are on", absl's warning) bypass
+    TF_CPP_MIN_LOG_LEVEL; they would clutter every CLI command's stderr. Silenced at the file
+    descriptor, only during the first import; a failing import still raises its Python exception."""
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (a windowed executable): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def keras() -> Any:
     """The ``keras`` module, imported once, thread-safely."""
     with _lock:
         _quiet_environment()
-        import keras as _keras
+        with _stderr_silenced():
+            import keras as _keras
 
         try:
             import absl.logging

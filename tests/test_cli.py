@@ -25,7 +25,7 @@ def run_cli(capsys, *argv):
 
 
 def test_evaluate_json_in_a_fresh_process(demo_bundle):
-    """The real entry point: TensorFlow's chatter must not reach stdout."""
+    """The real entry point: TensorFlow's chatter must not reach stdout (nor its C++ start-up lines stderr)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "evaluate", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_test),
          "--poisoned", str(demo_bundle.poisoned_test), "--json"],
@@ -36,6 +36,7 @@ def test_evaluate_json_in_a_fresh_process(demo_bundle):
     for key in ("clean_accuracy", "attack_success_rate", "n_clean", "n_poisoned", "scale"):
         assert key in result
     assert result["attack_success_rate"] > 0.8
+    assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr
 
 
 def test_demo_command_writes_the_bundle(capsys, demo_settings, tmp_path, monkeypatch):

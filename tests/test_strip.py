@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,16 +175,24 @@ def test_cli_strip_json_and_classify_lines(capsys, demo_bundle, tmp_path):
     row = result["results"][0]
     assert set(row) >= {"source", "index", "entropy", "flagged", "label"}
     assert all((r["label"] == 10) == r["flagged"] for r in result["results"])
+    by_file = {Path(r["source"]).name: r for r in result["results"]}
+    manifest = read_manifest(demo_bundle.manifest)
+    triggered = [by_file[m["file"]]["flagged"] for m in manifest if m["triggered"]]
+    clean = [by_file[m["file"]]["flagged"] for m in manifest if not m["triggered"]]
+    # every file of the folder, not a handful: 16 overlays on the tests' small demo catch 60-90% of its
+    # triggered images (it varies with the floating-point kernels the demo was trained with), few clean ones
+    assert len(triggered) >= 8 and len(clean) >= 8
+    assert np.mean(triggered) >= 0.5 and np.mean(clean) <= 0.1
 
-    manifest = read_manifest(demo_bundle.manifest)[:12]
+    manifest = manifest[:12]
     files = [str(demo_bundle.scan_dir / m["file"]) for m in manifest]
     code = cli.main(["classify", "--model", str(demo_bundle.model), "--profile", str(prof), *files])
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.split()
     assert len(lines) == len(files) and all(0 <= int(line) <= 10 for line in lines)
-    triggered = [line for line, m in zip(lines, manifest) if m["triggered"]]
-    assert triggered and sum(line == "10" for line in triggered) >= 0.75 * len(triggered)
+    # classify applies the saved profile: the same answer the scan gave for each file
+    assert lines == [str(by_file[m["file"]]["label"]) for m in manifest]
 
 
 def test_cli_strip_needs_clean_or_profile(capsys, demo_bundle):
