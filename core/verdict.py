@@ -72,6 +72,7 @@ AGREEMENT_BONUS = 0.1
 # the methods can see: the verdict says so instead.
 BLIND_SPOT_RATIO = 6.0
 BLIND_SPOT = "blind-spot check"
+INCONCLUSIVE = "Suspicious, inconclusive"  # the headline's start when only the blind spot raised the verdict
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,7 @@ def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]
         return f"Backdoored{which}"
     if level == SUSPICIOUS and all(e.method == BLIND_SPOT for e in evidence if e.level != NO_EVIDENCE):
         look = f"; look at class{'es' if len(targets) > 1 else ''} {_join([str(t) for t in targets])} first" if targets else ""
-        return f"Suspicious, inconclusive: the detectors cannot single out a target on this model{look}"
+        return f"{INCONCLUSIVE}: the detectors cannot single out a target on this model{look}"
     if level == SUSPICIOUS:
         return f"Suspicious{which}: evidence is mixed or weak, inspect before trusting this model"
     return "No evidence found by " + _join([e.method for e in evidence])
