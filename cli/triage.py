@@ -10,6 +10,7 @@ from core.errors import DataError
 from core.judge import METHODS
 from core.mmbd import MMBDSettings
 from core.triage import triage
+from core.verdict import INCONCLUSIVE
 
 NAME = "triage"
 HELP = "rank every model in a folder by suspicion: backdoored, suspicious, no evidence (skips unreadable or hostile files)"
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> dict:
     result = drive(job, args)
     for n, row in enumerate(result.rows, start=1):
         targets = ",".join(map(str, row.targets)) or "-"
-        say(args, f"{n:3d}. {row.verdict:11s} score {row.score:.2f} targets {targets:8s} {row.seconds:6.1f} s  {row.source}")
+        verdict = row.verdict + (" (inconclusive)" if row.summary.startswith(INCONCLUSIVE) else "")
+        say(args, f"{n:3d}. {verdict:26s} score {row.score:.2f} targets {targets:8s} {row.seconds:6.1f} s  {row.source}")
     for s in result.skipped:
         say(args, f"  skipped {s.source}: {s.reason}")
     say(args, f"{len(result.rows)} models judged, {len(result.skipped)} skipped, {result.seconds:.0f} s")

@@ -95,3 +95,25 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(DataError, match="no model file"):
         collect(triage(tmp_path / "models", open_data(tmp_path / "clean.npz"), "1"))
+
+
+def test_triage_cli_lines_mark_a_verdict_only_the_blind_spot_raised(folder, capsys, monkeypatch):
+    import cli
+    import cli.triage as cli_triage
+    from core.triage import TriageResult, TriageRow
+    from core.verdict import INCONCLUSIVE
+
+    rows = [TriageRow("/m/bn_gap.keras", "suspicious", "suspicious", 0.5, (3, 5), f"{INCONCLUSIVE}: the detectors cannot ...",
+                      1.0, 10, (28, 28, 3), "255"),
+            TriageRow("/m/plain.keras", "suspicious", "suspicious", 0.6, (8,), "Suspicious (target 8): ...", 1.0, 10, (28, 28, 3), "255")]
+
+    def judged(*_args, **_kwargs):
+        yield from ()
+        return TriageResult(rows, [], "/m", 2.0)
+
+    monkeypatch.setattr(cli_triage, "triage", judged)
+    models, clean = folder
+    assert cli.main(["triage", "--models", str(models), "--clean", str(clean)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "/m/" in line]
+    assert "suspicious (inconclusive)" in lines[0] and "bn_gap" in lines[0]
+    assert "inconclusive" not in lines[1]
