@@ -97,7 +97,7 @@ def verdicts(record: dict[str, Any]) -> dict[str, Any]:
     """Evidence of each method and the combined verdict, rebuilt from the cached JSON."""
     from core.cleanse import CleanseResult
     from core.mmbd import MMBDResult, detect
-    from core.verdict import combine, from_blind_spot, from_cleanse, from_mmbd
+    from core.verdict import combine, from_cleanse, from_detectors, from_mmbd
 
     c = record["cleanse"]
     nc = CleanseResult(
@@ -112,9 +112,7 @@ def verdicts(record: dict[str, Any]) -> dict[str, Any]:
     found = detect(margins)  # the statistics are a pure function of the margins: re-tested with the current code
     mm = MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, m["num_classes"], m["scale"],
                     m["seconds"], {}, m.get("clean_margin"), found.raw_p_values)
-    e_nc, e_mm = from_cleanse(nc), from_mmbd(mm)
-    blind = from_blind_spot(mm, nc)
-    return {"Neural Cleanse": e_nc, "MM-BD": e_mm, "combined": combine([e_nc, e_mm] + ([blind] if blind else []))}
+    return {"Neural Cleanse": from_cleanse(nc), "MM-BD": from_mmbd(mm), "combined": combine(from_detectors(nc, mm))}
 
 
 def roc_auc(scores: list[float], labels: list[bool]) -> float:

@@ -20,7 +20,7 @@ from core.evaluate import EvalResult, evaluate
 from core.jobs import Job, Progress, rescaled
 from core.mmbd import MMBDResult, MMBDSettings, mmbd
 from core.models import LoadedModel
-from core.verdict import Verdict, combine, from_attack_success, from_blind_spot, from_cleanse, from_mmbd
+from core.verdict import Verdict, combine, from_attack_success, from_detectors
 
 METHODS = ("cleanse", "mmbd")
 
@@ -76,14 +76,7 @@ def judge(
         else:
             ev = yield from rescaled(evaluate(loaded, None, poisoned, target, scale), lo, hi)
         done += weights[step]
-    evidence = []
-    if nc is not None:
-        evidence.append(from_cleanse(nc))
-    if mm is not None:
-        evidence.append(from_mmbd(mm))
-        blind = from_blind_spot(mm, nc)
-        if blind is not None:
-            evidence.append(blind)
+    evidence = from_detectors(nc, mm)
     if ev is not None:
         evidence.append(attack_evidence(ev, loaded.num_classes))
     verdict = combine(evidence)

@@ -230,7 +230,7 @@ def from_blind_spot(mmbd_result: Any, cleanse_result: Any = None) -> Optional[Ev
     classes it names are where an analyst should look first: those both
     methods rank among the easiest to reach.
     """
-    clean = getattr(mmbd_result, "clean_margin", None)
+    clean = mmbd_result.clean_margin
     margins = dict(mmbd_result.margins)
     if not clean or clean <= 0 or len(margins) < 3:
         return None
@@ -248,6 +248,24 @@ def from_blind_spot(mmbd_result: Any, cleanse_result: Any = None) -> Optional[Ev
                     f"the clean margin, where the detectors work below {BLIND_SPOT_RATIO:.0f}){nc_note}, so a backdoor "
                     f"would not stand out: inconclusive, not clean; classes {', '.join(map(str, classes))} are the easiest "
                     f"to reach", details)
+
+
+def from_detectors(cleanse_result: Any = None, mmbd_result: Any = None) -> list[Evidence]:
+    """The model-level detectors' evidence (None: not run), with the blind-spot reading of MM-BD's margins."""
+    evidence = []
+    if cleanse_result is not None:
+        evidence.append(from_cleanse(cleanse_result))
+    if mmbd_result is not None:
+        evidence.append(from_mmbd(mmbd_result))
+        blind = from_blind_spot(mmbd_result, cleanse_result)
+        if blind is not None:
+            evidence.append(blind)
+    return evidence
+
+
+def inconclusive_mark(summary: str) -> str:
+    """" (inconclusive)" for a verdict headline only the blind-spot check raised, for one-word level columns."""
+    return " (inconclusive)" if summary.startswith(INCONCLUSIVE) else ""
 
 
 def _easiest_classes(margins: dict[int, float], norms: Optional[dict[int, float]]) -> tuple[int, ...]:
