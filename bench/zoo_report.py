@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from bench.zoo import ZooEntry, build_zoo  # noqa: E402
 
-RESULTS_VERSION = 2  # 2: TensorFlow with oneDNN kernels (core.tf_env), all models re-timed
+RESULTS_VERSION = 3  # 2: TensorFlow with oneDNN kernels (core.tf_env), all models re-timed; 3: Neural Cleanse's label-specific step
 
 
 def run_detectors(entry: ZooEntry) -> dict[str, Any]:
@@ -95,9 +95,9 @@ def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:
 
 def verdicts(record: dict[str, Any]) -> dict[str, Any]:
     """Evidence of each method and the combined verdict, rebuilt from the cached JSON."""
-    from core.cleanse import CleanseResult
+    from core.cleanse import CleanseResult, LabelSpecific, ReversedTrigger
     from core.mmbd import MMBDResult, detect
-    from core.verdict import combine, from_cleanse, from_detectors, from_mmbd
+    from core.verdict import LABEL_SPECIFIC, combine, from_cleanse, from_detectors, from_label_specific, from_mmbd
 
     c = record["cleanse"]
     nc = CleanseResult(
@@ -107,12 +107,18 @@ def verdicts(record: dict[str, Any]) -> dict[str, Any]:
         screening=c["screening"], triggers={}, median=c["median_norm"], mad=c["mad"], threshold_norm=c["threshold_norm"],
         num_classes=c["num_classes"], scale=c["scale"], n_images=c["n_images"], seconds=c["seconds"],
     )
+    ls = c["label_specific"]
+    nc.label_specific = LabelSpecific(
+        ReversedTrigger(-1, np.zeros(0), np.zeros(0), ls["norm"], ls["moved"], ls["reached"], 0),
+        ls["smallest_targeted_norm"], ls["moved"], {int(k): v for k, v in ls["destinations"].items()},
+        {int(k): v for k, v in ls["shares"].items()}, ls["seconds"])
     m = record["mmbd"]
     margins = {int(k): v for k, v in m["margins"].items()}
     found = detect(margins)  # the statistics are a pure function of the margins: re-tested with the current code
     mm = MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, m["num_classes"], m["scale"],
                     m["seconds"], {}, m.get("clean_margin"), found.raw_p_values)
-    return {"Neural Cleanse": from_cleanse(nc), "MM-BD": from_mmbd(mm), "combined": combine(from_detectors(nc, mm))}
+    return {"Neural Cleanse": from_cleanse(nc), LABEL_SPECIFIC: from_label_specific(nc), "MM-BD": from_mmbd(mm),
+            "combined": combine(from_detectors(nc, mm))}
 
 
 def roc_auc(scores: list[float], labels: list[bool]) -> float:
@@ -142,7 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         comb = v["combined"]
         truth = "all->+1" if entry.spec.all_to_all else (",".join(map(str, entry.spec.targets)) or "-")
         print(f"{entry.spec.name:28s} truth {truth:8s} | NC {v['Neural Cleanse'].level:11s} {_cls(v['Neural Cleanse'].classes):6s} "
-              f"| MM-BD {v['MM-BD'].level:11s} {_cls(v['MM-BD'].classes):6s} | combined {comb.level:11s} {_cls(comb.targets):6s} "
+              f"| LS {v['label-specific check'].level:11s} | MM-BD {v['MM-BD'].level:11s} {_cls(v['MM-BD'].classes):6s} | combined {comb.level:11s} {_cls(comb.targets):6s} "
               f"score {comb.score:.3f} | {record['cleanse_seconds'] + record['mmbd_seconds']:5.1f} s", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} (2 cores shared)")
     table = summary(rows)
@@ -190,7 +196,7 @@ def _cls(classes: tuple) -> str:
 def summary(rows: list) -> list[dict[str, Any]]:
     out = []
     labels = [e.spec.backdoored for e, _r, _v in rows]
-    for method in ("Neural Cleanse", "MM-BD", "combined"):
+    for method in ("Neural Cleanse", "label-specific check", "MM-BD", "combined"):
         levels = [(v[method].level, _targets(v[method])) for _e, _r, v in rows]
         scores = [v[method].score for _e, _r, v in rows]
         bad = [e for e, _r, _v in rows if e.spec.backdoored]
@@ -198,9 +204,13 @@ def summary(rows: list) -> list[dict[str, Any]]:
         fp = [e for (e, _r, _v), (lvl, _t) in zip(rows, levels) if not e.spec.backdoored and lvl != "no evidence"]
         fp_bd = [e for (e, _r, _v), (lvl, _t) in zip(rows, levels) if not e.spec.backdoored and lvl == "backdoored"]
         named = [e for (e, _r, _v), (lvl, t) in zip(rows, levels) if e.spec.backdoored and lvl != "no evidence" and _named(e, t)]
-        parts = {"Neural Cleanse": ("cleanse",), "MM-BD": ("mmbd",), "combined": ("cleanse", "mmbd")}[method]
-        seconds = [sum(r[f"{p}_seconds"] for p in parts) for _e, r, _v in rows]
-        cpu = [sum(r.get(f"{p}_cpu_seconds", float("nan")) for p in parts) for _e, r, _v in rows]
+        parts = {"Neural Cleanse": ("cleanse",), "label-specific check": (), "MM-BD": ("mmbd",), "combined": ("cleanse", "mmbd")}[method]
+        if parts:
+            seconds = [sum(r[f"{p}_seconds"] for p in parts) for _e, r, _v in rows]
+            cpu = [sum(r.get(f"{p}_cpu_seconds", float("nan")) for p in parts) for _e, r, _v in rows]
+        else:  # a step inside Neural Cleanse's job (its seconds are included in Neural Cleanse's): wall time only
+            seconds = [r["cleanse"]["label_specific"]["seconds"] for _e, r, _v in rows]
+            cpu = [float("nan")] * len(rows)
         clean_n = len(rows) - len(bad)
         out.append({
             "method": method,

@@ -10,7 +10,7 @@ from core.errors import DataError
 from core.judge import METHODS
 from core.mmbd import MMBDSettings
 from core.triage import triage
-from core.verdict import inconclusive_mark
+from core.verdict import inconclusive_mark, targets_label
 
 NAME = "triage"
 HELP = "rank every model in a folder by suspicion: backdoored, suspicious, no evidence (skips unreadable or hostile files)"
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> dict:
                  CleanseSettings(max_images=args.max_images, seed=args.seed), MMBDSettings(seed=args.seed))
     result = drive(job, args)
     for n, row in enumerate(result.rows, start=1):
-        targets = ",".join(map(str, row.targets)) or "-"
+        targets = targets_label(row.targets, row.summary)
         verdict = row.verdict + inconclusive_mark(row.summary)
         say(args, f"{n:3d}. {verdict:26s} score {row.score:.2f} targets {targets:8s} {row.seconds:6.1f} s  {row.source}")
     for s in result.skipped:

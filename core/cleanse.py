@@ -22,6 +22,16 @@ Neural Networks", IEEE S&P 2019. The idea, read top-down in :func:`cleanse`:
    for all classes at once, on a handful of images, scoring how readily a
    small universal mask flips them -- and fully optimise only the top K.
    The result says which classes were screened out and how.
+4. A label-specific backdoor (all-to-all: class y -> y + 1) has no single
+   target, so step 2 sees nothing unusual: each target is reached from one
+   source only. We reverse-engineer one more trigger, *untargeted*: the
+   smallest mask that moves 95% of the clean images off the class the model
+   gives them, to whatever class. The smallest one-class trigger already
+   does most of that (it moves every image of the other classes), so on a
+   model without a label-specific shortcut the untargeted trigger is no
+   smaller (1.9-3.5 times the smallest one-class trigger on the clean zoo,
+   docs/zoo.md). Far smaller, sending each class to its own destination,
+   is a trigger with a label-dependent target.
 
 The job yields progress after every few optimisation steps (tens to a few
 hundred milliseconds), so Cancel is immediate; it writes nothing to disk.
@@ -85,6 +95,11 @@ class CleanseSettings:
     # None: 2 when every class is optimised (small models), 1 after screening
     # (the 1,283-class budget of 10 minutes on 2 cores allows one).
     restarts: Optional[int] = None
+    # Step 4 (label-specific backdoors): one untargeted trigger moving this share of the clean images off their class,
+    # optimised on bigger batches (a 95% criterion judged on 32 images is one image).
+    label_specific: bool = True
+    untargeted_threshold: float = 0.95
+    untargeted_batch: int = 128
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,44 @@ class ReversedTrigger:
 
 
 @dataclass
+class LabelSpecific:
+    """The smallest untargeted trigger (step 4) and where it sends each class."""
+
+    trigger: ReversedTrigger  # target -1: any class but the image's own
+    smallest_targeted: float  # L1 norm of the smallest one-class trigger of step 2
+    moved: float  # share of the clean images the trigger moves off their class
+    destinations: dict[int, int]  # source class -> the class most of its stamped images go to
+    shares: dict[int, float]  # source class -> share of its images sent there
+    seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Untargeted trigger size over the smallest one-class trigger's: well below 1 = a label-specific shortcut."""
+        return float(self.trigger.norm / self.smallest_targeted) if self.smallest_targeted > 0 else float("inf")
+
+    @property
+    def hub_share(self) -> float:
+        """The largest share of source classes sent to one destination (0.1 for a permutation of 10 classes)."""
+        if not self.destinations:
+            return 1.0
+        counts = np.bincount(list(self.destinations.values()))
+        return float(counts.max() / len(self.destinations))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "norm": round(self.trigger.norm, 4),
+            "reached": self.trigger.reached,
+            "smallest_targeted_norm": round(self.smallest_targeted, 4),
+            "ratio": round(self.ratio, 4),
+            "moved": round(self.moved, 4),
+            "hub_share": round(self.hub_share, 4),
+            "destinations": {str(k): v for k, v in self.destinations.items()},
+            "shares": {str(k): round(v, 4) for k, v in self.shares.items()},
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
 class CleanseResult:
     verdict: str  # "backdoored" or "clean"
     flagged_classes: list[int]
@@ -153,6 +206,7 @@ class CleanseResult:
     n_images: int
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    label_specific: Optional[LabelSpecific] = None  # step 4; None when not run (classes chosen, or switched off)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON record (the CLI contract's keys, plus details)."""
@@ -173,6 +227,7 @@ class CleanseResult:
             "n_images": self.n_images,
             "seconds": round(self.seconds, 2),
             "settings": self.settings,
+            "label_specific": None if self.label_specific is None else self.label_specific.as_dict(),
         }
 
     def describe(self) -> str:
@@ -296,6 +351,8 @@ def cleanse(
     if starts < 1:
         raise DataError(f"restarts must be at least 1; received {starts}")
     screening["starts_per_class"] = starts
+    untargeted = settings.label_specific and classes is None and settings.untargeted_threshold > 0
+    count = len(candidates) + (1 if untargeted else 0)
     triggers: dict[int, ReversedTrigger] = {}
     for position, target in enumerate(candidates):
         pool = arrays.x if arrays.y is None else arrays.x[arrays.y != target]
@@ -303,11 +360,17 @@ def cleanse(
             pool = arrays.x
         trigger = None
         for _start in range(starts):
-            found = yield from opt.reverse(pool, target, position, len(candidates), rng)
+            found = yield from opt.reverse(pool, target, position, count, rng)
             if trigger is None or (found.reached, -found.norm) > (trigger.reached, -trigger.norm):
                 trigger = found
         triggers[target] = trigger
-        yield ClassDone(target, position, len(candidates), trigger.norm, trigger.attack_success)
+        yield ClassDone(target, position, count, trigger.norm, trigger.attack_success)
+
+    # 4. a trigger with a label-dependent target (all-to-all)?
+    label_specific = None
+    if untargeted:
+        smallest = min(t.norm for t in triggers.values())
+        label_specific = yield from opt.untargeted(arrays.x, smallest, len(candidates), count, rng, starts)
 
     # 3. anomaly index and verdict
     norms = {c: t.norm for c, t in triggers.items()}
@@ -332,6 +395,7 @@ def cleanse(
         n_images=len(arrays.x),
         seconds=seconds,
         settings=asdict(settings),
+        label_specific=label_specific,
     )
 
 
@@ -421,7 +485,28 @@ class _Optimiser:
             acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(out, axis=-1, output_type=tf.int32), target), tf.float32))
             return ce, norm, acc
 
+        def leave_loss(out, own):  # noqa: ANN001 -- per-example -log(1 - p_own): small once the image left its class
+            if from_logits:
+                others = out - 1e9 * tf.one_hot(own, tf.shape(out)[1])
+                return tf.reduce_logsumexp(out, axis=1) - tf.reduce_logsumexp(others, axis=1)
+            p = tf.gather(out, own, axis=1, batch_dims=1)
+            return -tf.math.log(1.0 - p + 1e-30)
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def untargeted_step(xb, own, cost):  # noqa: ANN001
+            with tf.GradientTape() as tape:
+                mask = to_mask(self.mask_t)
+                pattern = to_pattern(self.pattern_t)
+                out = model(((1.0 - mask) * xb + mask * pattern) * factor)
+                norm = tf.reduce_sum(mask)
+                loss = tf.reduce_mean(leave_loss(out, own)) + cost * norm
+            grads = tape.gradient(loss, [self.mask_t, self.pattern_t])
+            adam_update([self.mask_t, self.pattern_t], grads, [self.adam[0:2], self.adam[2:4]])
+            moved = tf.reduce_mean(tf.cast(tf.not_equal(tf.argmax(out, axis=-1, output_type=tf.int32), own), tf.float32))
+            return leave_loss(out, own)[0], norm, moved
+
         self._step = step
+        self._untargeted_step = untargeted_step
         self._to_mask, self._to_pattern = to_mask, to_pattern
         self._model, self._factor, self._class_loss = model, factor, class_loss
         self._adam_update = adam_update
@@ -435,9 +520,17 @@ class _Optimiser:
         to_t = lambda a: np.arctanh((a - 0.5) * (2.0 - _EPS)).astype(np.float32)  # noqa: E731
         return to_t(mask), to_t(pattern)
 
-    def reverse(self, pool: np.ndarray, target: int, position: int, count: int, rng: np.random.Generator) -> Job[ReversedTrigger]:
-        """Optimise one class's trigger with the paper's lambda schedule; keep the best mask."""
+    def reverse(self, pool: np.ndarray, target: int, position: int, count: int, rng: np.random.Generator,
+                own: Optional[np.ndarray] = None) -> Job[ReversedTrigger]:
+        """Optimise one class's trigger with the paper's lambda schedule; keep the best mask.
+
+        With ``own`` (each pool image's class) the trigger is untargeted
+        (step 4): it must move images off their own class, to any other.
+        """
         s, tf = self.s, self.tf
+        threshold = s.attack_threshold if own is None else s.untargeted_threshold
+        batch = s.batch_size if own is None else s.untargeted_batch
+        what = f"class {target}" if own is None else "untargeted trigger"
         mask0, pattern0 = self._init(rng, ())
         self.mask_t.assign(mask0)
         self.pattern_t.assign(pattern0)
@@ -455,24 +548,27 @@ class _Optimiser:
         for rnd in range(1, s.max_rounds + 1):
             accs, norms = [], []
             for k in range(s.steps_per_round):
-                idx = rng.integers(0, len(pool), size=min(s.batch_size, len(pool)))
-                _ce, norm, acc = self._step(pool[idx], target_t, tf.constant(cost, tf.float32))
+                idx = rng.integers(0, len(pool), size=min(batch, len(pool)))
+                if own is None:
+                    _ce, norm, acc = self._step(pool[idx], target_t, tf.constant(cost, tf.float32))
+                else:
+                    _ce, norm, acc = self._untargeted_step(pool[idx], own[idx], tf.constant(cost, tf.float32))
                 accs.append(float(acc))
                 norms.append(float(norm))
                 if time.perf_counter() - last_yield > 0.2:  # big models: keep Cancel immediate within a round
                     last_yield = time.perf_counter()
                     yield Progress(self.progress_base + (1 - self.progress_base) * (position + (rnd - 1) / s.max_rounds) / count,
-                                   f"Neural Cleanse: class {target} ({position + 1}/{count}), round {rnd}, step {k + 1}")
+                                   f"Neural Cleanse: {what} ({position + 1}/{count}), round {rnd}, step {k + 1}")
             acc, norm = float(np.mean(accs)), float(norms[-1])
             last_norm, last_acc = norm, acc
             # keep the smallest mask that still makes the attack succeed
-            if acc >= s.attack_threshold and (best is None or norm < best[2]):
+            if acc >= threshold and (best is None or norm < best[2]):
                 best = (self._to_mask(self.mask_t).numpy()[..., 0], self._to_pattern(self.pattern_t).numpy(), norm, acc)
             last_yield = time.perf_counter()
             yield CleanseStep(target, position, count, rnd, norm, None if best is None else best[2], acc, cost)
             yield Progress(
                 self.progress_base + (1 - self.progress_base) * (position + rnd / s.max_rounds) / count,
-                f"Neural Cleanse: class {target} ({position + 1}/{count}), round {rnd}, "
+                f"Neural Cleanse: {what} ({position + 1}/{count}), round {rnd}, "
                 f"mask {norm:.1f} px, attack {acc:.0%}",
             )
             # early stop: the best mask has stopped shrinking after lambda moved both ways
@@ -482,13 +578,13 @@ class _Optimiser:
             if up_flag and down_flag and early_count >= s.early_stop_patience:
                 break
             # lambda schedule (the paper's code)
-            if cost == 0 and acc >= s.attack_threshold:
+            if cost == 0 and acc >= threshold:
                 cost_set += 1
                 if cost_set >= s.patience:
                     cost, up, down, up_flag, down_flag = s.init_cost, 0, 0, False, False
             else:
                 cost_set = 0
-            if acc >= s.attack_threshold:
+            if acc >= threshold:
                 up, down = up + 1, 0
             else:
                 up, down = 0, down + 1
@@ -503,6 +599,33 @@ class _Optimiser:
             reached = True
         mask, pattern, norm, acc = best
         return ReversedTrigger(int(target), mask.astype(np.float32), pattern.astype(np.float32), float(np.sum(mask)), float(acc), reached, rnd)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The model's class for each image, in batches."""
+        out = [np.argmax(np.asarray(self._model(self.tf.constant(x[i:i + 256], self.tf.float32) * self._factor)), axis=1)
+               for i in range(0, len(x), 256)]
+        return np.concatenate(out).astype(np.int32)
+
+    def untargeted(self, x: np.ndarray, smallest: float, position: int, count: int,
+                   rng: np.random.Generator, starts: int) -> Job[LabelSpecific]:
+        """Step 4: the smallest trigger moving images off their class (best of ``starts``), and where it sends each class."""
+        started = time.perf_counter()
+        own = self.predict(x)
+        trigger = None
+        for _start in range(starts):
+            found = yield from self.reverse(x, -1, position, count, rng, own=own)
+            if trigger is None or (found.reached, -found.norm) > (trigger.reached, -trigger.norm):
+                trigger = found
+        stamped = self.predict(trigger.stamp(x))
+        destinations, shares = {}, {}
+        for source in np.unique(own):
+            went = stamped[(own == source) & (stamped != source)]
+            if len(went):
+                values, counts = np.unique(went, return_counts=True)
+                destinations[int(source)] = int(values[np.argmax(counts)])
+                shares[int(source)] = float(counts.max() / np.sum(own == source))
+        moved = float(np.mean(stamped != own))
+        return LabelSpecific(trigger, float(smallest), moved, destinations, shares, time.perf_counter() - started)
 
     def screen(self, x: np.ndarray, num_classes: int, rng: np.random.Generator) -> Job[np.ndarray]:
         """Score every class by how readily a small universal trigger reaches it (lower = more suspicious).

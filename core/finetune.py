@@ -165,7 +165,7 @@ def fine_tune(
     ``scale`` is '255' or '1' (see :mod:`core.inference`). ``eval_sets`` maps a
     name to ``(x, labels, target)``: accuracy against ``labels`` when
     ``target`` is None, else the attack success rate (fraction predicted as
-    ``target``). Yields :class:`BatchLoss`, :class:`EpochMetrics` and
+    ``target``; target -1: the fraction sent off ``labels``). Yields :class:`BatchLoss`, :class:`EpochMetrics` and
     ``Progress``; returns :class:`FineTuneResult`.
     """
     tf = _tf()
@@ -238,7 +238,9 @@ def fine_tune(
                 np.asarray(predict(np.ascontiguousarray(ex[i : i + 512] * factor)))
                 for i in range(0, len(ex), 512)
             ])
-            if target is not None:
+            if target is not None and int(target) < 0 and labels is not None:  # a label-specific trigger: off their class
+                out[name] = float(np.mean(pred != np.asarray(labels).reshape(-1)))
+            elif target is not None:
                 out[name] = float(np.mean(pred == int(target)))
             elif labels is not None:
                 out[name] = float(np.mean(pred == np.asarray(labels).reshape(-1)))

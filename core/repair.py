@@ -46,6 +46,7 @@ from core.inference import predict_labels
 from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel, file_sha256
 from core.pruning import Metrics
+from core.verdict import is_label_specific_backdoor
 
 METHODS = ("unlearn", "fine-prune", "both")
 DEFAULT_FRACTION = 0.2  # the paper's share of stamped images per batch
@@ -161,9 +162,18 @@ def _predict(loaded: LoadedModel, model: Any, x: np.ndarray, scale: str) -> np.n
     return predict_labels(LoadedModel(model, loaded.summary), x, scale) if len(x) else np.zeros(0, np.int64)
 
 
-def _trigger_asr_set(triggers: list[ReversedTrigger], x: np.ndarray, y: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Held-out images not of each flagged class, stamped with its reversed trigger."""
-    return [(t.target, t.stamp(x[y != t.target])) for t in triggers]
+def _trigger_asr_set(triggers: list[ReversedTrigger], x: np.ndarray, y: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Held-out images not of each flagged class, stamped with its reversed trigger, and their labels.
+
+    The label-specific trigger (target -1) has no target class: every image
+    is stamped, and its attack succeeds when the image leaves its own class.
+    """
+    return [(t.target, t.stamp(x[y != t.target]), y[y != t.target]) for t in triggers]
+
+
+def _hit(predicted: np.ndarray, target: int, labels: np.ndarray) -> np.ndarray:
+    """Which stamped images the attack won: sent to its target, or (target -1) off their own class."""
+    return predicted == target if target >= 0 else predicted != labels
 
 
 def repair(
@@ -221,6 +231,8 @@ def repair(
         )
     flagged = list(targets) if targets else ([] if verdict is None else list(verdict.flagged_classes))
     triggers = [verdict.triggers[c] for c in flagged] if verdict is not None else []
+    if not targets and verdict is not None and is_label_specific_backdoor(verdict.label_specific):
+        triggers.append(verdict.label_specific.trigger)  # all-to-all: unlearn the untargeted trigger (target -1)
     if method != "fine-prune" and not triggers:
         raise TrojanScopeError(
             "Neural Cleanse flagged no class (verdict: clean), so there is no trigger to unlearn; "
@@ -247,10 +259,8 @@ def repair(
     if x_poisoned is not None and len(x_poisoned):
         asr_source = f"the {len(x_poisoned)} suspected-poisoned images given"
     elif triggers:
-        asr_source = (
-            f"held-out clean images stamped with the reversed trigger of class(es) {flagged} "
-            f"(no poisoned set given; the real trigger may differ)"
-        )
+        which = f"of class(es) {flagged}" if flagged else "found by the label-specific check (share sent off their class)"
+        asr_source = f"held-out clean images stamped with the reversed trigger {which} (no poisoned set given; the real trigger may differ)"
     else:
         asr_source = "not measured (no poisoned set and no flagged class)"
     stamped_sets = _trigger_asr_set(triggers, x_hold, y_hold)
@@ -261,7 +271,7 @@ def repair(
             pred = _predict(loaded, model, x_poisoned, scale)
             asr: Optional[float] = float(np.mean(pred == (target if target is not None else yp)))
         elif stamped_sets:
-            asr = max(float(np.mean(_predict(loaded, model, xs, scale) == t)) for t, xs in stamped_sets if len(xs))
+            asr = max(float(np.mean(_hit(_predict(loaded, model, xs, scale), t, ys))) for t, xs, ys in stamped_sets if len(xs))
         else:
             asr = None
         return Metrics(acc, asr)
@@ -299,8 +309,8 @@ def repair(
             # with a target: the share predicted as it; without: accuracy against the poisoned labels, the same thing
             eval_sets["attack_success_rate"] = (x_poisoned, None, target) if target is not None else (x_poisoned, yp, None)
         else:
-            t, xs = stamped_sets[0]
-            eval_sets["attack_success_rate"] = (xs, None, t)
+            t, xs, ys = stamped_sets[0]
+            eval_sets["attack_success_rate"] = (xs, ys, t)
         tuned = yield from rescaled(
             fine_tune(model, x_fit, y_fit, scale, settings.fine_tuning(), masks=masks, eval_sets=eval_sets,
                       transform=stamp_transform(unlearn_triggers, fraction)),

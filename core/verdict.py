@@ -5,7 +5,9 @@ finds abnormally *small* triggers and is blind to large ones (a frame,
 sunglasses); MM-BD (Wang et al., 2024) finds classes any input can be pushed
 to abnormally hard, whatever the trigger's size; and when the analyst holds
 suspected-poisoned images, the attack success measured on them is direct
-evidence. Two statements side by side ("No evidence of a backdoor" next to
+evidence. Neural Cleanse's untargeted step (the "label-specific check")
+sees what a per-class search cannot: a trigger whose target depends on the
+image's label (all-to-all: y -> y + 1). Two statements side by side ("No evidence of a backdoor" next to
 "96.5% attack success") leave the analyst to reconcile them; this module does
 it with a few explicit rules, pure functions over the detectors' results:
 
@@ -71,6 +73,17 @@ AGREEMENT_BONUS = 0.1
 # escaped both detectors. From 6 times, "no evidence" would claim more than
 # the methods can see: the verdict says so instead.
 BLIND_SPOT_RATIO = 6.0
+# Label-specific backdoors (all-to-all), Neural Cleanse's step 4 (core.cleanse):
+# the smallest trigger that moves 95% of clean images off their class, over
+# the smallest one-class trigger. That one-class trigger already moves every
+# image of the other classes, so without a label-dependent shortcut the ratio
+# is not below 1 (1.9-3.5 on the zoo's clean models, docs/zoo.md). Below 1 is
+# suspicious; below 1 with the classes sent to many different destinations
+# (no destination takes more than a third of them, as in y -> y + 1) is a
+# trigger whose target depends on the label: backdoored.
+LABEL_SPECIFIC_RATIO = 1.0
+LABEL_SPECIFIC_HUB_SHARE = 1 / 3
+LABEL_SPECIFIC = "label-specific check"
 BLIND_SPOT = "blind-spot check"
 INCONCLUSIVE = "Suspicious, inconclusive"  # the headline's start when only the blind spot raised the verdict
 
@@ -222,6 +235,44 @@ def _hit_classes(target: Optional[int], predicted: Optional[np.ndarray], labels:
     return tuple(int(values[i]) for i in order if counts[i] >= 0.1 * len(hits))
 
 
+def from_label_specific(cleanse_result: Any) -> Optional[Evidence]:
+    """Neural Cleanse's untargeted trigger (step 4) as evidence; None when it was not run."""
+    found = getattr(cleanse_result, "label_specific", None)
+    if found is None:
+        return None
+    ratio, hub = found.ratio, found.hub_share
+    score = _clip(1.0 - ratio / 2.0)  # ratio 1 (the line) -> 0.5
+    details = found.as_dict()
+    said = (f"one {found.trigger.norm:.0f} px trigger moves {found.moved:.0%} of the clean images off their class, "
+            f"{ratio:.2f} times the smallest one-class trigger ({found.smallest_targeted:.0f} px)")
+    if not found.trigger.reached:
+        return Evidence(LABEL_SPECIFIC, NO_EVIDENCE, (), 0.0,
+                        "no trigger with a label-dependent target: no trigger moved 95% of the clean images off their "
+                        "class within the optimisation's budget", details)
+    if ratio >= LABEL_SPECIFIC_RATIO:
+        return Evidence(LABEL_SPECIFIC, NO_EVIDENCE, (), score,
+                        f"no trigger with a label-dependent target: {said}, no shortcut beyond a one-class trigger", details)
+    if is_label_specific_backdoor(found):
+        return Evidence(LABEL_SPECIFIC, BACKDOORED, (), max(score, 0.75),
+                        f"{said}, and sends each class to its own destination ({mapping(found.destinations)}): "
+                        f"a backdoor whose target depends on the label (all-to-all)", details)
+    top = int(np.bincount(list(found.destinations.values())).argmax())
+    return Evidence(LABEL_SPECIFIC, SUSPICIOUS, (top,), score,
+                    f"{said}; it sends {hub:.0%} of the classes to class {top} ({mapping(found.destinations)})", details)
+
+
+def is_label_specific_backdoor(found: Any) -> bool:
+    """Whether a ``core.cleanse.LabelSpecific`` is a trigger whose target depends on the label (its repair unlearns it)."""
+    return bool(found is not None and found.trigger.reached and found.ratio < LABEL_SPECIFIC_RATIO
+                and found.hub_share <= LABEL_SPECIFIC_HUB_SHARE)
+
+
+def mapping(destinations: dict[int, int], shown: int = 4) -> str:
+    """'0→1, 1→2, 2→3, 3→4, …' for a source -> destination map."""
+    pairs = [f"{s}\u2192{d}" for s, d in sorted(destinations.items())]
+    return ", ".join(pairs[:shown]) + (", \u2026" if len(pairs) > shown else "")
+
+
 def from_blind_spot(mmbd_result: Any, cleanse_result: Any = None) -> Optional[Evidence]:
     """Evidence that the detectors cannot see here, or None when they can (or it cannot be told).
 
@@ -255,6 +306,9 @@ def from_detectors(cleanse_result: Any = None, mmbd_result: Any = None) -> list[
     evidence = []
     if cleanse_result is not None:
         evidence.append(from_cleanse(cleanse_result))
+        label_specific = from_label_specific(cleanse_result)
+        if label_specific is not None:
+            evidence.append(label_specific)
     if mmbd_result is not None:
         evidence.append(from_mmbd(mmbd_result))
         blind = from_blind_spot(mmbd_result, cleanse_result)
@@ -266,6 +320,13 @@ def from_detectors(cleanse_result: Any = None, mmbd_result: Any = None) -> list[
 def inconclusive_mark(summary: str) -> str:
     """" (inconclusive)" for a verdict headline only the blind-spot check raised, for one-word level columns."""
     return " (inconclusive)" if summary.startswith(INCONCLUSIVE) else ""
+
+
+def targets_label(targets: Sequence[int], summary: str) -> str:
+    """The suspected targets for a one-cell column: "3", "2,5", "all-to-all" (label-specific), or "-"."""
+    if not targets and summary.startswith("Backdoored (all-to-all"):
+        return "all-to-all"
+    return ",".join(map(str, targets)) or "-"
 
 
 def _easiest_classes(margins: dict[int, float], norms: Optional[dict[int, float]]) -> tuple[int, ...]:
@@ -347,6 +408,9 @@ def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]
     which = ""
     if targets:
         which = f" (target {targets[0]})" if len(targets) == 1 else f" (targets {', '.join(map(str, targets))})"
+    if level == BACKDOORED and not targets and any(e.method == LABEL_SPECIFIC and e.level == BACKDOORED for e in evidence):
+        found = next(e for e in evidence if e.method == LABEL_SPECIFIC)
+        return f"Backdoored (all-to-all: {mapping({int(k): v for k, v in found.details['destinations'].items()}, 3)})"
     if level == BACKDOORED:
         return f"Backdoored{which}"
     if level == SUSPICIOUS and all(e.method == BLIND_SPOT for e in evidence if e.level != NO_EVIDENCE):

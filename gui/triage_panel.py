@@ -230,7 +230,7 @@ class TriagePanel(QWidget):
             self._show(self.live_rows, ranked=False)
 
     def _show(self, rows: list[Any], ranked: bool) -> None:
-        from core.verdict import inconclusive_mark
+        from core.verdict import inconclusive_mark, targets_label
 
         table = self.table
         table.setRowCount(len(rows))
@@ -240,7 +240,7 @@ class TriagePanel(QWidget):
             name = str(path.relative_to(base)) if base is not None and path.is_relative_to(base) else path.name
             level = LEVEL_WORDS.get(r.level, r.level) + inconclusive_mark(r.summary)
             cells = [str(i + 1) if ranked else "", name, level, f"{r.score:.3f}",
-                     ", ".join(map(str, r.targets)) or "-", f"{r.seconds:.1f}"]
+                     targets_label(r.targets, r.summary).replace(",", ", "), f"{r.seconds:.1f}"]
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(r.summary)

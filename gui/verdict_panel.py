@@ -400,11 +400,18 @@ class VerdictPanel(QWidget):
         previous = self.chosen_classes()
         targets = tuple(self.verdict.targets) if self.verdict is not None and self.verdict.level != "no evidence" else ()
         n = self.state.loaded.num_classes if self.state.loaded is not None else 0
-        self._class_options = [targets or None] + [(c,) for c in range(n)]
+        from core.verdict import LABEL_SPECIFIC
+
+        all_to_all = not targets and self.verdict is not None and any(
+            e.method == LABEL_SPECIFIC and e.level == "backdoored" for e in self.verdict.evidence)
+        # () = no class: core.repair unlearns the label-specific (all-to-all) trigger Neural Cleanse found
+        self._class_options = [targets or (() if all_to_all else None)] + [(c,) for c in range(n)]
         combo.blockSignals(True)
         combo.clear()
         if targets:
             combo.addItem(f"Suspected target{'s' if len(targets) > 1 else ''}: {', '.join(map(str, targets))}")
+        elif all_to_all:
+            combo.addItem("The all-to-all trigger (label-specific check)")
         else:
             combo.addItem("Choose a class…")
         for c in range(n):
@@ -504,7 +511,9 @@ class VerdictPanel(QWidget):
             if event.target != self._current_target:
                 self._current_target = event.target
                 self.curves["norm"].clear()
-                self.live_plot.setTitle(f"Optimisation: mask norm per round, class {event.target} "
+                which = (f"class {event.target}" if event.target >= 0
+                         else "untargeted trigger, any class \u2192 another (label-specific check)")
+                self.live_plot.setTitle(f"Optimisation: mask norm per round, {which} "
                                         f"({event.position + 1}/{event.candidates})", color="k")
             self.curves.append("norm", event.round, event.norm)
         elif isinstance(event, ClassDone):
@@ -691,7 +700,16 @@ class VerdictPanel(QWidget):
 
 def _evidence_text(e: Any) -> str:
     """The figures behind one method's say, short enough for one table row."""
-    from core.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS, BLIND_SPOT, MMBD_BACKDOORED_P, MMBD_SUSPICIOUS_P
+    from core.verdict import (
+        ASR_BACKDOORED,
+        ASR_SUSPICIOUS,
+        BLIND_SPOT,
+        LABEL_SPECIFIC,
+        LABEL_SPECIFIC_RATIO,
+        MMBD_BACKDOORED_P,
+        MMBD_SUSPICIOUS_P,
+        mapping,
+    )
 
     d = e.details
     if e.method == "Neural Cleanse" and d.get("norms"):
@@ -707,6 +725,10 @@ def _evidence_text(e: Any) -> str:
         target = "" if d.get("target") is None else f" to class {d['target']}"
         return (f"attack success {d['attack_success_rate']:.1%}{target} on {d['n_poisoned']} suspected-poisoned images "
                 f"(Evaluate); suspicious from {ASR_SUSPICIOUS:.0%}, backdoored from {ASR_BACKDOORED:.0%}")
+    if e.method == LABEL_SPECIFIC and "ratio" in d:
+        sends = mapping({int(k): v for k, v in d["destinations"].items()}, 5)
+        return (f"untargeted trigger {d['norm']:.0f} px = {d['ratio']:.2f} x the smallest one-class trigger "
+                f"({d['smallest_targeted_norm']:.0f} px; label-specific below {LABEL_SPECIFIC_RATIO:g} x); sends {sends}")
     if e.method == BLIND_SPOT and "median_margin_over_clean_margin" in d:
         return (f"median class pushed to {d['median_margin_over_clean_margin']:.1f} x the clean margin (the detectors "
                 f"discriminate below {d['threshold']:g} x): silence proves nothing; easiest to reach: "

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from core.cleanse import CleanseSettings, anomaly_indices, cleanse, flag_classes
+from core.verdict import BACKDOORED, NO_EVIDENCE, from_label_specific
 from core.data import Arrays
 from core.jobs import collect, run_job
-from tests.planted import CLASSES, H, PLANTED, W, save_linear_model
+from tests.planted import CLASSES, H, PLANTED, W, save_all_to_all_model, save_linear_model
 
 # A few rounds and few classes keep these tests to seconds; the defaults are measured in bench/.
 FAST = CleanseSettings(max_rounds=20, init_cost=1e-2, patience=2, early_stop_patience=4, seed=0)
@@ -64,6 +65,36 @@ def test_planted_one_pixel_backdoor_is_flagged_on_its_class(planted):
     assert np.unravel_index(np.argmax(trigger.mask), trigger.mask.shape) == (12, 11)
     natural = [result.norms[c] for c in range(CLASSES) if c != PLANTED]
     assert min(natural) > 5 * trigger.norm
+    # one target: moving 95% of the images off their class needs more than the one-class trigger
+    # (the planted class's own images do not move with it), so the label-specific step sees no shortcut
+    assert result.label_specific.ratio > 1.0
+    assert from_label_specific(result).level == NO_EVIDENCE
+
+
+@pytest.fixture(scope="module")
+def all_to_all(tmp_path_factory):
+    """The planted all-to-all model and Neural Cleanse's result on it."""
+    from core.models import load_model
+
+    path = tmp_path_factory.mktemp("all_to_all") / "all_to_all.keras"
+    save_all_to_all_model(path)
+    loaded = load_model(path)
+    return loaded, run_job(cleanse(loaded, _planted_images(300), "1", FAST))
+
+
+def test_label_specific_step_finds_a_planted_all_to_all_backdoor(all_to_all):
+    loaded, result = all_to_all
+    data = _planted_images(300)
+    assert np.all(loaded.model.predict(data.x, verbose=0).argmax(1) == data.y)  # a sound classifier on clean images
+    found = result.label_specific
+    assert found.trigger.reached and found.moved >= 0.95
+    assert found.destinations == {k: (k + 1) % CLASSES for k in range(CLASSES)}  # y -> y + 1, read back from the model
+    assert np.unravel_index(np.argmax(found.trigger.mask), found.trigger.mask.shape) == (12, 11)
+    assert found.trigger.norm < 2.0 and found.ratio < 0.3  # every one-class trigger must repaint rows of pixels
+    assert found.hub_share == pytest.approx(1 / CLASSES)
+    evidence = from_label_specific(result)
+    assert evidence.level == BACKDOORED and evidence.classes == ()
+    assert result.as_dict()["label_specific"]["destinations"] == {str(k): (k + 1) % CLASSES for k in range(CLASSES)}
 
 
 def test_screening_keeps_the_planted_class_among_few_candidates(planted):
@@ -88,10 +119,12 @@ def test_demo_badnet_is_flagged_with_its_target(demo_model, demo_arrays, demo_bu
     result = run_job(cleanse(demo_model, clean_valid, "255", settings))
     assert result.verdict == "backdoored"
     assert demo_bundle.info["target"] in result.flagged_classes
+    assert from_label_specific(result).level == NO_EVIDENCE  # one target: no label-dependent shortcut
 
 
 def test_demo_clean_control_is_judged_clean(clean_demo_model, demo_arrays):
     result = run_job(cleanse(clean_demo_model, demo_arrays[0], "255", CleanseSettings(max_rounds=30, seed=0)))
+    assert from_label_specific(result).level == NO_EVIDENCE and result.label_specific.ratio > 1.0
     assert result.verdict == "clean", result.anomaly_index
 
 
@@ -117,6 +150,20 @@ def test_unlearning_removes_the_demo_backdoor_and_saves_atomically(demo_model, d
     record = json.loads((tmp_path / "repaired.keras.json").read_text())
     assert record["method"] == "unlearn" and record["flagged_classes"] == [7] and record["saved"] == str(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repaired.keras", "repaired.keras.json"]
+
+
+def test_unlearning_the_label_specific_trigger_keeps_stamped_images_in_their_class(all_to_all):
+    from core.repair import RepairSettings, repair
+
+    loaded, verdict = all_to_all
+    assert verdict.flagged_classes == []  # no single class stands out: only step 4 saw the backdoor
+    data = _planted_images(400, seed=1)
+    settings = RepairSettings(restarts=0, epochs=8, learning_rate=0.05, seed=0)
+    result = run_job(repair(loaded, data.x, data.y, "1", settings, verdict=verdict))
+    assert "label-specific" in result.asr_source
+    assert result.before.attack_success_rate > 0.9  # stamped held-out images leave their class
+    assert result.after.attack_success_rate < 0.1
+    assert result.after.clean_accuracy > 0.95
 
 
 def test_cancel_leaves_nothing_written(demo_model, demo_arrays, demo_verdict, tmp_path):
@@ -165,6 +212,7 @@ def test_cli_cleanse_and_repair_print_the_contract_keys(demo_bundle, tmp_path, c
     assert code == 0
     assert {"verdict", "flagged_classes", "anomaly_index", "norms", "candidates", "seconds"} <= set(out)
     assert out["candidates"] == [1, 7, 9] and set(out["norms"]) == {"1", "7", "9"}
+    assert out["label_specific"] is None  # classes chosen by the analyst: the untargeted step is not run
 
     target = tmp_path / "unlearned.keras"
     code = cli.main(["repair", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.cleanse import CleanseResult, anomaly_indices, flag_classes
+from core.cleanse import CleanseResult, LabelSpecific, ReversedTrigger, anomaly_indices, flag_classes
 from core.mmbd import MMBDResult, detect
 from core.verdict import (
     BACKDOORED,
@@ -16,6 +16,8 @@ from core.verdict import (
     from_attack_success,
     from_blind_spot,
     from_cleanse,
+    from_detectors,
+    from_label_specific,
     from_mmbd,
 )
 
@@ -213,6 +215,66 @@ def test_in_the_blind_spot_a_single_detectors_outlier_is_suspicious_but_attack_s
     assert combine([nc]).level == BACKDOORED  # the same evidence without the blind spot
     measured = from_attack_success(0.97, 900, 10, target=3)
     assert combine([nc, blind, measured]).level == BACKDOORED
+
+
+def with_label_specific(norms: dict[int, float], untargeted: float, destinations: dict[int, int],
+                        reached: bool = True) -> CleanseResult:
+    """A Neural Cleanse result whose step 4 found an untargeted trigger of ``untargeted`` px."""
+    result = cleanse_result(norms)
+    trigger = ReversedTrigger(-1, np.zeros((2, 2)), np.zeros((2, 2, 1)), untargeted, 0.95, reached, 10)
+    result.label_specific = LabelSpecific(trigger, min(norms.values()), 0.95, destinations, {k: 0.9 for k in destinations})
+    return result
+
+
+SHIFT = {k: (k + 1) % 10 for k in range(10)}  # y -> y + 1
+HUB = {k: (8 if k != 8 else 3) for k in range(10)}  # natural confusions: most classes fall to one hub class
+
+
+def test_label_specific_trigger_far_below_every_one_class_trigger_with_a_permutation_is_backdoored():
+    nc = with_label_specific(CALM_NORMS, 10.0, SHIFT)  # smallest one-class trigger 60 px
+    evidence = from_label_specific(nc)
+    assert evidence.level == BACKDOORED and evidence.classes == ()  # no single target to name
+    assert "0\u21921, 1\u21922" in evidence.summary and "all-to-all" in evidence.summary
+    verdict = combine(from_detectors(nc, mmbd_result(CALM_MARGINS)))
+    assert verdict.level == BACKDOORED and verdict.targets == ()
+    assert verdict.summary.startswith("Backdoored (all-to-all: 0\u21921, 1\u21922, 2\u21923")
+    assert verdict.score > 0.75
+
+
+def test_label_specific_ratio_below_one_into_a_hub_class_is_only_suspicious():
+    evidence = from_label_specific(with_label_specific(CALM_NORMS, 50.0, HUB))
+    assert evidence.level == SUSPICIOUS and evidence.classes == (8,)
+    assert 0.5 < evidence.score < 0.75
+
+
+@pytest.mark.parametrize("untargeted, destinations, reached", [(60.0, SHIFT, True), (150.0, HUB, True), (10.0, SHIFT, False)])
+def test_no_label_specific_shortcut_is_no_evidence(untargeted, destinations, reached):
+    # as large as the smallest one-class trigger (the line), the zoo's clean models (2-3.5x), or never reached
+    evidence = from_label_specific(with_label_specific(CALM_NORMS, untargeted, destinations, reached))
+    assert evidence.level == NO_EVIDENCE
+    assert evidence.score <= 0.5
+
+
+def test_label_specific_check_keeps_its_level_in_the_blind_spot():
+    # it compares two triggers of the same model, not one class with the spread of the others
+    nc = with_label_specific(BLIND_NORMS, 2.0, SHIFT)
+    verdict = combine(from_detectors(nc, mmbd_result(BLIND_MARGINS, clean_margin=5.5)))
+    assert any(e.method == "blind-spot check" for e in verdict.evidence)
+    assert verdict.level == BACKDOORED and verdict.summary.startswith("Backdoored (all-to-all")
+
+
+def test_targets_label_names_an_all_to_all_verdict_which_has_no_single_target():
+    from core.verdict import targets_label
+
+    verdict = combine(from_detectors(with_label_specific(CALM_NORMS, 10.0, SHIFT)))
+    assert targets_label(verdict.targets, verdict.summary) == "all-to-all"
+    assert targets_label((2, 5), "Backdoored (targets 2, 5)") == "2,5"
+    assert targets_label((), "No evidence found by Neural Cleanse") == "-"
+
+
+def test_label_specific_not_run_adds_no_evidence():
+    assert from_label_specific(cleanse_result(CALM_NORMS)) is None
+    assert [e.method for e in from_detectors(cleanse_result(CALM_NORMS))] == ["Neural Cleanse"]
 
 
 def test_as_dict_carries_each_methods_evidence():
