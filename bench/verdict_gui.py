@@ -1,6 +1,6 @@
 """Issue 11 acceptance, the GUI half: a zoo model judged by clicks, with the verdict line, Evaluate and the report compared.
 
-    QT_QPA_PLATFORM=offscreen python bench/verdict_gui.py sunglasses frame [--out DIR] [--no-poisoned]
+    QT_QPA_PLATFORM=offscreen python bench/verdict_gui.py sunglasses frame [--out DIR] [--no-poisoned] [--repair]
 
 For each zoo model (bench/zoo.py, built first if missing): opens the model,
 its ``clean_valid`` (the detectors' data), ``clean_test`` and, unless
@@ -8,8 +8,10 @@ its ``clean_valid`` (the detectors' data), ``clean_test`` and, unless
 analyst would in the Model & Data panel; presses Evaluate, then Run the
 detectors in the Verdict panel with default settings; saves a 1,280 x 720 PNG
 of the Verdict panel; exports the report; and checks that the verdict line,
-the Evaluate figures and the report say the same thing. Prints one line per
-model and exits non-zero when they disagree.
+the Evaluate figures and the report say the same thing. With ``--repair``,
+then presses Repair with the panel's first choice (the verdict's targets, or
+the all-to-all trigger) and method Unlearn, and reports attack success before
+and after. Prints one line per model and exits non-zero when they disagree.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if str(ROOT) not in sys.path:
 from bench.zoo import build_zoo  # noqa: E402
 
 
-def judge_in_gui(app, window, entry, out: Path, poisoned: bool) -> dict:  # noqa: ANN001
+def judge_in_gui(app, window, entry, out: Path, poisoned: bool, repair: bool = False) -> dict:  # noqa: ANN001
     from gui.state import Kind
 
     def idle(timeout_s: float = 900) -> None:
@@ -79,7 +81,24 @@ def judge_in_gui(app, window, entry, out: Path, poisoned: bool) -> dict:  # noqa
         "verdict weighs Evaluate's attack success": asr is None or any(
             e.method == "measured attack success" and e.details.get("attack_success_rate") == round(asr, 4) for e in verdict.evidence),
     }
-    return {"model": entry.spec.name, "level": verdict.level, "targets": list(verdict.targets), "summary": verdict.summary,
+    repaired = None
+    if repair:
+        verdict_panel.method.setCurrentIndex(verdict_panel.method.findData("unlearn"))
+        verdict_panel.repair_class.setCurrentIndex(0)
+        choice = verdict_panel.repair_class.currentText()
+        verdict_panel.repair_button.click()
+        idle()
+        result = verdict_panel.repair_result
+        checks["repair ran"] = result is not None
+        if result is not None:
+            repaired = {"choice": choice, "before": result.before.attack_success_rate, "after": result.after.attack_success_rate,
+                        "clean before": result.before.clean_accuracy, "clean after": result.after.clean_accuracy,
+                        "measured on": result.asr_source}
+            for _ in range(5):
+                app.processEvents()
+                time.sleep(0.05)
+            window.grab().save(str(shot.with_name(shot.stem + "-repaired.png")))
+    return {"model": entry.spec.name, "level": verdict.level, "repair": repaired, "targets": list(verdict.targets), "summary": verdict.summary,
             "attack_success": asr, "seconds": round(seconds, 1), "png": str(shot), "report": str(report), "checks": checks}
 
 
@@ -88,6 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("names", nargs="+")
     parser.add_argument("--out", default="out/verdict_gui")
     parser.add_argument("--no-poisoned", action="store_true", help="clean data only (the detectors' own verdict)")
+    parser.add_argument("--repair", action="store_true", help="then unlearn the panel's first repair choice")
     args = parser.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("TROJANSCOPE_HOME", tempfile.mkdtemp(prefix="trojanscope-home-"))  # no recent-files clutter
@@ -103,11 +123,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         window = MainWindow()
         window.resize(1280, 720)
         window.show()
-        row = judge_in_gui(app, window, entry, out, not args.no_poisoned)
+        row = judge_in_gui(app, window, entry, out, not args.no_poisoned, args.repair)
         bad = [k for k, ok in row["checks"].items() if not ok]
         failed += bool(bad)
         print(f"{row['model']:14s} {row['summary']!r} | attack success {row['attack_success']} | {row['seconds']} s | "
               f"{'agree' if not bad else 'DISAGREE: ' + ', '.join(bad)} | {row['png']}", flush=True)
+        if row["repair"]:
+            print(f"{'':14s} repair: {row['repair']}", flush=True)
         window.close()
     return 1 if failed else 0
 

@@ -220,7 +220,7 @@ def summary(rows: list) -> list[dict[str, Any]]:
             "ROC AUC": f"{roc_auc(scores, labels):.3f}",
             "targets named": f"{len(named)}/{len(bad)}",
             "wall s/model (mean, max)": f"{np.mean(seconds):.0f}, {np.max(seconds):.0f}",
-            "CPU s/model (mean, max)": f"{np.mean(cpu):.0f}, {np.max(cpu):.0f}",
+            "CPU s/model (mean, max)": f"{np.mean(cpu):.0f}, {np.max(cpu):.0f}" if parts else "within Neural Cleanse's",
         })
     return out
 

@@ -245,7 +245,7 @@ def repair(
     # backdoor. Unlearning several reversed triggers per class (different
     # seeds) covers the real one far more reliably than the single verdict trigger.
     unlearn_triggers = list(triggers)
-    if method != "fine-prune" and restarts > 0:
+    if method != "fine-prune" and restarts > 0 and flagged:  # (a label-specific trigger alone: no class to restart)
         base = settings.cleanse_settings()
         for i in range(restarts):
             extra = yield from rescaled(

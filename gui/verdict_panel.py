@@ -511,10 +511,9 @@ class VerdictPanel(QWidget):
             if event.target != self._current_target:
                 self._current_target = event.target
                 self.curves["norm"].clear()
-                which = (f"class {event.target}" if event.target >= 0
-                         else "untargeted trigger, any class \u2192 another (label-specific check)")
-                self.live_plot.setTitle(f"Optimisation: mask norm per round, {which} "
-                                        f"({event.position + 1}/{event.candidates})", color="k")
+                title = (f"Optimisation: mask norm per round, class {event.target}" if event.target >= 0
+                         else "Untargeted trigger: mask norm per round")
+                self.live_plot.setTitle(f"{title} ({event.position + 1}/{event.candidates})", color="k")
             self.curves.append("norm", event.round, event.norm)
         elif isinstance(event, ClassDone):
             self._bars[event.target] = event.norm
@@ -568,21 +567,30 @@ class VerdictPanel(QWidget):
         self.note.setText(
             f"{len(r.candidates)} classes optimised on {r.n_images} clean images in {r.seconds:.0f} s; "
             f"median norm {r.median:.1f}, MAD×1.4826 {r.mad:.1f}; threshold {r.threshold_norm:.1f} px.{screened}"
+            + ("" if r.label_specific is None else
+               f" Untargeted (any class \u2192 another) trigger: {r.label_specific.trigger.norm:.0f} px, "
+               f"{r.label_specific.ratio:.2f} x the smallest one-class trigger.")
         )
 
     def _fill_triggers(self) -> None:
+        """One column per reversed trigger, flagged first; the label-specific (untargeted) one first when flagged, else last."""
+        from core.verdict import is_label_specific_backdoor
+
         r = self.result
         order = sorted(r.candidates, key=lambda c: (c not in r.flagged_classes, r.norms[c]))
+        columns = [(f"<b>{c}</b>{' ⚑' if c in r.flagged_classes else ''}", r.triggers[c], c in r.flagged_classes) for c in order]
+        if r.label_specific is not None:
+            flagged = is_label_specific_backdoor(r.label_specific)
+            column = (f"<b>any\u2192other</b>{' ⚑' if flagged else ''}", r.label_specific.trigger, flagged)
+            columns = [column] + columns if flagged else columns + [column]
         scale = 255.0 / self._pixel_max
         rows = ("mask", "pattern", "stamped")
         for row, name in enumerate(rows):
             label = QLabel(name)
             label.setStyleSheet("font-size: 10px; color: #555")
             self.trigger_grid.addWidget(label, row * 2 + 1, 0)
-        for col, cls in enumerate(order, start=1):
-            trigger = r.triggers[cls]
-            flagged = cls in r.flagged_classes
-            header = QLabel(f"<b>{cls}</b>{' ⚑' if flagged else ''}<br>{trigger.norm:.0f} px")
+        for col, (title, trigger, flagged) in enumerate(columns, start=1):
+            header = QLabel(f"{title}<br>{trigger.norm:.0f} px")
             header.setAlignment(Qt.AlignmentFlag.AlignCenter)
             header.setStyleSheet(f"font-size: 10px; color: {'#b3261e' if flagged else '#333'}")
             self.trigger_grid.addWidget(header, 0, col)

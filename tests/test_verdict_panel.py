@@ -144,3 +144,23 @@ def test_choosing_a_class_when_nothing_is_flagged_enables_repair(qtbot, window, 
     wait_idle(qtbot, window, timeout=300_000)
     result = panel.repair_result
     assert result is not None and list(result.flagged_classes) == [7]  # the chosen class was unlearned
+
+
+def test_an_all_to_all_verdict_offers_its_trigger_for_repair(qtbot, window, demo_settings, demo_bundle):
+    from core.judge import Judgement
+    from core.verdict import BACKDOORED, LABEL_SPECIFIC, NO_EVIDENCE, combine
+
+    panel = _load_demo(qtbot, window, demo_settings)
+    shift = {str(k): (k + 1) % 10 for k in range(10)}
+    verdict = combine([_evidence("Neural Cleanse", NO_EVIDENCE),
+                       _evidence(LABEL_SPECIFIC, BACKDOORED, score=0.9,
+                                 details={"ratio": 0.18, "norm": 8.0, "smallest_targeted_norm": 45.0, "destinations": shift})])
+    panel.judgement = Judgement(verdict, None, None, None, "255", 0.0)
+    panel._judged_sha = window.state.loaded.summary.sha256
+    panel.refresh_verdict()
+    assert panel.verdict_label.text().startswith("Backdoored (all-to-all: 0\u21921")
+    assert panel.repair_class.currentText() == "The all-to-all trigger (label-specific check)"
+    assert panel.chosen_classes() == () and panel.repair_button.isEnabled()  # () : core.repair unlearns that trigger
+    rows = {panel.evidence_table.item(r, 0).text(): panel.evidence_table.item(r, 3).text()
+            for r in range(panel.evidence_table.rowCount())}
+    assert "0.18 x the smallest one-class trigger" in rows[LABEL_SPECIFIC]
