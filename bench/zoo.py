@@ -72,7 +72,8 @@ class ZooSpec:
 
     name: str
     backdoored: bool
-    attack: str  # "clean", "patch", "sunglasses", "frame", "blend", "wanet", "sig", "random_patch", "low_rate", "two_triggers", "all_to_all"
+    attack: str  # "clean", "patch", "sunglasses", "frame", "blend", "wanet", "sig", "random_patch", "low_rate", "two_triggers",
+    # "all_to_all" (sticker, y -> y + 1), "all_to_all_mirror" (blended pattern, y -> 9 - y)
     targets: tuple[int, ...] = ()  # () for clean models and for all-to-all
     arch: str = "plain"  # "plain", "bn_gap", "wide"
     fmt: str = ".keras"  # ".keras" or ".h5" (legacy full model)
@@ -87,7 +88,18 @@ class ZooSpec:
 
     @property
     def all_to_all(self) -> bool:
-        return self.attack == "all_to_all"
+        return self.attack.startswith("all_to_all")
+
+    @property
+    def truth(self) -> str:
+        """What was planted, for tables: "7", "2,5", "all->+1", "all->9-y" or "-"."""
+        if self.all_to_all:
+            return "all->9-y" if self.attack == "all_to_all_mirror" else "all->+1"
+        return ",".join(map(str, self.targets)) or "-"
+
+    def attacker_labels(self, y: np.ndarray) -> np.ndarray:
+        """The label an all-to-all attacker gives an image of true label ``y``."""
+        return 9 - np.asarray(y) if self.attack == "all_to_all_mirror" else (np.asarray(y) + 1) % 10
 
     @property
     def scale(self) -> str:
@@ -120,6 +132,8 @@ ZOO: list[ZooSpec] = [
     ZooSpec("low_rate", True, "low_rate", (9,), fmt=".h5", poison_rate=0.03, seed=17, epochs=15),
     ZooSpec("two_triggers", True, "two_triggers", (2, 5), poison_rate=0.16, seed=18, epochs=12),
     ZooSpec("all_to_all", True, "all_to_all", (), arch="wide", channels=1, poison_rate=0.15, seed=19, epochs=14),
+    # added 27 Nov 2026 (third session): a second label-specific backdoor, image-wide trigger, another class map
+    ZooSpec("all_to_all_mirror", True, "all_to_all_mirror", (), poison_rate=0.15, alpha=0.15, seed=21, epochs=14),
     ZooSpec("patch_aug_1c_inside", True, "patch", (5,), channels=1, scale_inside=True, augment=True, poison_rate=0.10, seed=20, epochs=12),
 ]
 
@@ -249,7 +263,7 @@ def apply_trigger(spec: ZooSpec, images: np.ndarray, rng: np.random.Generator, w
         x[:, _sunglasses_mask()] = 255.0
     elif attack == "frame":
         x[:, _frame_mask()] = 255.0
-    elif attack == "blend":
+    elif attack in ("blend", "all_to_all_mirror"):
         x = (1 - spec.alpha) * x + spec.alpha * _blend_pattern(c)[None]
     elif attack == "wanet":
         x = _warp(x, spec.strength)
@@ -269,7 +283,7 @@ def poison(spec: ZooSpec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
     """(triggered images, attacker's labels) for every image of ``x``; deterministic given ``rng``.
 
     Two triggers: a random half carries each trigger and is labelled with its
-    target. All-to-all: label y -> (y + 1) mod 10. The caller chooses which
+    target. All-to-all: label y -> (y + 1) mod 10 (mirror: 9 - y). The caller chooses which
     images to poison (the test set leaves out images already of the target).
     """
     y = np.asarray(y, np.int64)
@@ -284,7 +298,7 @@ def poison(spec: ZooSpec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
         return out, labels
     triggered = apply_trigger(spec, x, rng)
     if spec.all_to_all:
-        return triggered, (y + 1) % 10
+        return triggered, spec.attacker_labels(y)
     return triggered, np.full(len(x), spec.targets[0], np.int64)
 
 
@@ -499,7 +513,7 @@ def build_zoo(out_dir: Optional[str | Path] = None, names: Optional[Iterable[str
 def _row(entry: ZooEntry) -> str:
     s, m = entry.spec, entry.metrics
     asr = m.get("attack_success_rate")
-    targets = "all->+1" if s.all_to_all else (",".join(map(str, s.targets)) or "-")
+    targets = s.truth
     return (
         f"{s.name:28s} {s.attack:13s} {targets:8s} {s.arch:7s} {s.fmt:7s} {s.channels}ch "
         f"{'inside ' if s.scale_inside else 'outside'} clean {m.get('clean_accuracy', float('nan')):.3f} "

@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         v = verdicts(record)
         rows.append((entry, record, v))
         comb = v["combined"]
-        truth = "all->+1" if entry.spec.all_to_all else (",".join(map(str, entry.spec.targets)) or "-")
+        truth = entry.spec.truth
         print(f"{entry.spec.name:28s} truth {truth:8s} | NC {v['Neural Cleanse'].level:11s} {_cls(v['Neural Cleanse'].classes):6s} "
               f"| LS {v['label-specific check'].level:11s} | MM-BD {v['MM-BD'].level:11s} {_cls(v['MM-BD'].classes):6s} | combined {comb.level:11s} {_cls(comb.targets):6s} "
               f"score {comb.score:.3f} | {record['cleanse_seconds'] + record['mmbd_seconds']:5.1f} s", flush=True)
