@@ -31,7 +31,8 @@ Neural Networks", IEEE S&P 2019. The idea, read top-down in :func:`cleanse`:
    model without a label-specific shortcut the untargeted trigger is no
    smaller (1.9-3.5 times the smallest one-class trigger on the clean zoo,
    docs/zoo.md). Far smaller, sending each class to its own destination,
-   is a trigger with a label-dependent target.
+   is a trigger with a label-dependent target. Not run when classes were
+   chosen or screened (step 3): it needs every class's one-class trigger.
 
 The job yields progress after every few optimisation steps (tens to a few
 hundred milliseconds), so Cancel is immediate; it writes nothing to disk.
@@ -351,7 +352,9 @@ def cleanse(
     if starts < 1:
         raise DataError(f"restarts must be at least 1; received {starts}")
     screening["starts_per_class"] = starts
-    untargeted = settings.label_specific and classes is None and settings.untargeted_threshold > 0
+    # Step 4 compares with the smallest one-class trigger of *every* class, and its line was argued for
+    # few classes: on a screened model (the 1,283-class faces) neither holds, and it would add a minute.
+    untargeted = settings.label_specific and classes is None and not screened_out and settings.untargeted_threshold > 0
     count = len(candidates) + (1 if untargeted else 0)
     triggers: dict[int, ReversedTrigger] = {}
     for position, target in enumerate(candidates):
