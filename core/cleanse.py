@@ -49,7 +49,7 @@ import numpy as np
 from core.data import Arrays, DataSource, check_labels, load_arrays
 from core.errors import DataError
 from core.evaluate import choose_scale
-from core.inference import scale_factor
+from core.inference import predict_labels, scale_factor
 from core.jobs import Job, Progress
 from core.models import LoadedModel
 from core.tf_env import keras as _keras
@@ -361,19 +361,19 @@ def cleanse(
         pool = arrays.x if arrays.y is None else arrays.x[arrays.y != target]
         if len(pool) == 0:
             pool = arrays.x
-        trigger = None
-        for _start in range(starts):
-            found = yield from opt.reverse(pool, target, position, count, rng)
-            if trigger is None or (found.reached, -found.norm) > (trigger.reached, -trigger.norm):
-                trigger = found
+        trigger = yield from _best_of(starts, opt.reverse, pool, target, position, count, rng)
         triggers[target] = trigger
         yield ClassDone(target, position, count, trigger.norm, trigger.attack_success)
 
     # 4. a trigger with a label-dependent target (all-to-all)?
     label_specific = None
     if untargeted:
-        smallest = min(t.norm for t in triggers.values())
-        label_specific = yield from opt.untargeted(arrays.x, smallest, len(candidates), count, rng, starts)
+        started_step = time.perf_counter()
+        own = predict_labels(loaded, arrays.x, scale).astype(np.int32)
+        trigger = yield from _best_of(starts, opt.reverse, arrays.x, -1, len(candidates), count, rng, own=own)
+        label_specific = _where_it_sends(trigger, min(t.norm for t in triggers.values()), own,
+                                         predict_labels(loaded, trigger.stamp(arrays.x), scale))
+        label_specific.seconds = time.perf_counter() - started_step
 
     # 3. anomaly index and verdict
     norms = {c: t.norm for c, t in triggers.items()}
@@ -400,6 +400,28 @@ def cleanse(
         settings=asdict(settings),
         label_specific=label_specific,
     )
+
+
+def _best_of(starts: int, reverse: Any, *args: Any, **kwargs: Any) -> Job[ReversedTrigger]:
+    """The best of ``starts`` random starts of ``reverse``: one that reached the attack first, then the smallest mask."""
+    best: Optional[ReversedTrigger] = None
+    for _start in range(starts):
+        found = yield from reverse(*args, **kwargs)
+        if best is None or (found.reached, -found.norm) > (best.reached, -best.norm):
+            best = found
+    return best
+
+
+def _where_it_sends(trigger: ReversedTrigger, smallest: float, own: np.ndarray, stamped: np.ndarray) -> LabelSpecific:
+    """Step 4's result: for each source class, where most of its stamped images go (``own``/``stamped``: predictions)."""
+    destinations, shares = {}, {}
+    for source in np.unique(own):
+        went = stamped[(own == source) & (stamped != source)]
+        if len(went):
+            values, counts = np.unique(went, return_counts=True)
+            destinations[int(source)] = int(values[np.argmax(counts)])
+            shares[int(source)] = float(counts.max() / np.sum(own == source))
+    return LabelSpecific(trigger, float(smallest), float(np.mean(stamped != own)), destinations, shares)
 
 
 # ------------------------------------------------------------ optimisation
@@ -502,11 +524,12 @@ class _Optimiser:
                 pattern = to_pattern(self.pattern_t)
                 out = model(((1.0 - mask) * xb + mask * pattern) * factor)
                 norm = tf.reduce_sum(mask)
-                loss = tf.reduce_mean(leave_loss(out, own)) + cost * norm
+                leave = tf.reduce_mean(leave_loss(out, own))
+                loss = leave + cost * norm
             grads = tape.gradient(loss, [self.mask_t, self.pattern_t])
             adam_update([self.mask_t, self.pattern_t], grads, [self.adam[0:2], self.adam[2:4]])
             moved = tf.reduce_mean(tf.cast(tf.not_equal(tf.argmax(out, axis=-1, output_type=tf.int32), own), tf.float32))
-            return leave_loss(out, own)[0], norm, moved
+            return leave, norm, moved
 
         self._step = step
         self._untargeted_step = untargeted_step
@@ -602,33 +625,6 @@ class _Optimiser:
             reached = True
         mask, pattern, norm, acc = best
         return ReversedTrigger(int(target), mask.astype(np.float32), pattern.astype(np.float32), float(np.sum(mask)), float(acc), reached, rnd)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """The model's class for each image, in batches."""
-        out = [np.argmax(np.asarray(self._model(self.tf.constant(x[i:i + 256], self.tf.float32) * self._factor)), axis=1)
-               for i in range(0, len(x), 256)]
-        return np.concatenate(out).astype(np.int32)
-
-    def untargeted(self, x: np.ndarray, smallest: float, position: int, count: int,
-                   rng: np.random.Generator, starts: int) -> Job[LabelSpecific]:
-        """Step 4: the smallest trigger moving images off their class (best of ``starts``), and where it sends each class."""
-        started = time.perf_counter()
-        own = self.predict(x)
-        trigger = None
-        for _start in range(starts):
-            found = yield from self.reverse(x, -1, position, count, rng, own=own)
-            if trigger is None or (found.reached, -found.norm) > (trigger.reached, -trigger.norm):
-                trigger = found
-        stamped = self.predict(trigger.stamp(x))
-        destinations, shares = {}, {}
-        for source in np.unique(own):
-            went = stamped[(own == source) & (stamped != source)]
-            if len(went):
-                values, counts = np.unique(went, return_counts=True)
-                destinations[int(source)] = int(values[np.argmax(counts)])
-                shares[int(source)] = float(counts.max() / np.sum(own == source))
-        moved = float(np.mean(stamped != own))
-        return LabelSpecific(trigger, float(smallest), moved, destinations, shares, time.perf_counter() - started)
 
     def screen(self, x: np.ndarray, num_classes: int, rng: np.random.Generator) -> Job[np.ndarray]:
         """Score every class by how readily a small universal trigger reaches it (lower = more suspicious).

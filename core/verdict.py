@@ -84,6 +84,7 @@ BLIND_SPOT_RATIO = 6.0
 LABEL_SPECIFIC_RATIO = 1.0
 LABEL_SPECIFIC_HUB_SHARE = 1 / 3
 LABEL_SPECIFIC = "label-specific check"
+ALL_TO_ALL = "Backdoored (all-to-all"  # the headline's start when the label-specific check raised the verdict
 BLIND_SPOT = "blind-spot check"
 INCONCLUSIVE = "Suspicious, inconclusive"  # the headline's start when only the blind spot raised the verdict
 
@@ -324,7 +325,7 @@ def inconclusive_mark(summary: str) -> str:
 
 def targets_label(targets: Sequence[int], summary: str) -> str:
     """The suspected targets for a one-cell column: "3", "2,5", "all-to-all" (label-specific), or "-"."""
-    if not targets and summary.startswith("Backdoored (all-to-all"):
+    if not targets and summary.startswith(ALL_TO_ALL):
         return "all-to-all"
     return ",".join(map(str, targets)) or "-"
 
@@ -410,7 +411,7 @@ def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]
         which = f" (target {targets[0]})" if len(targets) == 1 else f" (targets {', '.join(map(str, targets))})"
     if level == BACKDOORED and not targets and any(e.method == LABEL_SPECIFIC and e.level == BACKDOORED for e in evidence):
         found = next(e for e in evidence if e.method == LABEL_SPECIFIC)
-        return f"Backdoored (all-to-all: {mapping({int(k): v for k, v in found.details['destinations'].items()}, 3)})"
+        return f"{ALL_TO_ALL}: {mapping({int(k): v for k, v in found.details['destinations'].items()}, 3)})"
     if level == BACKDOORED:
         return f"Backdoored{which}"
     if level == SUSPICIOUS and all(e.method == BLIND_SPOT for e in evidence if e.level != NO_EVIDENCE):
