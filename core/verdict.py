@@ -429,9 +429,9 @@ def _reason(level: str, evidence: Sequence[Evidence], agreed: tuple[int, ...]) -
     if agreed:
         parts.insert(0, f"{'Two methods' if len(agreed) == 1 else 'Several methods'} independently point to class"
                         f"{'es' if len(agreed) > 1 else ''} {', '.join(map(str, agreed))}.")
-    levels = {e.level for e in evidence}
-    if level != NO_EVIDENCE and NO_EVIDENCE in levels:
-        silent = [e.method for e in evidence if e.level == NO_EVIDENCE]
+    # the label-specific check only speaks to all-to-all backdoors: its silence beside a one-target finding mixes nothing
+    silent = [e.method for e in evidence if e.level == NO_EVIDENCE and e.method != LABEL_SPECIFIC]
+    if level != NO_EVIDENCE and silent:
         parts.append(f"The evidence is mixed: {_join(silent)} found nothing, which does not clear the model "
                      f"(each method is blind to some triggers).")
     if level == NO_EVIDENCE:

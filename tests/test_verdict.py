@@ -272,6 +272,14 @@ def test_targets_label_names_an_all_to_all_verdict_which_has_no_single_target():
     assert targets_label((), "No evidence found by Neural Cleanse") == "-"
 
 
+def test_label_specific_silence_beside_a_one_target_finding_is_not_called_mixed():
+    nc = with_label_specific({**CALM_NORMS, 7: 10.0}, 150.0, HUB)
+    verdict = combine(from_detectors(nc))
+    assert verdict.level == BACKDOORED and verdict.targets == (7,)
+    assert "mixed" not in verdict.reason  # Neural Cleanse found the target; the all-to-all check had nothing to find
+    assert "mixed" in combine(from_detectors(nc, mmbd_result(CALM_MARGINS))).reason  # MM-BD's silence still is
+
+
 def test_label_specific_not_run_adds_no_evidence():
     assert from_label_specific(cleanse_result(CALM_NORMS)) is None
     assert [e.method for e in from_detectors(cleanse_result(CALM_NORMS))] == ["Neural Cleanse"]
