@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from core.jobs import collect
-from core.mmbd import MMBDSettings, MMBDStep, detect, fit_gamma, mmbd, order_p_value
+from core.mmbd import MMBDSettings, MMBDStep, detect, fit_gamma, mmbd, order_p_value, plan
 from tests.planted import CLASSES, PLANTED, W, save_linear_model
 
 FAST = MMBDSettings(starts=2, steps=300, learning_rate=0.05)
@@ -41,6 +42,25 @@ def test_margins_reach_their_exact_maxima_and_the_planted_class_is_flagged(plant
     steps = [e for e in events if isinstance(e, MMBDStep)]
     assert steps and steps[-1].step == FAST.steps
     assert max(steps[-1].margins) == pytest.approx(exact[PLANTED], rel=1e-3)
+
+
+def test_small_batches_reach_the_same_margins(planted):
+    """20 images in batches of 3 (the last one topped up): what a 1,283-class model goes through."""
+    _events, result = collect(mmbd(planted, None, scale="1", settings=replace(FAST, batch=3),
+                                   pixel_max=1.0))
+    exact = exact_margins()
+    for k in range(CLASSES):
+        assert result.margins[k] == pytest.approx(exact[k], rel=1e-3)
+    assert result.flagged_classes == (PLANTED,)
+
+
+def test_many_classes_get_one_start_and_fewer_steps_within_the_work_cap():
+    default = MMBDSettings()
+    assert plan(default, 10) == (6, 300)  # the zoo's models: as set
+    assert plan(default, 100) == (6, 300)  # 180,000 image-steps fit
+    starts, steps = plan(default, 1283)  # the CSAW faces: 6 x 300 would be ~2.3 million
+    assert starts == 1 and default.min_steps <= steps < 300 and 1283 * steps <= default.image_steps
+    assert plan(default, 50_000) == (1, default.min_steps)  # never fewer steps than the margins need
 
 
 def test_pixel_box_follows_the_stored_range_and_the_scale(planted):
