@@ -12,6 +12,12 @@ split only, then measured on data calibration never saw:
   that are *not* flagged and still classified as the attacker's label;
 - seconds: calibration plus both scans, on this machine.
 
+Reversed-trigger masking (``masking``, and within ``combined``) needs the verdict's reversed
+triggers: by default each model is first judged as ``cleanse --save-triggers`` would (Neural
+Cleanse + MM-BD on clean_valid, default settings) and the masks of the verdict's targets are
+cached beside the model (``triggers.npz``, ``triggers.json``); ``--no-triggers`` measures without
+them (combined = STRIP + feature space + SCALE-UP, as before 27 Nov 2026, third session).
+
 Acceptance: residual ASR <= 5% and FRR <= 3% for every single-target BadNet.
 Everything is seeded; re-running prints the same numbers.
 """
@@ -32,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from core import scanner  # noqa: E402
+from core import masking, scanner  # noqa: E402
 from core.calibration import conservative_threshold  # noqa: E402
 from core.data import Arrays, load_arrays, open_data  # noqa: E402
 from core.jobs import run_job  # noqa: E402
@@ -57,7 +63,8 @@ def cases_from_zoo(names: list[str] | None, include_all: bool) -> list[dict]:
         if not include_all and (not spec.backdoored or spec.attack in SINGLE_TARGET_EXCLUDED or len(spec.targets) != 1):
             continue
         out.append({"name": spec.name, "attack": spec.attack, "targets": tuple(spec.targets), "model": e.model,
-                    "clean_valid": e.clean_valid, "clean_test": e.clean_test, "poisoned_test": getattr(e, "poisoned_test", None)})
+                    "clean_valid": e.clean_valid, "clean_test": e.clean_test, "poisoned_test": getattr(e, "poisoned_test", None),
+                    "folder": Path(e.model).parent})
     return out
 
 
@@ -69,6 +76,28 @@ def cases_from_demo(folder: str) -> list[dict]:
              "clean_test": b.clean_test, "poisoned_test": b.poisoned_test}]
 
 
+def verdict_triggers(case: dict) -> masking.Triggers | None:
+    """The masks of the verdict's targets, as `cleanse --save-triggers` writes them (cached beside the model)."""
+    folder = case.get("folder") or Path(case["model"]).parent
+    record, saved = folder / "triggers.json", folder / "triggers.npz"
+    if not record.is_file():
+        from core.evaluate import choose_scale
+        from core.judge import judge
+
+        loaded = load_model(case["model"])
+        valid = open_data(case["clean_valid"])
+        scale, _note = choose_scale(loaded, valid, "auto")
+        found = run_job(judge(loaded, load_arrays(valid, loaded.input_shape), scale))
+        triggers = masking.triggers_from(found.cleanse, found.verdict.targets, loaded.summary.sha256)
+        if triggers.classes:
+            masking.save_triggers(triggers, saved)
+        record.write_text(json.dumps({"targets": list(triggers.classes), "summary": found.verdict.summary,
+                                      "seconds": round(found.seconds, 1)}))
+    info = json.loads(record.read_text())
+    print(f"{case['name']}: verdict {info['summary']!r}, masks of {info['targets']}", file=sys.stderr, flush=True)
+    return masking.load_triggers(saved) if info["targets"] else None
+
+
 def subsample(arrays: Arrays, limit: int | None) -> Arrays:
     """A seeded random subset of ``limit`` images (all when None): the same one for every method."""
     if limit is None or len(arrays.x) <= limit:
@@ -77,7 +106,7 @@ def subsample(arrays: Arrays, limit: int | None) -> Arrays:
     return type(arrays)(arrays.x[keep], None if arrays.y is None else arrays.y[keep], [arrays.sources[i] for i in keep] if arrays.sources else [], [])
 
 
-def measure(case: dict, methods: list[str], limit: int | None = None) -> list[dict]:
+def measure(case: dict, methods: list[str], limit: int | None = None, triggers: masking.Triggers | None = None) -> list[dict]:
     """One row per method, each exactly as ``scanner.calibrate`` + ``scanner.classify`` would give it.
 
     STRIP's 100-overlay scores are computed once: the combined profile's STRIP detector scored the same
@@ -90,14 +119,18 @@ def measure(case: dict, methods: list[str], limit: int | None = None) -> list[di
     poisoned = subsample(load_arrays(open_data(case["poisoned_test"]), loaded.input_shape), limit) if case["poisoned_test"] else None
     defaults = scanner.ScanSettings(method="strip")
     profiles, seconds = {}, {}
+    if triggers is None:
+        methods = [m for m in methods if m != "masking"]  # nothing to mask: the verdict named no target
     for method in methods:
         if method == "strip":
             continue
         started = time.perf_counter()
-        profiles[method] = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method=method)))
+        settings = scanner.ScanSettings(method=method, triggers=triggers)
+        profiles[method] = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), settings))
         seconds[method] = time.perf_counter() - started
     if "strip" in methods:
-        comb = profiles.get("combined") or run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), scanner.ScanSettings(method="combined")))
+        comb = profiles.get("combined") or run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]),
+                                                                     scanner.ScanSettings(method="combined", triggers=triggers)))
         det = comb.detectors["strip"]
         cal = conservative_threshold(det.scores, defaults.frr, defaults.confidence, "low")
         alone = dataclasses.replace(det, threshold=cal.threshold, frr=defaults.frr, confidence=defaults.confidence)
@@ -148,13 +181,15 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(scanner.METHODS))
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--limit", type=int, help="measure on a seeded random subset of this many clean_test and poisoned_test images")
+    parser.add_argument("--no-triggers", action="store_true", help="no reversed triggers: no masking, combined without it")
     args = parser.parse_args()
     cases = cases_from_zoo(args.names.split(",") if args.names else None, args.all) if args.zoo else cases_from_demo(args.demo)
     methods = args.methods.split(",")
     print(f"{'model':<22} {'attack':<13} {'method':<9} {'FRR test':>8} {'expected (95% interval)':>24} {'ASR before':>10} {'residual':>9} {'s':>6}  pass")
     rows, failures = [], []
     for case in cases:
-        for r in measure(case, methods, args.limit):
+        triggers = None if args.no_triggers else verdict_triggers(case)
+        for r in measure(case, methods, args.limit, triggers):
             method = r["method"]
             rows.append(r)
             ok = r["frr_clean_test"] <= 0.03 and (r["residual_asr"] is None or r["residual_asr"] <= 0.05)

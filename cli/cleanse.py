@@ -11,9 +11,10 @@ Cleanse's; ``verdict`` and ``flagged_classes`` are the combined verdict's.
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Sequence
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
-from core.cleanse import CleanseSettings
+from core.cleanse import CleanseResult, CleanseSettings
 from core.data import load_arrays
 from core.errors import DataError
 from core.judge import METHODS, judge
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model-level checks to run: cleanse (Neural Cleanse), mmbd (MM-BD); default both")
     parser.add_argument("--poisoned", help="suspected-poisoned images: their measured attack success is weighed in the verdict")
     parser.add_argument("--target", type=int, help="the attacker's class for --poisoned (default: its labels)")
+    parser.add_argument("--save-triggers", metavar="FILE",
+                        help="write Neural Cleanse's reversed triggers of the verdict's target classes to FILE (.npz), "
+                             "for `scan --triggers` (reversed-trigger masking)")
     add_scale_argument(parser)
     add_output_arguments(parser)
 
@@ -46,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.classes < 1 or args.rounds < 1 or args.max_images < 2:
         raise DataError("--classes and --rounds must be at least 1 and --max-images at least 2")
+    if args.save_triggers and "cleanse" not in args.methods:
+        raise DataError("--save-triggers writes Neural Cleanse's reversed triggers: keep cleanse among --methods")
     if args.target is not None and not args.poisoned:
         raise DataError("--target names the attacker's class of --poisoned data: give --poisoned too")
     clean = open_optional(args.clean)
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     skipped = list(arrays.skipped) + ([] if judgement.evaluation is None else list(judgement.evaluation.skipped))
     out["skipped"] = [s.as_dict() for s in skipped]
     out["model"] = loaded.summary.path
+    out["triggers_file"] = _save_triggers(args, result, verdict.targets, loaded.summary.sha256) if args.save_triggers else None
     say(args, f"{verdict.summary}.")
     say(args, verdict.reason)
     if result is not None:
@@ -97,3 +104,17 @@ def run(args: argparse.Namespace) -> dict:
         say(args, "MM-BD maximum margins: " + ", ".join(f"{c}: {mm.margins[c]:.1f} (p {mm.p_values[c]:.2g})" for c in sorted(mm.margins)))
     say(args, f"score {verdict.score:.2f}, {judgement.seconds:.1f} s")
     return out
+
+
+def _save_triggers(args: argparse.Namespace, result: CleanseResult, targets: Sequence[int], sha256: str) -> Optional[str]:
+    """The reversed masks of the verdict's targets, or nothing (None) when it names none."""
+    from core.masking import save_triggers, triggers_from
+
+    triggers = triggers_from(result, targets, sha256)
+    if not triggers.classes:
+        say(args, f"no target class named: nothing written to {args.save_triggers}")
+        return None
+    path = save_triggers(triggers, args.save_triggers)
+    say(args, f"reversed triggers of class{'es' if len(triggers.classes) > 1 else ''} "
+              f"{', '.join(map(str, triggers.classes))} written to {path}")
+    return str(path)

@@ -1,4 +1,4 @@
-"""``scan``: input-level scanning with STRIP, SCALE-UP, TeCo, or combined (flag if any flags)."""
+"""``scan``: input-level scanning with STRIP, SCALE-UP, TeCo, feature space, reversed-trigger masking, or combined (flag if any flags)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
-from core import scaleup, scanner, strip
+from core import masking, scaleup, scanner, strip
 from core.data import open_data
+from core.errors import DataError
 
 NAME = "scan"
 HELP = "flag trojaned inputs with STRIP, the feature-space detector, or both combined (SCALE-UP and TeCo for comparison); FRR calibrated to hold on unseen clean data"
@@ -17,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--method", choices=scanner.METHODS, default=scanner.DEFAULT_METHOD,
                         help=f"detector(s): combined = {' + '.join(scanner.COMBINED)}, flagged if any flags (default %(default)s); "
+                             f"{scanner.WITH_TRIGGERS} joins it with --triggers; "
                              "scaleup and teco were measured weak on MNIST (docs/scan.md)")
+    parser.add_argument("--triggers", metavar="FILE",
+                        help="reversed triggers of the suspected targets (`cleanse --save-triggers FILE`): enables "
+                             "reversed-trigger masking, alone (--method masking) or within combined")
     parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
     parser.add_argument("--profile", help="use a saved profile (any method) instead of calibrating")
     parser.add_argument("--frr", type=float, default=None,
@@ -39,11 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     target = open_scan_target(args)
     loaded = open_model(args)
+    if args.triggers and args.profile:
+        raise DataError("--triggers is used when calibrating; a saved --profile already holds its masks (or none)")
+    triggers = masking.load_triggers(args.triggers) if args.triggers else None
+    if triggers is not None and triggers.model_sha256 and triggers.model_sha256 != loaded.summary.sha256:
+        print(f"warning: {args.triggers} was reversed on another model file (sha256 {triggers.model_sha256[:12]}…): "
+              "its masks may not fit this one", file=sys.stderr)
     if args.profile:
         profile = scanner.load_profile(args.profile)
     else:
         settings = scanner.ScanSettings(
-            method=args.method, frr=args.frr, confidence=args.confidence, seed=args.seed, max_clean=args.max_clean,
+            method=args.method, triggers=triggers, frr=args.frr, confidence=args.confidence, seed=args.seed, max_clean=args.max_clean,
             strip=strip.StripSettings(n_overlays=args.overlays, seed=args.seed, max_clean=args.max_clean),
             scaleup=scaleup.ScaleUpSettings(factors=tuple(args.factors), seed=args.seed, max_clean=args.max_clean),
         )

@@ -135,7 +135,8 @@ class MMBDResult:
             "flagged_classes": list(self.flagged_classes),
             "margins": {str(k): round(v, 4) for k, v in self.margins.items()},
             "p_values": {str(k): float(f"{v:.4g}") for k, v in self.p_values.items()},
-            "gamma_null": {"shape": round(self.gamma_shape, 4), "scale": round(self.gamma_scale, 4)},
+            # A point-mass null (every other class at the same margin) has an infinite shape: JSON null.
+            "gamma_null": {"shape": _finite(self.gamma_shape), "scale": _finite(self.gamma_scale)},
             "significance": self.settings.get("significance", SIGNIFICANCE),
             "raw_p_values": {str(k): float(f"{v:.4g}") for k, v in self.raw_p_values.items()},
             "clean_margin": None if self.clean_margin is None else round(self.clean_margin, 4),
@@ -152,6 +153,10 @@ class MMBDResult:
             parts = ", ".join(f"class {c} (margin {self.margins[c]:.1f}, p = {self.p_values[c]:.2g})" for c in self.flagged_classes)
             return f"MM-BD: inputs can be made to favour {parts} far beyond any other class, as a backdoor target can."
         return f"MM-BD: no class's maximum margin stands out (smallest p = {self.min_p_value:.2g}, threshold {SIGNIFICANCE})."
+
+
+def _finite(value: float) -> Optional[float]:
+    return round(float(value), 4) if np.isfinite(value) else None
 
 
 # ---------------------------------------------------------------- statistics

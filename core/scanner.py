@@ -1,12 +1,15 @@
-"""Input-level scanning with STRIP, SCALE-UP, TeCo, or several at once ("combined").
+"""Input-level scanning with STRIP, SCALE-UP, TeCo, feature space, reversed-trigger masking, or several at once ("combined").
 
 Each detector scores an input (:mod:`core.strip`: blend entropy, low is
 suspicious; :mod:`core.scaleup`: scaled prediction consistency, high is
 suspicious; :mod:`core.teco`: corruption-robustness deviation, high is
-suspicious). Which ones ship as a method was decided by measurement on the
+suspicious; :mod:`core.masking`: the fall of the target's probability when
+Neural Cleanse's reversed trigger is masked out, high is suspicious). Which ones ship as a method was decided by measurement on the
 zoo (``bench/scan_acceptance.py``, table in ``docs/scan.md``).
 
-The combined method flags an input when *any* of its detectors does. To keep
+The combined method flags an input when *any* of its detectors does; it
+adds reversed-trigger masking when the analyst gives reversed triggers (from
+the Verdict panel or ``cleanse --save-triggers``); its default FRR stays 1% per detector. To keep
 the analyst's false-rejection rate on unseen clean data, each of the d
 detectors is calibrated at ``frr / d`` with confidence ``1 - (1 - c) / d``:
 by the union bound the combined rate is <= ``frr`` with probability >= ``c``
@@ -32,7 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core import features, safety, scaleup, strip, teco
+from core import features, masking, safety, scaleup, strip, teco
 from core.calibration import DEFAULT_CONFIDENCE, FrrEstimate, estimate_at
 from core.clean_split import draw_clean_split
 from core.data import DataSource, Skipped
@@ -40,17 +43,21 @@ from core.errors import DataError
 from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel
 
-DETECTORS = ("strip", "scaleup", "teco", "features")
+DETECTORS = ("strip", "scaleup", "teco", "features", "masking")
 COMBINED = ("strip", "features", "scaleup")  # what "combined" runs; chosen by measurement (docs/scan.md)
+WITH_TRIGGERS = "masking"  # joins "combined" when reversed triggers are given
 METHODS = DETECTORS + ("combined",)
 DEFAULT_METHOD = "combined"
 # The default false-rejection rate (promised on unseen clean data with 95% confidence) is 1% per
 # detector: 1% for one detector, 3% for "combined", which splits it between its three. At 1% in
 # all, each share needs more clean images than a 100-per-class validation set holds, every
-# threshold falls to the most extreme clean score and SCALE-UP misses SIG (docs/scan.md).
+# threshold falls to the most extreme clean score and SCALE-UP misses SIG (docs/scan.md). With reversed
+# triggers "combined" runs four detectors, so 4%: at 3% the masking share (0.75% with 98.75% confidence)
+# rests on the one or two most extreme of 900 clean scores, and low_rate kept 26% attack success (docs/scan.md).
 DEFAULT_FRR_PER_DETECTOR = 0.01
 DEFAULT_FRR = DEFAULT_FRR_PER_DETECTOR * len(COMBINED)  # the default method's
-LABELS = {"strip": "STRIP", "scaleup": "SCALE-UP", "teco": "TeCo", "features": "feature space", "combined": "combined"}
+LABELS = {"strip": "STRIP", "scaleup": "SCALE-UP", "teco": "TeCo", "features": "feature space", "masking": "reversed-trigger masking",
+          "combined": "combined"}
 PROFILE_FORMAT = "trojanscope-scan-profile"
 PROFILE_VERSION = 1
 MAX_PROFILE_BYTES = 1 << 30
@@ -70,24 +77,29 @@ class ScanSettings:
     scaleup: scaleup.ScaleUpSettings = scaleup.ScaleUpSettings()
     teco: teco.TecoSettings = teco.TecoSettings()
     features: features.FeatureSettings = features.FeatureSettings()
+    triggers: Optional[masking.Triggers] = None  # reversed triggers of the suspected targets (masking; joins combined)
 
     def __post_init__(self) -> None:
         if self.frr is None:
-            object.__setattr__(self, "frr", default_frr(self.method))
+            object.__setattr__(self, "frr", default_frr(self.method, self.has_triggers))
+
+    @property
+    def has_triggers(self) -> bool:
+        return self.triggers is not None and bool(self.triggers.classes)
 
     def detectors(self) -> tuple[str, ...]:
         if self.method not in METHODS:
             raise DataError(f"scan method must be one of {', '.join(METHODS)}; received {self.method!r}")
-        return _detectors_of(self.method)
+        return _detectors_of(self.method, self.has_triggers)
 
 
-def _detectors_of(method: str) -> tuple[str, ...]:
-    return COMBINED if method == "combined" else (method,)
+def _detectors_of(method: str, triggers: bool = False) -> tuple[str, ...]:
+    return COMBINED + ((WITH_TRIGGERS,) if triggers else ()) if method == "combined" else (method,)
 
 
-def default_frr(method: str) -> float:
-    """1% per detector the method runs."""
-    return DEFAULT_FRR_PER_DETECTOR * len(_detectors_of(method))
+def default_frr(method: str, triggers: bool = False) -> float:
+    """1% per detector the method runs: 3% for combined, 4% once reversed triggers add masking to it."""
+    return DEFAULT_FRR_PER_DETECTOR * len(_detectors_of(method, triggers))
 
 
 @dataclass
@@ -172,6 +184,9 @@ def calibrate(loaded: LoadedModel, clean: DataSource, settings: ScanSettings = S
             detectors[name] = yield from rescaled(scaleup.calibrate_on(loaded, split, settings.scaleup, frr, confidence), lo, hi)
         elif name == "teco":
             detectors[name] = yield from rescaled(teco.calibrate_on(loaded, split, settings.teco, frr, confidence), lo, hi)
+        elif name == "masking":
+            ms = masking.MaskingSettings(triggers=settings.triggers)
+            detectors[name] = yield from rescaled(masking.calibrate_on(loaded, split, ms, frr, confidence), lo, hi)
         else:
             detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence), lo, hi)
     notes = list(split.notes)
@@ -436,6 +451,8 @@ def _profile_from(meta: Any, arrays: dict[str, np.ndarray], path: Path) -> ScanP
             detectors[name] = scaleup.ScaleUpProfile(factors=tuple(float(f) for f in factors), **common)
         elif name == "teco":
             detectors[name] = teco.TecoProfile(seed=int(_number(m, "seed", bad)), **common)
+        elif name == "masking":
+            detectors[name] = _masking_from(m, arrays, common, bad)
         else:
             means, precision = arrays.get("features__means"), arrays.get("features__precision")
             ok = (means is not None and precision is not None and means.ndim == 2 and means.shape[0] == k and precision.ndim == 2
@@ -450,6 +467,17 @@ def _profile_from(meta: Any, arrays: dict[str, np.ndarray], path: Path) -> ScanP
     if set(order) != set(detectors):
         raise bad(f"method {method!r} needs detectors {list(order)}; found {list(detectors)}")
     return ScanProfile(method, {k: detectors[k] for k in order}, frr, confidence, [str(n) for n in meta.get("notes", [])][:50])
+
+
+def _masking_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: Any) -> masking.MaskingProfile:
+    classes, regions, fill = m.get("classes"), arrays.get("masking__regions"), arrays.get("masking__fill")
+    h, w, c = common["input_shape"]
+    ok = (isinstance(classes, list) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < common["num_classes"] for k in classes)
+          and regions is not None and regions.shape == (len(classes), h, w) and regions.dtype.kind in "ub"
+          and fill is not None and fill.shape == (h, w, c) and fill.dtype.kind == "f" and np.all(np.isfinite(fill)))
+    if not ok:
+        raise bad("masking: 'classes', 'regions' (K, H, W) and 'fill' (H, W, C) must fit the model")
+    return masking.MaskingProfile(classes=tuple(classes), regions=regions.astype(bool), fill=fill.astype(np.float32), **common)
 
 
 def _number(meta: dict, key: str, bad: Any) -> float:

@@ -64,10 +64,13 @@ DATA_FILTER = "Data (*.h5 *.hdf5 *.npz);;All files (*)"
 PROFILE_FILTER = "Scan profiles (*.npz);;All files (*)"
 # The methods offered (TeCo was measured and left out; SCALE-UP alone misses most triggers but
 # catches SIG, so it runs inside "combined": docs/scan.md).
-METHODS = (("combined", "Combined (STRIP + feature space + SCALE-UP)"), ("strip", "STRIP"), ("features", "Feature space"))
+# Reversed-trigger masking needs the Verdict panel's targets: it joins Combined once they exist.
+METHODS = (("combined", "Combined (STRIP + feature space + SCALE-UP)"), ("strip", "STRIP"), ("features", "Feature space"),
+           ("masking", "Reversed-trigger masking"))
 AXIS = {"strip": "mean entropy per blend (bits)", "features": "distance to the predicted class's clean features (Mahalanobis)",
-        "scaleup": "scaled prediction consistency (SCALE-UP)"}
-SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP"}
+        "scaleup": "scaled prediction consistency (SCALE-UP)",
+        "masking": "fall of the target's log-probability once its reversed trigger is masked"}
+SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP", "masking": "Mask drop"}
 
 
 def primary_score(row: Any, name: str) -> float:
@@ -240,7 +243,9 @@ class StripPanel(QWidget):
         self.threshold_timer.timeout.connect(self._apply_threshold)
         self.state.model_changed.connect(self._model_changed)
         self.state.data_changed.connect(lambda _role: self._refresh_buttons())
+        self.state.results.changed.connect(self._results_changed)
         self._refresh_buttons()
+        self._results_changed("")
 
     # ------------------------------------------------------------- layout
 
@@ -287,6 +292,9 @@ class StripPanel(QWidget):
         weights.addWidget(QLabel("overlay"))
         weights.addWidget(self.overlay_weight)
         form.addRow("Method", self.method_combo)
+        self.triggers_note = QLabel("")
+        self.triggers_note.setWordWrap(True)
+        form.addRow("", self.triggers_note)
         form.addRow("STRIP overlays (N)", self.overlays_spin)
         form.addRow("False rejection", self.frr_spin)
         form.addRow("Seed", self.seed_spin)
@@ -337,13 +345,34 @@ class StripPanel(QWidget):
     def _method_changed(self) -> None:
         """STRIP's own settings only matter when the method runs STRIP."""
         method = self.method_combo.currentData()
-        uses_strip = method != "features"
+        uses_strip = method in ("combined", "strip")
         for w in (self.overlays_spin, self.input_weight, self.overlay_weight):
             w.setEnabled(uses_strip)
         shown_default = round(self._default_frr * 100, self.frr_spin.decimals())  # as the spin box holds it
         if self.frr_spin.value() == shown_default:  # still the default: follow the method's (1% per detector)
-            self._default_frr = scanner.default_frr(method)
+            self._default_frr = scanner.default_frr(method, self.session_triggers() is not None)
             self.frr_spin.setValue(self._default_frr * 100)
+
+    def session_triggers(self) -> Optional[Any]:
+        """Neural Cleanse's reversed triggers of the current verdict's targets (Verdict panel), or None."""
+        from core.masking import triggers_from
+
+        cleanse, verdict = self.state.results.value(Kind.CLEANSE), self.state.results.value(Kind.VERDICT)
+        if self.state.loaded is None or cleanse is None or verdict is None or not verdict.targets:
+            return None
+        triggers = triggers_from(cleanse, verdict.targets, self.state.loaded.summary.sha256)
+        return triggers if triggers.classes else None
+
+    def _results_changed(self, _kind: str) -> None:
+        """The Verdict panel's targets decide whether masking can run (and joins Combined)."""
+        triggers = self.session_triggers()
+        if triggers is None:
+            self.triggers_note.setText("Reversed-trigger masking: needs a target from the Verdict panel's detectors.")
+        else:
+            which = ", ".join(map(str, triggers.classes))
+            self.triggers_note.setText(f"Reversed triggers of class{'es' if len(triggers.classes) > 1 else ''} {which} "
+                                       "(Verdict panel): Combined adds masking, at 1% per detector.")
+        self._method_changed()
 
     def _weight_spin(self, value: float, tip: str) -> QDoubleSpinBox:
         spin = QDoubleSpinBox()
@@ -450,10 +479,15 @@ class StripPanel(QWidget):
                 f"{self.scan_profile.frr_estimate().describe()}"
             )
 
+        triggers = self.session_triggers()
+        if method == "masking" and triggers is None:
+            self.window.show_error("Reversed-trigger masking needs a suspected target: run the detectors in the Verdict panel "
+                                   "first (it masks the reversed trigger of each class the verdict names).")
+            return False
         if method == "strip":
             factory = lambda: strip.calibrate(loaded, clean, strip_settings, scale)  # noqa: E731
         else:
-            settings = scanner.ScanSettings(method=method, frr=frr, seed=seed, strip=strip_settings)
+            settings = scanner.ScanSettings(method=method, frr=frr, seed=seed, strip=strip_settings, triggers=triggers)
             factory = lambda: scanner.calibrate(loaded, clean, settings, scale)  # noqa: E731
         started = self.window.start_job(
             f"Calibrating {scanner.LABELS[method]}", factory, finished, on_end=lambda _outcome: done() if done else None,
