@@ -366,7 +366,9 @@ def mmbd(
         m.assign(tf.zeros_like(m))
         v.assign(tf.zeros_like(v))
         t.assign(0.0)
-        onehot.assign(np.eye(num_classes, dtype=bool)[targets[rows]])
+        hot = np.zeros((size, num_classes), bool)  # not np.eye(num_classes): K x K bytes on a many-class model
+        hot[np.arange(size), targets[rows]] = True
+        onehot.assign(hot)
         for k in range(steps):
             step()
             if time.perf_counter() - last_yield > 0.2 or k == steps - 1:

@@ -148,3 +148,18 @@ def test_cli_cleanse_saves_the_verdicts_trigger_and_scan_masks_it(tmp_path, caps
                      "--scan", str(tmp_path / "poisoned.npz"), "--json", "--quiet"])
     _out, err = capsys.readouterr()
     assert code != 0 and "--triggers is used when calibrating" in err and "Traceback" not in err
+
+
+def test_a_scan_profile_whose_masking_arrays_do_not_fit_is_refused(planted, tmp_path):
+    import io
+
+    loaded, _, _ = planted
+    clean = ArraySource(_images(np.random.default_rng(5), 400, False), None, "clean")
+    profile = run_job(scanner.calibrate(loaded, clean, scanner.ScanSettings(method="masking", triggers=_triggers()), scale="1"))
+    path = scanner.save_profile(profile, tmp_path / "m.npz")
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for key, bad in (("masking__regions", np.ones((1, 9, 9), np.uint8)), ("masking__fill", np.full(SHAPE, np.nan, np.float32))):
+        np.savez(tmp_path / "bad.npz", **{**arrays, key: bad})
+        with pytest.raises(DataError, match="masking: 'classes', 'regions'"):
+            scanner.load_profile(tmp_path / "bad.npz")
