@@ -267,8 +267,9 @@ class StripPanel(QWidget):
         for key, label in METHODS:
             self.method_combo.addItem(label, key)
         self.method_combo.setToolTip("STRIP misses large, blended and warped triggers; the feature-space detector catches them "
-                                     "and SCALE-UP catches sinusoidal signals (docs/scan.md). Combined flags an input when any of the three "
-                                     "does, each at a third of the false rejection.")
+                                     "and SCALE-UP catches sinusoidal signals (docs/scan.md). Reversed-trigger masking masks the "
+                                     "Verdict panel's reversed trigger of each target it names. Combined flags an input when any of "
+                                     "its detectors does (masking joins once the Verdict panel names a target), 1% each.")
         self.overlays_spin = QSpinBox()
         self.overlays_spin.setRange(2, 1000)
         self.overlays_spin.setValue(strip.DEFAULT_OVERLAYS)

@@ -222,3 +222,9 @@ def test_the_verdict_panels_target_adds_reversed_trigger_masking_to_combined(qtb
     window.tabs.setCurrentWidget(panel)
     qtbot.wait(300)
     assert window.grab().save(str(SHOTS / "strip_panel_masking.png"))
+
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("masking"))
+    assert panel.frr_spin.value() == 1.0  # one detector
+    panel.calibrate_button.click()
+    wait_idle(qtbot, window)
+    assert list(panel.scan_profile.detectors) == ["masking"] and panel.model.HEADERS[2] == "Mask drop"
