@@ -204,14 +204,7 @@ def load_triggers(path: str | Path) -> Triggers:
     """Read a triggers file as hostile data: size and archive checked before numpy opens it, no pickles."""
     path = Path(path)
     what = "expected a reversed-triggers file (.npz) written by `cleanse --save-triggers`"
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file: {what}")
-    if path.stat().st_size > MAX_TRIGGERS_BYTES:
-        raise DataError(f"{path} is {path.stat().st_size >> 20} MiB, too large for reversed triggers")
-    data = path.read_bytes()
-    if safety.sniff_format(data[:8]) != "zip":
-        raise DataError(f"{path} is not a reversed-triggers file: {what}")
-    safety.scan_zip(data, str(path), error=DataError, broken=DataError)
+    data, _archive = safety.read_own_archive(path, MAX_TRIGGERS_BYTES, "a reversed-triggers file", "written by `cleanse --save-triggers`")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: np.asarray(npz[k]) for k in npz.files}

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, Optional
 
 from core import budget as budget_module
 from core.budget import MAX_CHUNK_BYTES, Budget, setting_hint, size_text
-from core.errors import ModelError, UnsafeModelError
+from core.errors import DataError, ModelError, UnsafeModelError
 from core.param_estimate import estimate_params
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -457,6 +457,24 @@ def _dataset_problem(name: str, dataset: Any, max_ratio: float) -> Optional[str]
 # ------------------------------------------------------------------------- zip
 
 
+def read_own_archive(path: Path, max_bytes: int, kind: str, origin: str, fixed_by: tuple[str, ...] = ()) -> tuple[bytes, zipfile.ZipFile]:
+    """Read an .npz this tool writes (a STRIP or scan profile, reversed triggers) as hostile bytes.
+
+    A regular file, at most ``max_bytes``, a zip whose directory passes
+    :func:`scan_zip` (nothing inflated yet). ``kind`` names it ("a scan
+    profile"), ``origin`` says where a good one comes from.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file: expected {kind} (.npz) {origin}", fixed_by=fixed_by)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"{path} is {size >> 20} MiB, too large for {kind}")
+    data = path.read_bytes()
+    if sniff_format(data[:8]) != "zip":
+        raise DataError(f"{path} is not {kind}: expected an .npz archive {origin}", fixed_by=fixed_by)
+    return data, scan_zip(data, str(path), error=DataError, broken=DataError)
+
+
 def scan_zip(
     data: bytes | Path | BinaryIO,
     source: str,
@@ -658,6 +676,7 @@ __all__ = [
     "inflate_member",
     "open_regular",
     "read_npz_array",
+    "read_own_archive",
     "parse_config_json",
     "read_limited",
     "read_member",

@@ -385,14 +385,7 @@ def save_profile(profile: ScanProfile, path: str | Path) -> Path:
 def load_profile(path: str | Path) -> ScanProfile:
     """Open a scan profile -- or a STRIP profile of either version -- treating it as hostile."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file: expected a profile (.npz) saved by TrojanScope (STRIP or scan calibration)")
-    if path.stat().st_size > MAX_PROFILE_BYTES:
-        raise DataError(f"{path} is {path.stat().st_size >> 20} MiB, too large for a profile")
-    data = path.read_bytes()
-    if safety.sniff_format(data[:8]) != "zip":
-        raise DataError(f"{path} is not a scan profile: expected an .npz archive saved by TrojanScope (STRIP or scan calibration)")
-    archive = safety.scan_zip(data, str(path), error=DataError, broken=DataError)
+    data, archive = safety.read_own_archive(path, MAX_PROFILE_BYTES, "a scan profile", "saved by TrojanScope (STRIP or scan calibration)")
     if "overlays.npy" in archive.namelist():  # a profile saved by `strip --save-profile`
         p = strip.load_profile(path)
         return ScanProfile("strip", {"strip": p}, p.frr, p.confidence, list(p.notes))

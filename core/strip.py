@@ -319,16 +319,7 @@ def load_profile(path: str | Path) -> StripProfile:
     and every field is type- and shape-checked.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file: expected a STRIP profile (.npz) saved after STRIP calibration",
-                        fixed_by=("profile",))
-    size = path.stat().st_size
-    if size > MAX_PROFILE_BYTES:
-        raise DataError(f"{path} is {size >> 20} MiB, too large for a STRIP profile")
-    data = path.read_bytes()
-    if safety.sniff_format(data[:8]) != "zip":
-        raise DataError(f"{path} is not a STRIP profile: expected an .npz archive saved after STRIP calibration", fixed_by=("profile",))
-    archive = safety.scan_zip(data, str(path), error=DataError, broken=DataError)
+    data, archive = safety.read_own_archive(path, MAX_PROFILE_BYTES, "a STRIP profile", "saved after STRIP calibration", ("profile",))
     names = set(archive.namelist())
     expected = {"overlays.npy", "clean_entropies.npy", "metadata.npy"}
     if names != expected:
