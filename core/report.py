@@ -376,8 +376,10 @@ def _strip(f: Findings) -> tuple[str, Optional[dict]]:
     if profile is None:
         return _not_run("STRIP was not calibrated", "STRIP > Calibrate and scan, or the strip command."), None
     parts = [_img(_strip_figure(profile, f.scan), "STRIP entropy histogram (last scan)")]
-    rows = [("Threshold", f"{profile.threshold:.4f} bits (normal fit at FRR {profile.frr:.2%}; "
-                          f"empirical percentile {profile.empirical_threshold:.4f})"),
+    # The threshold is the conservative order statistic (docs/scan.md); a profile saved before it says so in its notes.
+    rows = [("Threshold", f"{profile.threshold:.4f} bits (entropy below it is flagged; set for FRR {profile.frr:.2%} "
+                          f"with {profile.confidence:.0%} confidence on unseen clean inputs)"),
+            ("False rejection on unseen clean inputs", profile.frr_estimate().describe()),
             ("Overlays", profile.n_overlays)]
     data: dict[str, Any] = {"threshold": profile.threshold, "frr": profile.frr, "overlays": profile.n_overlays,
                             "empirical_threshold": profile.empirical_threshold,

@@ -47,6 +47,8 @@ def test_report_has_every_section_and_json_beside_it(written):
     assert record["sections"] == {"summary": "run", "evaluation": "run", "pruning": "run", "strip": "run",
                                   "inspector": "run", "cleanse": "not run", "repair": "not run"}
     assert "Not run" in page.split('id="cleanse"')[1]
+    strip_part = page.split('id="strip"')[1].split("<section")[0]
+    assert "normal fit" not in strip_part and "False rejection on unseen clean inputs" in strip_part  # how the threshold is set now
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, nothing fetched
 
 
