@@ -24,6 +24,7 @@ SETTING_FLAGS = {
     "classes": ("--target-class",),
     "profile": ("--profile",),
     "scale": ("--scale",),
+    "triggers": ("--triggers",),
 }
 
 

@@ -19,7 +19,7 @@ the others in the combined scan rather than replacing them.
 Top-down:
 
 1. :class:`Triggers` are the reversed masks of the verdict's target classes
-   (:func:`triggers_from`), saved by ``cleanse --save-triggers`` and read back
+   (:func:`triggers_from`), saved by the cleanse command and read back
    as hostile data (:func:`load_triggers`).
 2. :func:`drop_scores`: for an input the model sends to a masked class t, the
    fall of log p_t when the region (mask > ``MASK_LEVEL`` x its peak) is replaced; 0 for
@@ -151,7 +151,7 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: MaskingSettin
     triggers = settings.triggers
     if triggers is None or not triggers.classes:
         raise DataError("reversed-trigger masking needs reversed triggers of the suspected target classes: run Neural Cleanse "
-                        "(Verdict panel, or `cleanse --save-triggers FILE`) on this model first", fixed_by=("triggers",))
+                        "on this model first (Verdict panel, or the cleanse command) and give its triggers", fixed_by=("triggers",))
     check_fits(triggers, loaded)
     frr = settings.frr if frr is None else frr
     confidence = settings.confidence if confidence is None else confidence
@@ -203,8 +203,8 @@ def save_triggers(triggers: Triggers, path: str | Path) -> Path:
 def load_triggers(path: str | Path) -> Triggers:
     """Read a triggers file as hostile data: size and archive checked before numpy opens it, no pickles."""
     path = Path(path)
-    what = "expected a reversed-triggers file (.npz) written by `cleanse --save-triggers`"
-    data, _archive = safety.read_own_archive(path, MAX_TRIGGERS_BYTES, "a reversed-triggers file", "written by `cleanse --save-triggers`")
+    what = "expected a reversed-triggers file (.npz) written by the cleanse command"
+    data, _archive = safety.read_own_archive(path, MAX_TRIGGERS_BYTES, "a reversed-triggers file", "written by the cleanse command")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: np.asarray(npz[k]) for k in npz.files}

@@ -101,8 +101,9 @@ def test_triggers_file_round_trips_and_hostile_or_foreign_ones_are_refused(plant
     out_of_range = masking.Triggers((7,), TRIGGER.copy())
     with pytest.raises(DataError, match="outside this model"):
         run_job(scanner.calibrate(loaded, clean, scanner.ScanSettings(method="masking", triggers=out_of_range), scale="1"))
-    with pytest.raises(DataError, match="run Neural Cleanse"):
+    with pytest.raises(DataError, match="run Neural Cleanse") as raised:
         run_job(scanner.calibrate(loaded, clean, scanner.ScanSettings(method="masking"), scale="1"))
+    assert raised.value.fixed_by == ("triggers",)  # the CLI names its --triggers flag
 
 
 def test_cli_cleanse_saves_the_verdicts_trigger_and_scan_masks_it(tmp_path, capsys):
@@ -163,3 +164,15 @@ def test_a_scan_profile_whose_masking_arrays_do_not_fit_is_refused(planted, tmp_
         np.savez(tmp_path / "bad.npz", **{**arrays, key: bad})
         with pytest.raises(DataError, match="masking: 'classes', 'regions'"):
             scanner.load_profile(tmp_path / "bad.npz")
+
+
+def test_cli_masking_without_triggers_names_the_flag(tmp_path, capsys):
+    import cli
+    from tests.planted import H, W, save_linear_model
+
+    save_linear_model(tmp_path / "m.keras")
+    np.savez(tmp_path / "clean.npz", x=np.random.default_rng(0).uniform(0, 1, (50, H, W, 1)).astype(np.float32))
+    code = cli.main(["scan", "--method", "masking", "--model", str(tmp_path / "m.keras"), "--clean", str(tmp_path / "clean.npz"),
+                     "--scale", "1", "--save-profile", str(tmp_path / "p.npz"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "run Neural Cleanse" in err and err.strip().endswith("(--triggers)") and not (tmp_path / "p.npz").exists()
