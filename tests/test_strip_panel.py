@@ -146,6 +146,9 @@ def test_five_thousand_rows_stream_in_without_freezing_the_window(qtbot, window,
     CPU time of the GUI thread (``thread_time``), not wall time, so a busy
     shared machine does not make the test flaky.
     """
+    import gc
+
+    gc.collect()  # the earlier tests' garbage (TensorFlow graphs) must not be collected inside a timed flush
     halfway = threading.Event()
     panel = _fake_loaded(window, monkeypatch, _fake_scan(5000, 100, 0.01, halfway))
     costs = []
