@@ -53,7 +53,7 @@ DEFAULT_FRR = 0.01
 MASK_LEVEL = 0.5
 TRIGGERS_FORMAT = "trojanscope-reversed-triggers"
 TRIGGERS_VERSION = 1
-MAX_TRIGGERS_BYTES = 256 << 20
+MAX_TRIGGERS_BYTES = 256 << 20  # the file, and what its arrays may inflate to (10 masks of 4096 x 4096 fit)
 _FLOOR = 1e-12  # probabilities are clipped here before the logarithm
 
 
@@ -204,7 +204,8 @@ def load_triggers(path: str | Path) -> Triggers:
     """Read a triggers file as hostile data: size and archive checked before numpy opens it, no pickles."""
     path = Path(path)
     what = "expected a reversed-triggers file (.npz) written by the cleanse command"
-    data, _archive = safety.read_own_archive(path, MAX_TRIGGERS_BYTES, "a reversed-triggers file", "written by the cleanse command")
+    data, _archive = safety.read_own_archive(path, MAX_TRIGGERS_BYTES, "a reversed-triggers file", "written by the cleanse command",
+                                             inflated_limit=MAX_TRIGGERS_BYTES)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: np.asarray(npz[k]) for k in npz.files}

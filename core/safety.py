@@ -457,11 +457,13 @@ def _dataset_problem(name: str, dataset: Any, max_ratio: float) -> Optional[str]
 # ------------------------------------------------------------------------- zip
 
 
-def read_own_archive(path: Path, max_bytes: int, kind: str, origin: str, fixed_by: tuple[str, ...] = ()) -> tuple[bytes, zipfile.ZipFile]:
+def read_own_archive(path: Path, max_bytes: int, kind: str, origin: str, fixed_by: tuple[str, ...] = (),
+                     inflated_limit: Optional[int] = None) -> tuple[bytes, zipfile.ZipFile]:
     """Read an .npz this tool writes (a STRIP or scan profile, reversed triggers) as hostile bytes.
 
     A regular file, at most ``max_bytes``, a zip whose directory passes
-    :func:`scan_zip` (nothing inflated yet). ``kind`` names it ("a scan
+    :func:`scan_zip` (nothing inflated yet; with ``inflated_limit``, the
+    members together may declare no more). ``kind`` names it ("a scan
     profile"), ``origin`` says where a good one comes from.
     """
     if not path.is_file():
@@ -472,7 +474,7 @@ def read_own_archive(path: Path, max_bytes: int, kind: str, origin: str, fixed_b
     data = path.read_bytes()
     if sniff_format(data[:8]) != "zip":
         raise DataError(f"{path} is not {kind}: expected an .npz archive {origin}", fixed_by=fixed_by)
-    return data, scan_zip(data, str(path), error=DataError, broken=DataError)
+    return data, scan_zip(data, str(path), error=DataError, broken=DataError, total_limit=inflated_limit)
 
 
 def scan_zip(

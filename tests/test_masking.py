@@ -78,7 +78,7 @@ def test_combined_takes_masking_with_triggers_at_one_percent_per_detector_and_ro
     np.testing.assert_array_equal(scanner.classify(loaded, back, x)[0], scanner.classify(loaded, profile, x)[0])
 
 
-def test_triggers_file_round_trips_and_hostile_or_foreign_ones_are_refused(planted, tmp_path):
+def test_triggers_file_round_trips_and_hostile_or_foreign_ones_are_refused(planted, tmp_path, monkeypatch):
     loaded, _, _ = planted
     path = masking.save_triggers(_triggers(), tmp_path / "t.npz")
     back = masking.load_triggers(path)
@@ -88,6 +88,13 @@ def test_triggers_file_round_trips_and_hostile_or_foreign_ones_are_refused(plant
     np.savez(tmp_path / "pickled.npz", masks=np.array([{"x": 1}], dtype=object), metadata=np.zeros(3, np.uint8))
     with pytest.raises(DataError, match="not a readable reversed-triggers file"):
         masking.load_triggers(tmp_path / "pickled.npz")
+    small = tmp_path / "inflating.npz"
+    masking.save_triggers(masking.Triggers((1,), np.zeros((1, 64, 64), np.float32)), small)  # 16 KiB of masks, compressed
+    assert small.stat().st_size < 2000
+    monkeypatch.setattr(masking, "MAX_TRIGGERS_BYTES", 4000)  # what the arrays may inflate to, not just the file size
+    with pytest.raises(DataError, match="declare .* in all, over the limit"):
+        masking.load_triggers(small)
+    monkeypatch.undo()
     (tmp_path / "text.npz").write_text("not an archive")
     with pytest.raises(DataError, match="not a reversed-triggers file"):
         masking.load_triggers(tmp_path / "text.npz")
