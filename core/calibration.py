@@ -178,12 +178,22 @@ __all__ = [
 
 
 class ThresholdedScores:
-    """What every score-and-threshold detector profile shares (feature space, SCALE-UP, TeCo).
+    """What every score-and-threshold detector profile shares (feature space, SCALE-UP, TeCo, masking).
 
     A dataclass that mixes this in has ``clean_scores`` (its held-out clean
-    scores), ``threshold``, ``frr``, ``confidence`` and a class attribute
-    ``tail``; moving the threshold re-derives the FRR bound from the same scores.
+    scores), ``threshold``, ``frr``, ``confidence``, ``scale``,
+    ``model_sha256``, ``num_classes``, ``input_shape``, ``notes`` and class
+    attributes ``method`` and ``tail``; moving the threshold re-derives the FRR
+    bound from the same scores.
     """
+
+    def shared_metadata(self) -> dict[str, Any]:
+        """The saved-profile keys every detector has; each adds its own (core.scanner reads them back)."""
+        return {
+            "method": self.method, "scale": self.scale, "threshold": self.threshold, "frr": self.frr,
+            "confidence": self.confidence, "frr_estimate": self.frr_estimate().as_dict(), "model_sha256": self.model_sha256,
+            "num_classes": self.num_classes, "input_shape": list(self.input_shape), "notes": list(self.notes),
+        }
 
     @property
     def scores(self) -> np.ndarray:

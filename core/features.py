@@ -164,12 +164,7 @@ class FeatureProfile(ThresholdedScores):
         return score
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "scale": self.scale, "threshold": self.threshold, "frr": self.frr,
-            "confidence": self.confidence, "frr_estimate": self.frr_estimate().as_dict(), "model_sha256": self.model_sha256,
-            "num_classes": self.num_classes, "input_shape": list(self.input_shape), "notes": list(self.notes),
-            "pixel_max": 255.0, "folds": FOLDS, "shrink": SHRINK,
-        }
+        return {**self.shared_metadata(), "pixel_max": 255.0, "folds": FOLDS, "shrink": SHRINK}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"clean_scores": np.asarray(self.clean_scores, np.float64), "means": self.means, "precision": self.precision}

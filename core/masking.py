@@ -105,12 +105,7 @@ class MaskingProfile(ThresholdedScores):
         return lambda x: drop_scores(loaded, x, self.classes, self.regions, self.fill, self.scale)
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "classes": list(self.classes), "scale": self.scale, "pixel_max": self.pixel_max,
-            "threshold": self.threshold, "frr": self.frr, "confidence": self.confidence,
-            "frr_estimate": self.frr_estimate().as_dict(), "model_sha256": self.model_sha256,
-            "num_classes": self.num_classes, "input_shape": list(self.input_shape), "notes": list(self.notes),
-        }
+        return {**self.shared_metadata(), "classes": list(self.classes), "pixel_max": self.pixel_max}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"clean_scores": np.asarray(self.clean_scores, np.float64), "regions": np.asarray(self.regions, np.uint8),

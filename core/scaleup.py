@@ -72,12 +72,7 @@ class ScaleUpProfile(ThresholdedScores):
         return lambda x: spc_scores(loaded, x, self.factors, self.scale, self.pixel_max)
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "factors": list(self.factors), "scale": self.scale, "pixel_max": self.pixel_max,
-            "threshold": self.threshold, "frr": self.frr, "confidence": self.confidence,
-            "frr_estimate": self.frr_estimate().as_dict(), "model_sha256": self.model_sha256,
-            "num_classes": self.num_classes, "input_shape": list(self.input_shape), "notes": list(self.notes),
-        }
+        return {**self.shared_metadata(), "factors": list(self.factors), "pixel_max": self.pixel_max}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"clean_scores": np.asarray(self.clean_scores, np.float64)}

@@ -163,12 +163,7 @@ class TecoProfile(ThresholdedScores):
         return lambda x: teco_scores(loaded, x, self.scale, self.pixel_max, self.seed)
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "corruptions": list(CORRUPTIONS), "scale": self.scale, "pixel_max": self.pixel_max,
-            "threshold": self.threshold, "frr": self.frr, "confidence": self.confidence, "seed": self.seed,
-            "frr_estimate": self.frr_estimate().as_dict(), "model_sha256": self.model_sha256,
-            "num_classes": self.num_classes, "input_shape": list(self.input_shape), "notes": list(self.notes),
-        }
+        return {**self.shared_metadata(), "corruptions": list(CORRUPTIONS), "pixel_max": self.pixel_max, "seed": self.seed}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"clean_scores": np.asarray(self.clean_scores, np.float64)}
