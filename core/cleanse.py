@@ -214,7 +214,7 @@ class CleanseResult:
         return {
             "verdict": self.verdict,
             "flagged_classes": list(self.flagged_classes),
-            "anomaly_index": {str(k): _finite(v) for k, v in self.anomaly_index.items()},
+            "anomaly_index": {str(k): finite_or_none(v) for k, v in self.anomaly_index.items()},
             "norms": {str(k): round(v, 4) for k, v in self.norms.items()},
             "candidates": list(self.candidates),
             "screened_out": list(self.screened_out),
@@ -245,7 +245,8 @@ class CleanseResult:
         )
 
 
-def _finite(value: float) -> Optional[float]:
+def finite_or_none(value: float) -> Optional[float]:
+    """A statistic for strict JSON: rounded to 4 digits, or null when infinite (e.g. an index over a zero MAD)."""
     return round(float(value), 4) if np.isfinite(value) else None
 
 

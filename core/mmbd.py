@@ -43,6 +43,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from core.cleanse import finite_or_none
 from core.data import Arrays, DataSource, load_arrays
 from core.errors import DataError
 from core.inference import scale_factor
@@ -136,7 +137,7 @@ class MMBDResult:
             "margins": {str(k): round(v, 4) for k, v in self.margins.items()},
             "p_values": {str(k): float(f"{v:.4g}") for k, v in self.p_values.items()},
             # A point-mass null (every other class at the same margin) has an infinite shape: JSON null.
-            "gamma_null": {"shape": _finite(self.gamma_shape), "scale": _finite(self.gamma_scale)},
+            "gamma_null": {"shape": finite_or_none(self.gamma_shape), "scale": finite_or_none(self.gamma_scale)},
             "significance": self.settings.get("significance", SIGNIFICANCE),
             "raw_p_values": {str(k): float(f"{v:.4g}") for k, v in self.raw_p_values.items()},
             "clean_margin": None if self.clean_margin is None else round(self.clean_margin, 4),
@@ -153,10 +154,6 @@ class MMBDResult:
             parts = ", ".join(f"class {c} (margin {self.margins[c]:.1f}, p = {self.p_values[c]:.2g})" for c in self.flagged_classes)
             return f"MM-BD: inputs can be made to favour {parts} far beyond any other class, as a backdoor target can."
         return f"MM-BD: no class's maximum margin stands out (smallest p = {self.min_p_value:.2g}, threshold {SIGNIFICANCE})."
-
-
-def _finite(value: float) -> Optional[float]:
-    return round(float(value), 4) if np.isfinite(value) else None
 
 
 # ---------------------------------------------------------------- statistics
