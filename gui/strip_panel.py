@@ -372,7 +372,7 @@ class StripPanel(QWidget):
         else:
             which = ", ".join(map(str, triggers.classes))
             self.triggers_note.setText(f"Reversed triggers of class{'es' if len(triggers.classes) > 1 else ''} {which} "
-                                       "(Verdict panel): Combined adds masking, at 1% per detector.")
+                                       f"(Verdict panel): Combined adds masking, at {scanner.DEFAULT_FRR_PER_DETECTOR:.0%} per detector.")
         self._method_changed()
 
     def _weight_spin(self, value: float, tip: str) -> QDoubleSpinBox:
