@@ -12,11 +12,12 @@ split only, then measured on data calibration never saw:
   that are *not* flagged and still classified as the attacker's label;
 - seconds: calibration plus both scans, on this machine.
 
-Reversed-trigger masking (``masking``, and within ``combined``) needs the verdict's reversed
-triggers: by default each model is first judged as ``cleanse --save-triggers`` would (Neural
+The targeted detectors (``masking``, ``target_features``, ``reference``, and within ``combined``)
+need the verdict's suspected targets (and masking their reversed triggers): by default each model is first judged as ``cleanse --save-triggers`` would (Neural
 Cleanse + MM-BD on clean_valid, default settings) and the masks of the verdict's targets are
 cached beside the model (``triggers.npz``, ``triggers.json``); ``--no-triggers`` measures without
 them (combined = STRIP + feature space + SCALE-UP, as before 27 Nov 2026, third session).
+The targeted detectors watch only the inputs the model sends to those targets.
 
 Acceptance: residual ASR <= 5% and FRR <= 3% for every single-target BadNet.
 Everything is seeded; re-running prints the same numbers.
@@ -120,7 +121,7 @@ def measure(case: dict, methods: list[str], limit: int | None = None, triggers: 
     defaults = scanner.ScanSettings(method="strip")
     profiles, seconds = {}, {}
     if triggers is None:
-        methods = [m for m in methods if m != "masking"]  # nothing to mask: the verdict named no target
+        methods = [m for m in methods if m not in scanner.WITH_TRIGGERS]  # the verdict named no target to watch
     for method in methods:
         if method == "strip":
             continue

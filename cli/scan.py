@@ -18,16 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--method", choices=scanner.METHODS, default=scanner.DEFAULT_METHOD,
                         help=f"detector(s): combined = {' + '.join(scanner.COMBINED)}, flagged if any flags (default %(default)s); "
-                             f"{scanner.WITH_TRIGGERS} joins it with --triggers; "
+                             f"{' + '.join(scanner.WITH_TRIGGERS)} join it with --triggers (they watch the suspected targets); "
                              "scaleup and teco were measured weak on MNIST (docs/scan.md)")
     parser.add_argument("--triggers", metavar="FILE",
-                        help="reversed triggers of the suspected targets (`cleanse --save-triggers FILE`): enables "
-                             "reversed-trigger masking, alone (--method masking) or within combined")
+                        help="reversed triggers of the suspected targets (`cleanse --save-triggers FILE`): enables the "
+                             "targeted detectors (reversed-trigger masking, feature space on the targets, the clean reference "
+                             "model), alone (--method masking|target_features|reference) or within combined")
     parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
     parser.add_argument("--profile", help="use a saved profile (any method) instead of calibrating")
     parser.add_argument("--frr", type=float, default=None,
                         help="false rejection rate allowed on clean inputs calibration never saw "
-                             f"(default {scanner.DEFAULT_FRR_PER_DETECTOR} per detector: {scanner.DEFAULT_FRR} for combined)")
+                             f"(default {scanner.DEFAULT_FRR_PER_DETECTOR} per detector: {scanner.DEFAULT_FRR} for combined, "
+                             f"{scanner.default_frr('combined', True)} with --triggers)")
     parser.add_argument("--confidence", type=float, default=scanner.DEFAULT_CONFIDENCE,
                         help="probability that the false rejection rate holds (default %(default)s)")
     parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="STRIP: clean images superimposed on each input (default %(default)s)")

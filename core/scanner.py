@@ -1,14 +1,21 @@
-"""Input-level scanning with STRIP, SCALE-UP, TeCo, feature space, reversed-trigger masking, or several at once ("combined").
+"""Input-level scanning with STRIP, SCALE-UP, TeCo, feature space, the targeted detectors, or several at once ("combined").
 
 Each detector scores an input (:mod:`core.strip`: blend entropy, low is
 suspicious; :mod:`core.scaleup`: scaled prediction consistency, high is
 suspicious; :mod:`core.teco`: corruption-robustness deviation, high is
 suspicious; :mod:`core.masking`: the fall of the target's probability when
-Neural Cleanse's reversed trigger is masked out, high is suspicious). Which ones ship as a method was decided by measurement on the
+Neural Cleanse's reversed trigger is masked out, high is suspicious;
+:mod:`core.reference`: how little networks trained on the clean images alone
+believe the target, high is suspicious). Which ones ship as a method was decided by measurement on the
 zoo (``bench/scan_acceptance.py``, table in ``docs/scan.md``).
 
+The *targeted* detectors (``WITH_TRIGGERS``: masking, the feature space on
+the suspected targets, the clean reference) score only the inputs the model
+sends to a class the verdict names, 0 the others: an attack succeeds only
+there, so that is where they spend the false-rejection budget.
+
 The combined method flags an input when *any* of its detectors does; it
-adds reversed-trigger masking when the analyst gives reversed triggers (from
+adds the three targeted detectors when the analyst gives the suspected targets' reversed triggers (from
 the Verdict panel or ``cleanse --save-triggers``); its default FRR stays 1% per detector. To keep
 the analyst's false-rejection rate on unseen clean data, each of the d
 detectors is calibrated at ``frr / d`` with confidence ``1 - (1 - c) / d``:
@@ -35,7 +42,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core import features, masking, safety, scaleup, strip, teco
+from core import features, masking, reference, safety, scaleup, strip, teco
 from core.calibration import DEFAULT_CONFIDENCE, FrrEstimate, estimate_at
 from core.clean_split import draw_clean_split
 from core.data import DataSource, Skipped
@@ -43,21 +50,23 @@ from core.errors import DataError
 from core.jobs import Job, Progress, rescaled
 from core.models import LoadedModel
 
-DETECTORS = ("strip", "scaleup", "teco", "features", "masking")
+DETECTORS = ("strip", "scaleup", "teco", "features", "masking", "target_features", "reference")
 COMBINED = ("strip", "features", "scaleup")  # what "combined" runs; chosen by measurement (docs/scan.md)
-WITH_TRIGGERS = "masking"  # joins "combined" when reversed triggers are given
+WITH_TRIGGERS = ("masking", "target_features", "reference")  # join "combined" when the suspected targets (reversed triggers) are given
 METHODS = DETECTORS + ("combined",)
 DEFAULT_METHOD = "combined"
 # The default false-rejection rate (promised on unseen clean data with 95% confidence) is 1% per
 # detector: 1% for one detector, 3% for "combined", which splits it between its three. At 1% in
 # all, each share needs more clean images than a 100-per-class validation set holds, every
 # threshold falls to the most extreme clean score and SCALE-UP misses SIG (docs/scan.md). With reversed
-# triggers "combined" runs four detectors, so 4%: at 3% the masking share (0.75% with 98.75% confidence)
-# rests on the one or two most extreme of 900 clean scores, and low_rate kept 26% attack success (docs/scan.md).
+# triggers "combined" runs six detectors, so 6%: a targeted detector's 1% of all clean images is about 10% of
+# the ~100 a target has in a 100-per-class validation set, and its conservative threshold already rests on the
+# five most extreme of those; at less (masking at 0.75%, 98.75% confidence) low_rate kept 26% attack success,
+# WaNet 27% at 0.8% per detector (docs/scan.md). Measured on the zoo, the six together flag <= 2.6% of clean_test.
 DEFAULT_FRR_PER_DETECTOR = 0.01
 DEFAULT_FRR = DEFAULT_FRR_PER_DETECTOR * len(COMBINED)  # the default method's
 LABELS = {"strip": "STRIP", "scaleup": "SCALE-UP", "teco": "TeCo", "features": "feature space", "masking": "reversed-trigger masking",
-          "combined": "combined"}
+          "target_features": "feature space on the suspected targets", "reference": "clean reference model", "combined": "combined"}
 PROFILE_FORMAT = "trojanscope-scan-profile"
 PROFILE_VERSION = 1
 MAX_PROFILE_BYTES = 1 << 30
@@ -94,11 +103,11 @@ class ScanSettings:
 
 
 def _detectors_of(method: str, triggers: bool = False) -> tuple[str, ...]:
-    return COMBINED + ((WITH_TRIGGERS,) if triggers else ()) if method == "combined" else (method,)
+    return COMBINED + (WITH_TRIGGERS if triggers else ()) if method == "combined" else (method,)
 
 
 def default_frr(method: str, triggers: bool = False) -> float:
-    """1% per detector the method runs: 3% for combined, 4% once reversed triggers add masking to it."""
+    """1% per detector the method runs: 3% for combined, 6% once reversed triggers add the three targeted detectors."""
     return DEFAULT_FRR_PER_DETECTOR * len(_detectors_of(method, triggers))
 
 
@@ -187,6 +196,15 @@ def calibrate(loaded: LoadedModel, clean: DataSource, settings: ScanSettings = S
         elif name == "masking":
             ms = masking.MaskingSettings(triggers=settings.triggers)
             detectors[name] = yield from rescaled(masking.calibrate_on(loaded, split, ms, frr, confidence), lo, hi)
+        elif name == "target_features":
+            targets = settings.triggers.classes if settings.triggers else ()
+            if not targets:
+                raise DataError("feature space on the suspected targets needs them: run the detectors on this model first "
+                                "(Verdict panel, or the cleanse command) and give its triggers", fixed_by=("triggers",))
+            detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence, targets), lo, hi)
+        elif name == "reference":
+            rs = reference.ReferenceSettings(classes=settings.triggers.classes if settings.triggers else (), seed=settings.seed)
+            detectors[name] = yield from rescaled(reference.calibrate_on(loaded, split, rs, frr, confidence), lo, hi)
         else:
             detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence), lo, hi)
     notes = list(split.notes)
@@ -446,15 +464,21 @@ def _profile_from(meta: Any, arrays: dict[str, np.ndarray], path: Path) -> ScanP
             detectors[name] = teco.TecoProfile(seed=int(_number(m, "seed", bad)), **common)
         elif name == "masking":
             detectors[name] = _masking_from(m, arrays, common, bad)
+        elif name == "reference":
+            detectors[name] = _reference_from(m, arrays, common, bad)
         else:
-            means, precision = arrays.get("features__means"), arrays.get("features__precision")
+            means, precision = arrays.get(f"{name}__means"), arrays.get(f"{name}__precision")
             ok = (means is not None and precision is not None and means.ndim == 2 and means.shape[0] == k and precision.ndim == 2
                   and precision.shape == (means.shape[1], means.shape[1]) and means.dtype.kind == "f" and precision.dtype.kind == "f"
                   and np.all(np.isfinite(means)) and np.all(np.isfinite(precision)))
             if not ok:
-                raise bad("features: 'means' (K, d) and 'precision' (d, d) must be finite float arrays")
+                raise bad(f"{name}: 'means' (K, d) and 'precision' (d, d) must be finite float arrays")
             common.pop("pixel_max")
-            detectors[name] = features.FeatureProfile(means=means.astype(np.float64), precision=precision.astype(np.float64), **common)
+            arrays_ = dict(means=means.astype(np.float64), precision=precision.astype(np.float64))
+            if name == "target_features":
+                detectors[name] = features.TargetFeatureProfile(**arrays_, **common, targets=_classes(m, common["num_classes"], bad, name))
+            else:
+                detectors[name] = features.FeatureProfile(**arrays_, **common)
     # A combined profile keeps the detectors it was calibrated with (older ones: STRIP + feature space).
     order = tuple(detectors) if method == "combined" and len(detectors) >= 2 else (method,)
     if set(order) != set(detectors):
@@ -462,15 +486,47 @@ def _profile_from(meta: Any, arrays: dict[str, np.ndarray], path: Path) -> ScanP
     return ScanProfile(method, {k: detectors[k] for k in order}, frr, confidence, [str(n) for n in meta.get("notes", [])][:50])
 
 
+def _classes(m: dict, num_classes: int, bad: Any, name: str) -> tuple[int, ...]:
+    """A targeted detector's suspected classes: a non-empty list of this model's classes."""
+    classes = m.get("classes")
+    if not (isinstance(classes, list) and classes
+            and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < num_classes for k in classes)):
+        raise bad(f"{name}: 'classes' must be a non-empty list of the model's classes; found {classes!r}"[:300])
+    return tuple(classes)
+
+
 def _masking_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: Any) -> masking.MaskingProfile:
-    classes, regions, fill = m.get("classes"), arrays.get("masking__regions"), arrays.get("masking__fill")
+    classes = _classes(m, common["num_classes"], bad, "masking")
+    regions, fill = arrays.get("masking__regions"), arrays.get("masking__fill")
     h, w, c = common["input_shape"]
-    ok = (isinstance(classes, list) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < common["num_classes"] for k in classes)
-          and regions is not None and regions.shape == (len(classes), h, w) and regions.dtype.kind in "ub"
+    ok = (regions is not None and regions.shape == (len(classes), h, w) and regions.dtype.kind in "ub"
           and fill is not None and fill.shape == (h, w, c) and fill.dtype.kind == "f" and np.all(np.isfinite(fill)))
     if not ok:
         raise bad("masking: 'classes', 'regions' (K, H, W) and 'fill' (H, W, C) must fit the model")
     return masking.MaskingProfile(classes=tuple(classes), regions=regions.astype(bool), fill=fill.astype(np.float32), **common)
+
+
+def _reference_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: Any) -> reference.ReferenceProfile:
+    """The fold networks' weights are plain float arrays; their shapes are checked when the networks are rebuilt."""
+    classes, folds = _classes(m, common["num_classes"], bad, "reference"), m.get("folds")
+    if not (isinstance(folds, int) and not isinstance(folds, bool) and 2 <= folds <= 20):
+        raise bad(f"reference: 'folds' must be 2..20; found {folds!r}"[:200])
+    weights = []
+    for f in range(folds):
+        prefix = f"reference__w{f}_"
+        mine = sorted(int(k[len(prefix):]) for k in arrays if k.startswith(prefix) and k[len(prefix):].isdigit())
+        ws = [arrays[f"{prefix}{i}"] for i in mine]
+        if not ws or any(w.dtype.kind != "f" or not np.all(np.isfinite(w)) for w in ws):
+            raise bad(f"reference: fold {f}'s weights must be finite float arrays")
+        weights.append([w.astype(np.float32) for w in ws])
+    architecture = m.get("architecture")
+    if architecture not in reference.ARCHITECTURES:
+        raise bad(f"reference: 'architecture' must be one of {reference.ARCHITECTURES}; found {architecture!r}"[:200])
+    if architecture == "small":  # a twin's weights are checked against the model they are scored with
+        net = reference.small_network(common["input_shape"], common["num_classes"], common["scale"], 0)
+        if any([tuple(v.shape) for v in net.weights] != [w.shape for w in ws] for ws in weights):
+            raise bad("reference: the saved weights do not fit the small reference network")
+    return reference.ReferenceProfile(classes=classes, weights=weights, architecture=architecture, **common)
 
 
 def _number(meta: dict, key: str, bad: Any) -> float:

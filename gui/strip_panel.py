@@ -64,13 +64,17 @@ DATA_FILTER = "Data (*.h5 *.hdf5 *.npz);;All files (*)"
 PROFILE_FILTER = "Scan profiles (*.npz);;All files (*)"
 # The methods offered (TeCo was measured and left out; SCALE-UP alone misses most triggers but
 # catches SIG, so it runs inside "combined": docs/scan.md).
-# Reversed-trigger masking needs the Verdict panel's targets: it joins Combined once they exist.
-METHODS = (("combined", "Combined (STRIP + feature space + SCALE-UP)"), ("strip", "STRIP"), ("features", "Feature space"),
-           ("masking", "Reversed-trigger masking"))
+# The targeted detectors (masking, feature space on the targets, the clean reference) need the Verdict
+# panel's targets: they join Combined once they exist.
+METHODS = (("combined", "Combined (STRIP + feature space + SCALE-UP, + targeted)"), ("strip", "STRIP"), ("features", "Feature space"),
+           ("masking", "Reversed-trigger masking"), ("reference", "Clean reference model"))
 AXIS = {"strip": "mean entropy per blend (bits)", "features": "distance to the predicted class's clean features (Mahalanobis)",
         "scaleup": "scaled prediction consistency (SCALE-UP)",
-        "masking": "fall of the target's log-probability once its reversed trigger is masked"}
-SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP", "masking": "Mask drop"}
+        "masking": "fall of the target's log-probability once its reversed trigger is masked",
+        "target_features": "distance to the suspected target's clean features (Mahalanobis)",
+        "reference": "disbelief of networks trained on clean images only (-log p of the target)"}
+SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP", "masking": "Mask drop", "target_features": "Target distance",
+                "reference": "Disbelief"}
 
 
 def primary_score(row: Any, name: str) -> float:
@@ -268,8 +272,10 @@ class StripPanel(QWidget):
             self.method_combo.addItem(label, key)
         self.method_combo.setToolTip("STRIP misses large, blended and warped triggers; the feature-space detector catches them "
                                      "and SCALE-UP catches sinusoidal signals (docs/scan.md). Reversed-trigger masking masks the "
-                                     "Verdict panel's reversed trigger of each target it names. Combined flags an input when any of "
-                                     "its detectors does (masking joins once the Verdict panel names a target), 1% each.")
+                                     "Verdict panel's reversed trigger of each target it names; the clean reference model trains "
+                                     "small networks on the clean images alone and flags what the model sends to a target but they do "
+                                     "not believe. Combined flags an input when any of its detectors does (masking, feature space "
+                                     "on the targets and the clean reference join once the Verdict panel names a target), 1% each.")
         self.overlays_spin = QSpinBox()
         self.overlays_spin.setRange(2, 1000)
         self.overlays_spin.setValue(strip.DEFAULT_OVERLAYS)
@@ -368,11 +374,13 @@ class StripPanel(QWidget):
         """The Verdict panel's targets decide whether masking can run (and joins Combined)."""
         triggers = self.session_triggers()
         if triggers is None:
-            self.triggers_note.setText("Reversed-trigger masking: needs a target from the Verdict panel's detectors.")
+            self.triggers_note.setText("Targeted detectors (masking, target features, clean reference): need a target from the "
+                                       "Verdict panel's detectors.")
         else:
             which = ", ".join(map(str, triggers.classes))
             self.triggers_note.setText(f"Reversed triggers of class{'es' if len(triggers.classes) > 1 else ''} {which} "
-                                       f"(Verdict panel): Combined adds masking, at {scanner.DEFAULT_FRR_PER_DETECTOR:.0%} per detector.")
+                                       f"(Verdict panel): Combined adds masking, feature space on the target and a clean reference "
+                                       f"model, at {scanner.DEFAULT_FRR_PER_DETECTOR:.0%} per detector.")
         self._method_changed()
 
     def _weight_spin(self, value: float, tip: str) -> QDoubleSpinBox:
@@ -481,9 +489,9 @@ class StripPanel(QWidget):
             )
 
         triggers = self.session_triggers()
-        if method == "masking" and triggers is None:
-            self.window.show_error("Reversed-trigger masking needs a suspected target: run the detectors in the Verdict panel "
-                                   "first (it masks the reversed trigger of each class the verdict names).")
+        if method in scanner.WITH_TRIGGERS and triggers is None:
+            self.window.show_error(f"The {scanner.LABELS[method]} needs a suspected target: run the detectors in the Verdict "
+                                   "panel first (it watches each class the verdict names).")
             return False
         if method == "strip":
             factory = lambda: strip.calibrate(loaded, clean, strip_settings, scale)  # noqa: E731

@@ -60,22 +60,31 @@ def test_calibration_flags_the_triggered_inputs_and_holds_its_frr(planted):
     assert np.mean(labels == 3) <= 0.03
 
 
-def test_combined_takes_masking_with_triggers_at_one_percent_per_detector_and_round_trips(planted, tmp_path):
+def test_combined_takes_the_targeted_detectors_with_triggers_at_one_percent_per_detector_and_round_trips(planted, tmp_path):
     loaded, _, _ = planted
     rng = np.random.default_rng(3)
     clean = np.concatenate([_images(rng, 400, False), _images(rng, 200, False) + 0.3])
     settings = scanner.ScanSettings(triggers=_triggers(), strip=strip.StripSettings(n_overlays=16), max_clean=600)
-    assert settings.frr == pytest.approx(0.04) and settings.detectors() == scanner.COMBINED + ("masking",)  # 1% per detector
+    targeted = ("masking", "target_features", "reference")
+    assert settings.frr == pytest.approx(0.06) and settings.detectors() == scanner.COMBINED + targeted  # 1% per detector
     assert scanner.ScanSettings().detectors() == scanner.COMBINED  # without triggers, as before
     profile = run_job(scanner.calibrate(loaded, ArraySource(clean, None, "clean"), settings, scale="1"))
-    assert list(profile.detectors) == list(scanner.COMBINED) + ["masking"]
+    assert list(profile.detectors) == list(scanner.COMBINED + targeted)
     for det in profile.detectors.values():
-        assert det.frr == pytest.approx(0.01) and det.confidence == pytest.approx(1 - 0.05 / 4)
+        assert det.frr == pytest.approx(0.01) and det.confidence == pytest.approx(1 - 0.05 / 6)
+    assert profile.detectors["target_features"].targets == (1,) == profile.detectors["reference"].classes
     back = scanner.load_profile(scanner.save_profile(profile, tmp_path / "c.npz"))
     assert list(back.detectors) == list(profile.detectors)
+    assert back.detectors["target_features"].targets == (1,)
     np.testing.assert_array_equal(back.detectors["masking"].regions, profile.detectors["masking"].regions)
     x = np.concatenate([_images(rng, 30, False), _images(rng, 30, True)])
-    np.testing.assert_array_equal(scanner.classify(loaded, back, x)[0], scanner.classify(loaded, profile, x)[0])
+    labels, scores, _ = scanner.classify(loaded, back, x)
+    np.testing.assert_array_equal(labels, scanner.classify(loaded, profile, x)[0])
+    assert labels[30:].tolist() == [3] * 30  # every triggered input into class N
+    # the targeted feature detector scores only inputs sent to the suspected class: the same distance as untargeted there
+    sent_to_1 = np.asarray(loaded.model(x)).argmax(axis=1) == 1
+    assert np.all(scores["target_features"][~sent_to_1] == 0.0)
+    np.testing.assert_allclose(scores["target_features"][sent_to_1], scores["features"][sent_to_1])
 
 
 def test_triggers_file_round_trips_and_hostile_or_foreign_ones_are_refused(planted, tmp_path, monkeypatch):

@@ -236,3 +236,24 @@ def test_feature_detector_flags_the_planted_trigger(planted):
     score = profile.score_fn(loaded)
     assert np.all(score(_images(rng, 200, True))[0] > profile.threshold)
     assert np.mean(score(_images(rng, 400, False))[0] > profile.threshold) <= 0.03
+
+
+def test_feature_space_on_the_targets_spends_the_budget_on_inputs_sent_to_them(planted):
+    """Same cross-fitted distances, zero outside the targets: the threshold is the targets' own tail, not everyone's."""
+    from core import features
+    from core.clean_split import draw_clean_split
+
+    loaded, _, _ = planted
+    rng = np.random.default_rng(9)
+    clean = np.concatenate([_images(rng, 300, False), _images(rng, 300, False) + 0.3])  # class 0 and class 2
+    split = run_job(draw_clean_split(loaded, ArraySource(clean, None, "clean"), 0, 600, 0, "1"))
+    every = run_job(features.calibrate_on(loaded, split, features.FeatureSettings()))
+    mine = run_job(features.calibrate_on(loaded, split, features.FeatureSettings(), targets=(2,)))
+    sent_to_2 = np.asarray(loaded.model(split.calibration)).argmax(axis=1) == 2
+    assert 200 < sent_to_2.sum() < 400
+    np.testing.assert_allclose(mine.clean_scores, np.where(sent_to_2, every.clean_scores, 0.0))
+    assert mine.threshold == conservative_threshold(mine.clean_scores, 0.01, 0.95, "high").threshold
+    assert mine.threshold < every.threshold  # a lower rank of class 2's distances than of all of them
+    assert isinstance(mine, features.TargetFeatureProfile) and mine.targets == (2,)
+    with pytest.raises(DataError, match="outside this model's classes"):
+        run_job(features.calibrate_on(loaded, split, features.FeatureSettings(), targets=(5,)))

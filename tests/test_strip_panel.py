@@ -184,8 +184,9 @@ def test_cancel_mid_scan_keeps_the_rows_so_far(qtbot, window, monkeypatch):
     assert not panel.flush_timer.isActive()
 
 
-def test_the_verdict_panels_target_adds_reversed_trigger_masking_to_combined(qtbot, window, demo_settings, demo_bundle):
-    """The seam Verdict -> STRIP: once the session names a target, Combined masks its reversed trigger (4 detectors, 1% each)."""
+def test_the_verdict_panels_target_adds_the_targeted_detectors_to_combined(qtbot, window, demo_settings, demo_bundle):
+    """The seam Verdict -> STRIP: once the session names a target, Combined masks its reversed trigger, watches its
+    feature space and asks a clean reference model (6 detectors, 1% each)."""
     from core.cleanse import CleanseSettings, cleanse
     from core.data import load_arrays, open_data
     from core.demo import read_manifest
@@ -197,7 +198,7 @@ def test_the_verdict_panels_target_adds_reversed_trigger_masking_to_combined(qtb
     window.load_demo()
     wait_idle(qtbot, window)
     panel = window.panels["StripPanel"]
-    assert "needs a target" in panel.triggers_note.text() and panel.frr_spin.value() == 3.0
+    assert "need a target" in panel.triggers_note.text() and panel.frr_spin.value() == 3.0
     panel.method_combo.setCurrentIndex(panel.method_combo.findData("masking"))
     assert not panel.calibrate() and "Verdict panel" in window.last_error  # nothing to mask yet
     panel.method_combo.setCurrentIndex(panel.method_combo.findData("combined"))
@@ -207,13 +208,13 @@ def test_the_verdict_panels_target_adds_reversed_trigger_masking_to_combined(qtb
     found = run_job(cleanse(loaded, clean, "255", CleanseSettings(max_rounds=30, seed=0, label_specific=False), classes=[7]))
     window.state.publish(Kind.CLEANSE, found, ["clean_valid"])
     window.state.publish(Kind.VERDICT, combine([from_attack_success(0.99, 200, 10, target=7)]), ["poisoned"])
-    assert "class 7" in panel.triggers_note.text() and panel.frr_spin.value() == 4.0  # the untouched default follows
+    assert "class 7" in panel.triggers_note.text() and panel.frr_spin.value() == 6.0  # the untouched default follows
 
     panel.overlays_spin.setValue(16)
     panel.calibrate_button.click()
     wait_idle(qtbot, window)
-    assert list(panel.scan_profile.detectors) == ["strip", "features", "scaleup", "masking"]
-    assert panel.scan_profile.detectors["masking"].classes == (7,)
+    assert list(panel.scan_profile.detectors) == ["strip", "features", "scaleup", "masking", "target_features", "reference"]
+    assert panel.scan_profile.detectors["masking"].classes == (7,) == panel.scan_profile.detectors["reference"].classes
     panel.scan_loaded_button.click()
     wait_idle(qtbot, window)
     manifest = read_manifest(demo_bundle.manifest)
@@ -221,6 +222,8 @@ def test_the_verdict_panels_target_adds_reversed_trigger_masking_to_combined(qtb
     triggered = {m["file"] for m in manifest if m["triggered"]}
     by_masking = {Path(r.source).name for r in panel.model.rows if "masking" in r.flagged_by}
     assert len(by_masking & triggered) >= 0.75 * len(triggered) and len(by_masking - triggered) <= 2
+    by_reference = {Path(r.source).name for r in panel.model.rows if "reference" in r.flagged_by}
+    assert len(by_reference & triggered) >= 0.5 * len(triggered) and len(by_reference - triggered) <= 2
     SHOTS.mkdir(parents=True, exist_ok=True)
     window.tabs.setCurrentWidget(panel)
     qtbot.wait(300)

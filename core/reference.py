@@ -1,0 +1,300 @@
+"""Clean reference model: flag an input a suspected target claims but a network trained only on clean images does not believe.
+
+A backdoor lives in the suspect model's weights, so a network the analyst
+trains from scratch on clean images alone has none. When the verdict names a
+target class t, a triggered input is one the suspect sends to t *because of
+the trigger*, while its content belongs elsewhere: the clean reference gives
+t a low probability. A clean image of t keeps t under both. This is the
+CSAW-HackML course's own guard (output N when a repaired model and the BadNet
+disagree) with a reference that never saw poison, and the disagreement test
+behind BaDExpert (Xie et al., ICLR 2024) with a network that owes nothing to
+the suspect's features: a copy of the suspect fine-tuned on clean data keeps
+the warp backdoor in its convolutions (docs/scan.md: 70-78% of WaNet's
+triggered images still passed).
+
+It answers triggers that leave no region to mask and no outlier in the
+suspect's own feature space: the zoo's WaNet (an image-wide warp) is its case.
+It is targeted like :mod:`core.masking`: inputs the suspect sends to other
+classes score 0, so the analyst's false-rejection budget is spent where the
+attack lands, on the suspected targets.
+
+Top-down:
+
+1. :func:`reference_network`: by default a *twin*: the suspect's own
+   architecture (its layer configuration, already checked when the model was
+   loaded), re-initialised. That architecture is known to fit the task, and
+   on the zoo a twin trained on 800 clean digits doubts clean images of the
+   target far less than a generic small network does (the 95th-percentile
+   clean score is lower), so the same 1% threshold stops more: WaNet 13.8% ->
+   8.8% residual alone, low_rate 23% -> 3.0% (docs/scan.md). Models above
+   ``MAX_TWIN_PARAMS`` weights, or that Keras cannot clone, get a small
+   convolutional network sized to the input instead, so training stays
+   bounded.
+2. :func:`calibrate_on` trains one network per fold of the shared clean
+   split on the other folds, with the suspect's own predictions as labels (no
+   labels needed), and scores each clean image with the network that did not
+   see it (cross-fitting, as :mod:`core.features` does: in-sample scores
+   would be too small and the promised FRR would not hold); the threshold
+   comes from :mod:`core.calibration` like every other scanner's.
+3. :func:`disbelief_scores`: for an input the suspect sends to a suspected
+   class t, the mean over the fold networks of -log p_ref(t); 0 otherwise.
+   *High* is suspicious.
+
+What it costs: training, bounded at ``TRAIN_IMAGES`` image-passes per fold
+(about 4 s per fold on 2 cores for the zoo's 28x28 digit models). A reference trained on a
+few hundred clean images is weak on a many-class task; the calibration then
+sets a high threshold and it flags little, so the FRR promise still holds.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from core.calibration import DEFAULT_CONFIDENCE, ThresholdedScores, conservative_threshold
+from core.clean_split import CleanSplit
+from core.errors import DataError
+from core.inference import predict_proba, scale_factor
+from core.jobs import Job, Progress
+from core.models import LoadedModel
+from core.tf_env import keras as _keras
+from core.tf_env import tf as _tf
+
+DEFAULT_FRR = 0.01
+FOLDS = 5
+MAX_EPOCHS = 20
+MIN_EPOCHS = 5
+TRAIN_IMAGES = 16_000  # image-passes per fold: 20 epochs of 800 digits; fewer epochs for larger splits
+BATCH = 64
+LEARNING_RATE = 1e-3
+SMALLEST_SIDE = 8  # convolution + pooling blocks until the feature map is at most this many pixels a side
+MAX_BLOCKS = 4
+MIN_TRAIN = 20  # clean images per fold's training set below which no reference is trained
+MAX_TWIN_PARAMS = 2_000_000  # above this the suspect's architecture costs too much to train five times on CPU
+ARCHITECTURES = ("twin", "small")
+_FLOOR = 1e-12
+
+_built: "weakref.WeakKeyDictionary[Any, list]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    classes: tuple[int, ...] = ()  # the suspected targets (the verdict's); required
+    frr: float = DEFAULT_FRR
+    confidence: float = DEFAULT_CONFIDENCE
+    folds: int = FOLDS
+    seed: int = 0
+
+
+@dataclass
+class ReferenceProfile(ThresholdedScores):
+    classes: tuple[int, ...]
+    weights: list[list[np.ndarray]]  # one list of arrays per fold network, in its architecture's order
+    scale: str
+    pixel_max: float
+    threshold: float  # disbelief above it is flagged
+    frr: float
+    confidence: float
+    clean_scores: np.ndarray  # cross-fitted clean disbelief
+    model_sha256: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    notes: list[str] = field(default_factory=list)
+    architecture: str = "twin"  # "twin": the suspect's architecture re-initialised; "small": reference_network's own
+
+    method = "reference"
+    tail = "high"
+
+    def score_fn(self, loaded: LoadedModel) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        nets = self.networks(loaded)
+        return lambda x: disbelief_scores(loaded, nets, x, self.classes, self.scale)
+
+    def networks(self, loaded: LoadedModel) -> list[Any]:
+        """The fold networks, rebuilt from the saved weights once per profile (a twin needs the suspect's architecture)."""
+        nets = _built.get(self)
+        if nets is None:
+            nets = [reference_network(loaded, self.architecture, self.scale, seed=0, weights=w) for w in self.weights]
+            _built[self] = nets
+        return nets
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.shared_metadata(), "classes": list(self.classes), "pixel_max": self.pixel_max, "folds": len(self.weights),
+                "architecture": self.architecture}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"clean_scores": np.asarray(self.clean_scores, np.float64)}
+        for f, ws in enumerate(self.weights):
+            out.update({f"w{f}_{i}": np.asarray(w, np.float32) for i, w in enumerate(ws)})
+        return out
+
+    __hash__ = object.__hash__  # a weak-key cache entry per profile object (dataclass eq would make it unhashable)
+
+
+@dataclass
+class Network:
+    """A fold's reference network and whether it ends in a softmax (a twin of a model that outputs probabilities)."""
+
+    net: Any
+    probabilities: bool
+
+
+def architecture_for(loaded: LoadedModel) -> str:
+    """The suspect's own architecture unless it is too large to train five times on CPU."""
+    return "twin" if loaded.model.count_params() <= MAX_TWIN_PARAMS else "small"
+
+
+def reference_network(loaded: LoadedModel, architecture: str, scale: str, seed: int,
+                      weights: Optional[list[np.ndarray]] = None) -> Network:
+    """A fresh reference (``weights`` None) or a saved fold's; saved weights must fit the architecture exactly."""
+    if architecture not in ARCHITECTURES:
+        raise DataError(f"unknown reference architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    if architecture == "twin":
+        keras = _keras()
+        keras.utils.set_random_seed(seed)  # clone_model draws the fresh weights from the global generators
+        net = Network(keras.models.clone_model(loaded.model), bool(loaded.summary.outputs_probabilities))
+    else:
+        net = Network(small_network(loaded.input_shape, loaded.num_classes, scale, seed), False)
+    if weights is not None:
+        expected = [tuple(v.shape) for v in net.net.weights]
+        if [tuple(np.shape(a)) for a in weights] != expected:
+            raise DataError(f"the reference networks' saved weights do not fit this model's {architecture} architecture "
+                            f"({loaded.summary.path}): the profile was made for another model")
+        net.net.set_weights([np.asarray(a, np.float32) for a in weights])
+    return net
+
+
+def small_network(input_shape: tuple[int, int, int], num_classes: int, scale: str, seed: int) -> Any:
+    """Convolution and pooling until the image is at most ``SMALLEST_SIDE`` a side, then a dense head; seeded initialisers."""
+    keras = _keras()
+    h, w, c = (int(s) for s in input_shape)
+    init = lambda k: keras.initializers.GlorotUniform(seed=seed * 101 + k)  # noqa: E731
+    inp = keras.Input((h, w, c))
+    x = keras.layers.Rescaling(1.0 if scale == "1" else 1.0 / 255.0)(inp)  # the suspect's input range -> 0..1
+    blocks = 0
+    while min(h, w) > SMALLEST_SIDE and blocks < MAX_BLOCKS:
+        x = keras.layers.Conv2D(16 << blocks, 3, padding="same", activation="relu", kernel_initializer=init(blocks))(x)
+        x = keras.layers.MaxPooling2D()(x)
+        h, w, blocks = h // 2, w // 2, blocks + 1
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.3, seed=seed)(x)
+    x = keras.layers.Dense(64, activation="relu", kernel_initializer=init(10))(x)
+    out = keras.layers.Dense(num_classes, kernel_initializer=init(11))(x)  # logits
+    return keras.Model(inp, out)
+
+
+def disbelief_scores(loaded: LoadedModel, nets: list[Any], x: np.ndarray, classes: tuple[int, ...],
+                     scale: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean over the references of -log p_ref(t) for inputs the suspect sends to a suspected t; else 0 -- and the suspect's probabilities)."""
+    if len(x) == 0:
+        return np.zeros(0), np.zeros((0, loaded.num_classes), np.float32)
+    x = np.asarray(x, np.float32) * np.float32(scale_factor(scale))
+    probs = predict_proba(loaded, x)
+    predicted = probs.argmax(axis=1)
+    rows = np.flatnonzero(np.isin(predicted, classes))
+    scores = np.zeros(len(x))
+    if len(rows):
+        scores[rows] = np.mean([_minus_log_p(net, x[rows], predicted[rows]) for net in nets], axis=0)
+    return scores, probs
+
+
+def _minus_log_p(net: Network, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    out = np.concatenate([np.asarray(net.net(x[i : i + 512], training=False), np.float64) for i in range(0, len(x), 512)])
+    if net.probabilities:
+        logp = np.log(np.maximum(out, _FLOOR))
+    else:
+        shifted = out - out.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -np.maximum(logp[np.arange(len(x)), classes], math.log(_FLOOR))
+
+
+def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSettings, frr: Optional[float] = None,
+                 confidence: Optional[float] = None) -> Job[ReferenceProfile]:
+    """Train the fold references on the shared split and set the threshold on their out-of-fold scores."""
+    classes = tuple(int(c) for c in settings.classes)
+    if not classes:
+        raise DataError("the clean reference model needs the suspected target classes: run the detectors on this model first "
+                        "(Verdict panel, or the cleanse command) and give its triggers", fixed_by=("triggers",))
+    bad = [c for c in classes if not 0 <= c < loaded.num_classes]
+    if bad:
+        raise DataError(f"the suspected targets {bad} are outside this model's classes 0..{loaded.num_classes - 1}")
+    frr = settings.frr if frr is None else frr
+    confidence = settings.confidence if confidence is None else confidence
+    x = np.asarray(split.calibration, np.float32)
+    folds = max(2, int(settings.folds))
+    n = len(x)
+    if n - math.ceil(n / folds) < MIN_TRAIN:
+        raise DataError(f"the clean reference model needs at least {MIN_TRAIN * folds // (folds - 1) + 1} clean images "
+                        f"to train on; the calibration split has {n}")
+    yield Progress(0.0, f"Clean reference: reading the suspect's answers on {n} clean images")
+    scaled = x * np.float32(scale_factor(split.scale))
+    labels = predict_proba(loaded, scaled).argmax(axis=1)
+    fold = np.arange(n) % folds  # the split is already a seeded permutation
+    epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, TRAIN_IMAGES // max(int((fold != 0).sum()), 1))))
+    architecture, why = architecture_for(loaded), ""
+    if architecture == "twin":
+        try:
+            reference_network(loaded, "twin", split.scale, settings.seed)
+        except (ValueError, TypeError, KeyError, NotImplementedError) as exc:  # an architecture Keras cannot clone
+            architecture, why = "small", f" (the model's architecture could not be cloned: {str(exc).splitlines()[0][:120]})"
+    else:
+        why = f" (the model's {loaded.model.count_params():,} weights are too many to train {folds} times)"
+    scores = np.zeros(n)
+    weights: list[list[np.ndarray]] = []
+    for f in range(folds):
+        held = fold == f
+        net = yield from _train(scaled[~held], labels[~held], reference_network(loaded, architecture, split.scale, settings.seed * folds + f),
+                                epochs, settings.seed * folds + f, f / folds, (f + 0.9) / folds, f"fold {f + 1}/{folds}")
+        mine = held & np.isin(labels, classes)
+        if mine.any():
+            scores[mine] = _minus_log_p(net, scaled[mine], labels[mine])
+        weights.append([np.asarray(v, np.float32) for v in net.net.get_weights()])
+    cal = conservative_threshold(scores, frr, confidence, "high")
+    claimed = int(np.isin(labels, classes).sum())
+    notes = list(split.notes) + [
+        f"a clean reference network per fold ({'a twin of the model' if architecture == 'twin' else 'a small network'}{why}; "
+        f"{folds} folds, {epochs} epochs on the others) checks the {claimed} of {n} clean images the model sends to classes "
+        f"{list(classes)}"]
+    profile = ReferenceProfile(
+        classes=classes, weights=weights, scale=split.scale, pixel_max=split.pixel_max, threshold=cal.threshold, frr=float(frr),
+        confidence=float(confidence), clean_scores=scores, model_sha256=loaded.summary.sha256, num_classes=loaded.num_classes,
+        input_shape=tuple(loaded.input_shape), notes=notes + ([cal.note] if cal.note else []), architecture=architecture,
+    )
+    yield Progress(1.0, f"Clean reference calibrated: disbelief above {cal.threshold:.3f} is flagged, {cal.estimate.describe()}")
+    return profile
+
+
+def _train(x: np.ndarray, y: np.ndarray, network: Network, epochs: int, seed: int, lo: float, hi: float,
+           what: str) -> Job[Network]:
+    """Adam on cross-entropy, one batch per step so that a cancel lands within a batch."""
+    keras, tf = _keras(), _tf()
+    net = network.net
+    optimizer = keras.optimizers.Adam(LEARNING_RATE)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=not network.probabilities)
+
+    @tf.function(reduce_retracing=True)
+    def step(xb, yb):  # noqa: ANN001
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, net(xb, training=True))
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    batches = max(1, math.ceil(len(x) / BATCH))
+    for epoch in range(epochs):
+        order = rng.permutation(len(x))
+        total = 0.0
+        for b in range(batches):
+            idx = order[b * BATCH : (b + 1) * BATCH]
+            total += float(step(tf.constant(x[idx]), tf.constant(y[idx], tf.int64)))
+            yield Progress(lo + (hi - lo) * (epoch + (b + 1) / batches) / epochs,
+                           f"Clean reference {what}: epoch {epoch + 1}/{epochs}, loss {total / (b + 1):.3f}")
+    return network
+
+
+__all__ = ["Network", "ReferenceProfile", "ReferenceSettings", "architecture_for", "calibrate_on", "disbelief_scores",
+           "reference_network", "small_network"]
