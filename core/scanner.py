@@ -61,8 +61,8 @@ DEFAULT_METHOD = "combined"
 # threshold falls to the most extreme clean score and SCALE-UP misses SIG (docs/scan.md). With reversed
 # triggers "combined" runs six detectors, so 6%: a targeted detector's 1% of all clean images is about 10% of
 # the ~100 a target has in a 100-per-class validation set, and its conservative threshold already rests on the
-# five most extreme of those; at less (masking at 0.75%, 98.75% confidence) low_rate kept 26% attack success,
-# WaNet 27% at 0.8% per detector (docs/scan.md). Measured on the zoo, the six together flag <= 2.6% of clean_test.
+# five most extreme of those; at less (masking at 0.75%, 98.75% confidence) low_rate kept 26% attack success
+# (docs/scan.md). Measured on the zoo, the six together flag <= 2.0% of clean_test.
 DEFAULT_FRR_PER_DETECTOR = 0.01
 DEFAULT_FRR = DEFAULT_FRR_PER_DETECTOR * len(COMBINED)  # the default method's
 LABELS = {"strip": "STRIP", "scaleup": "SCALE-UP", "teco": "TeCo", "features": "feature space", "masking": "reversed-trigger masking",
