@@ -234,3 +234,16 @@ def test_the_verdict_panels_target_adds_the_targeted_detectors_to_combined(qtbot
     panel.calibrate_button.click()
     wait_idle(qtbot, window)
     assert list(panel.scan_profile.detectors) == ["masking"] and panel.model.HEADERS[2] == "Mask drop"
+
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("reference"))
+    panel.calibrate_button.click()
+    wait_idle(qtbot, window)
+    assert list(panel.scan_profile.detectors) == ["reference"] and panel.model.HEADERS[2] == "Disbelief"
+    assert panel.scan_profile.detectors["reference"].architecture == "twin"
+    panel.scan_loaded_button.click()
+    wait_idle(qtbot, window)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == len(manifest), timeout=5000)
+    flagged = {Path(r.source).name for r in panel.model.rows if r.flagged_by}
+    assert len(flagged & triggered) >= 0.5 * len(triggered) and len(flagged - triggered) <= 2
+    qtbot.wait(300)
+    assert window.grab().save(str(SHOTS / "strip_panel_reference.png"))
