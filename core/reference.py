@@ -27,9 +27,10 @@ Top-down:
    target far less than a generic small network does (the 95th-percentile
    clean score is lower), so the same 1% threshold stops more: WaNet 13.8% ->
    8.8% residual alone, low_rate 23% -> 3.0% (docs/scan.md). Models above
-   ``MAX_TWIN_PARAMS`` weights, or that Keras cannot clone, get a small
-   convolutional network sized to the input instead, so training stays
-   bounded.
+   ``MAX_TWIN_PARAMS`` weights or ``MAX_TWIN_MACS`` multiply-adds per image,
+   or that Keras cannot clone, get a small convolutional network sized to
+   the input instead (images above 64 px averaged down first), so training
+   stays bounded.
 2. :func:`calibrate_on` trains one network per fold of the shared clean
    split on the other folds, with the suspect's own predictions as labels (no
    labels needed), and scores each clean image with the network that did not
@@ -76,7 +77,11 @@ LEARNING_RATE = 1e-3
 SMALLEST_SIDE = 8  # convolution + pooling blocks until the feature map is at most this many pixels a side
 MAX_BLOCKS = 4
 MIN_TRAIN = 20  # clean images per fold's training set below which no reference is trained
-MAX_TWIN_PARAMS = 2_000_000  # above this the suspect's architecture costs too much to train five times on CPU
+# Above either bound the suspect's architecture costs too much to train five times on CPU. The CSAW face network
+# (601,643 weights, 8.2 million multiply-adds per image) trains in about 24 s per fold on 2 cores.
+MAX_TWIN_PARAMS = 2_000_000
+MAX_TWIN_MACS = 16_000_000  # multiply-adds per image of the convolution and dense layers
+SMALL_SIDE = 64  # the small network first averages larger images down to at most this many pixels a side
 ARCHITECTURES = ("twin", "small")
 _FLOOR = 1e-12
 
@@ -146,7 +151,33 @@ class Network:
 
 def architecture_for(loaded: LoadedModel) -> str:
     """The suspect's own architecture unless it is too large to train five times on CPU."""
-    return "twin" if loaded.model.count_params() <= MAX_TWIN_PARAMS else "small"
+    model = loaded.model
+    return "twin" if model.count_params() <= MAX_TWIN_PARAMS and multiply_adds(model) <= MAX_TWIN_MACS else "small"
+
+
+def multiply_adds(model: Any) -> int:
+    """Multiply-adds per image of the convolution and dense layers (nested models included), from their symbolic shapes.
+
+    Weights alone miss what a large input costs: a 1-million-weight convolutional network on 224x224 images does
+    hundreds of times the work of one on 28x28 digits.
+    """
+    total = 0
+    for layer in model.layers:
+        if getattr(layer, "layers", None):
+            total += multiply_adds(layer)
+            continue
+        kind = type(layer).__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        inp, out = tuple(layer.input.shape), tuple(layer.output.shape)
+        if kind == "Dense":
+            total += int(np.prod(inp[1:])) * int(out[-1])
+            continue
+        kh, kw = layer.kernel_size
+        per_pixel = kh * kw * (int(inp[-1]) * layer.depth_multiplier if kind == "DepthwiseConv2D"
+                               else int(inp[-1]) // layer.groups * int(out[-1]))
+        total += int(np.prod(out[1:3])) * per_pixel
+    return total
 
 
 def reference_network(loaded: LoadedModel, architecture: str, scale: str, seed: int,
@@ -176,6 +207,10 @@ def small_network(input_shape: tuple[int, int, int], num_classes: int, scale: st
     init = lambda k: keras.initializers.GlorotUniform(seed=seed * 101 + k)  # noqa: E731
     inp = keras.Input((h, w, c))
     x = keras.layers.Rescaling(1.0 if scale == "1" else 1.0 / 255.0)(inp)  # the suspect's input range -> 0..1
+    pool = math.ceil(max(h, w) / SMALL_SIDE)
+    if pool > 1:  # large images: convolve a cheap average-pooled copy
+        x = keras.layers.AveragePooling2D(pool, padding="same")(x)
+        h, w = math.ceil(h / pool), math.ceil(w / pool)
     blocks = 0
     while min(h, w) > SMALLEST_SIDE and blocks < MAX_BLOCKS:
         x = keras.layers.Conv2D(16 << blocks, 3, padding="same", activation="relu", kernel_initializer=init(blocks))(x)
@@ -243,7 +278,8 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSett
         except (ValueError, TypeError, KeyError, NotImplementedError) as exc:  # an architecture Keras cannot clone
             architecture, why = "small", f" (the model's architecture could not be cloned: {str(exc).splitlines()[0][:120]})"
     else:
-        why = f" (the model's {loaded.model.count_params():,} weights are too many to train {folds} times)"
+        why = (f" (the model's {loaded.model.count_params():,} weights and {multiply_adds(loaded.model):,} multiply-adds "
+               f"per image are too many to train {folds} times)")
     scores = np.zeros(n)
     weights: list[list[np.ndarray]] = []
     for f in range(folds):
@@ -299,4 +335,4 @@ def _train(x: np.ndarray, y: np.ndarray, network: Network, epochs: int, seed: in
 
 
 __all__ = ["Network", "ReferenceProfile", "ReferenceSettings", "architecture_for", "calibrate_on", "disbelief_scores",
-           "reference_network", "small_network"]
+           "multiply_adds", "reference_network", "small_network"]

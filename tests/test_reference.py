@@ -149,3 +149,31 @@ def test_a_model_too_large_to_train_five_times_gets_the_small_network(planted, m
     np.savez(tmp_path / "bad.npz", **{**arrays, "reference__w0_0": np.zeros((3, 3), np.float32)})
     with pytest.raises(DataError, match="small reference network"):
         scanner.load_profile(tmp_path / "bad.npz")
+
+
+def test_multiply_adds_count_convolutions_and_dense_layers_by_hand():
+    """Conv 3x3 (3 -> 8 channels, 'same') on 10x12, max-pool to 5x6, depthwise 3x3 'valid' (x2) to 3x4, a nested dense."""
+    from core.tf_env import keras
+
+    k = keras()
+    inner = k.Sequential([k.Input((192,)), k.layers.Dense(4)])
+    x = inp = k.Input((10, 12, 3))
+    x = k.layers.Conv2D(8, 3, padding="same")(x)
+    x = k.layers.MaxPooling2D()(x)
+    x = k.layers.DepthwiseConv2D(3, depth_multiplier=2)(x)
+    out = inner(k.layers.Flatten()(x))
+    model = k.Model(inp, out)
+    expected = 10 * 12 * 9 * 3 * 8 + 3 * 4 * 9 * 8 * 2 + 192 * 4
+    assert reference.multiply_adds(model) == expected
+
+
+def test_a_costly_or_large_input_model_gets_the_small_network_on_pooled_images(planted, monkeypatch):
+    loaded, _, _ = planted
+    monkeypatch.setattr(reference, "MAX_TWIN_MACS", 10)  # the planted model does 48 multiply-adds per image
+    assert reference.multiply_adds(loaded.model) == 48 and reference.architecture_for(loaded) == "small"
+    monkeypatch.setattr(reference, "MAX_TWIN_MACS", 48)
+    assert reference.architecture_for(loaded) == "twin"
+    big = reference.small_network((224, 200, 3), 10, "255", 0)
+    pooled = [layer for layer in big.layers if type(layer).__name__ == "AveragePooling2D"]
+    assert len(pooled) == 1 and pooled[0].output.shape[1:3] == (56, 50)  # averaged by 4 down to <= 64 px a side
+    assert reference.multiply_adds(big) < 20_000_000
