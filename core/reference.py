@@ -284,11 +284,14 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSett
     weights: list[list[np.ndarray]] = []
     for f in range(folds):
         held = fold == f
-        net = yield from _train(scaled[~held], labels[~held], reference_network(loaded, architecture, split.scale, settings.seed * folds + f),
-                                epochs, settings.seed * folds + f, f / folds, (f + 0.9) / folds, f"fold {f + 1}/{folds}")
+        fresh = reference_network(loaded, architecture, split.scale, settings.seed * folds + f)
+        yield Progress(f / folds, f"Clean reference fold {f + 1}/{folds}: training on {int((~held).sum())} clean images")
+        net = yield from _train(scaled[~held], labels[~held], fresh, epochs, settings.seed * folds + f, f / folds,
+                                (f + 0.9) / folds, f"fold {f + 1}/{folds}")
         mine = held & np.isin(labels, classes)
         if mine.any():
             scores[mine] = _minus_log_p(net, scaled[mine], labels[mine])
+        yield Progress((f + 1) / folds, f"Clean reference fold {f + 1}/{folds}: scored its {int(held.sum())} held-out images")
         weights.append([np.asarray(v, np.float32) for v in net.net.get_weights()])
     cal = conservative_threshold(scores, frr, confidence, "high")
     claimed = int(np.isin(labels, classes).sum())
@@ -311,9 +314,14 @@ def _train(x: np.ndarray, y: np.ndarray, network: Network, epochs: int, seed: in
     keras, tf = _keras(), _tf()
     net = network.net
     optimizer = keras.optimizers.Adam(LEARNING_RATE)
+    optimizer.build(net.trainable_variables)  # its slots exist before the trace, which then runs once
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=not network.probabilities)
 
-    @tf.function(reduce_retracing=True)
+    # One trace per fold, whatever the batch size (the last batch of an epoch is smaller): a trace is the longest stretch
+    # without a yield, so it bounds how fast a cancel lands.
+    signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int64)]
+
+    @tf.function(input_signature=signature)
     def step(xb, yb):  # noqa: ANN001
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, net(xb, training=True))
