@@ -41,9 +41,10 @@ import numpy as np
 
 from core.calibration import DEFAULT_CONFIDENCE, ThresholdedScores, conservative_threshold
 from core.clean_split import CleanSplit, draw_clean_split
-from core.errors import DataError, ModelError
+from core.errors import ModelError
 from core.inference import scale_factor
 from core.jobs import Job, Progress, rescaled
+from core.masking import suspected_targets
 from core.models import LoadedModel
 from core.tf_env import keras as _keras
 from core.tf_env import tf as _tf
@@ -217,16 +218,14 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: FeatureSettin
     scores = cross_fitted_scores(feats, classes, loaded.num_classes)
     notes = list(split.notes)
     if targets:
-        bad = [t for t in targets if not 0 <= t < loaded.num_classes]
-        if bad:
-            raise DataError(f"the suspected targets {bad} are outside this model's classes 0..{loaded.num_classes - 1}")
+        targets = suspected_targets(targets, loaded.num_classes, "feature space on the suspected targets")
         scores = np.where(np.isin(classes, targets), scores, 0.0)
         notes.append(f"feature space on the suspected targets {list(targets)}: {int(np.isin(classes, targets).sum())} of "
                      f"{len(classes)} clean images are sent to them")
     full = fit_gaussians(feats, classes, loaded.num_classes)
     cal = conservative_threshold(scores, frr, confidence, "high")
     kind = TargetFeatureProfile if targets else FeatureProfile
-    extra = {"targets": tuple(int(t) for t in targets)} if targets else {}
+    extra = {"targets": targets} if targets else {}
     profile = kind(
         means=full.means, precision=full.precision, scale=split.scale, threshold=cal.threshold, frr=float(frr),
         confidence=float(confidence), clean_scores=scores, model_sha256=loaded.summary.sha256, num_classes=loaded.num_classes,

@@ -173,9 +173,20 @@ def check_fits(triggers: Triggers, loaded: LoadedModel) -> None:
     if triggers.masks.shape[1:] != (h, w):
         raise DataError(f"the reversed triggers are {triggers.masks.shape[1]}x{triggers.masks.shape[2]} masks, "
                         f"but the model takes {h}x{w} images: they were made for another model")
-    bad = [c for c in triggers.classes if not 0 <= c < loaded.num_classes]
+    suspected_targets(triggers.classes, loaded.num_classes, "reversed-trigger masking")
+
+
+def suspected_targets(classes: Any, num_classes: int, detector: str) -> tuple[int, ...]:
+    """The verdict's target classes a targeted detector watches (masking, feature space on the targets, the clean
+    reference): at least one, every one a class of this model."""
+    targets = tuple(int(c) for c in classes)
+    if not targets:
+        raise DataError(f"the {detector} needs the suspected target classes: run the detectors on this model first "
+                        "(Verdict panel, or the cleanse command) and give its triggers", fixed_by=("triggers",))
+    bad = [c for c in targets if not 0 <= c < num_classes]
     if bad:
-        raise DataError(f"the reversed triggers name classes {bad}, outside this model's 0..{loaded.num_classes - 1}")
+        raise DataError(f"the suspected targets {bad} are outside this model's classes 0..{num_classes - 1}")
+    return targets
 
 
 # ------------------------------------------------------------------ the triggers file

@@ -57,12 +57,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
+from scipy.special import log_softmax
 
 from core.calibration import DEFAULT_CONFIDENCE, ThresholdedScores, conservative_threshold
 from core.clean_split import CleanSplit
 from core.errors import DataError
 from core.inference import predict_proba, scale_factor
 from core.jobs import Job, Progress
+from core.masking import suspected_targets
 from core.models import LoadedModel
 from core.tf_env import keras as _keras
 from core.tf_env import tf as _tf
@@ -192,12 +194,16 @@ def reference_network(loaded: LoadedModel, architecture: str, scale: str, seed: 
     else:
         net = Network(small_network(loaded.input_shape, loaded.num_classes, scale, seed), False)
     if weights is not None:
-        expected = [tuple(v.shape) for v in net.net.weights]
-        if [tuple(np.shape(a)) for a in weights] != expected:
+        if not weights_fit(net.net, weights):
             raise DataError(f"the reference networks' saved weights do not fit this model's {architecture} architecture "
                             f"({loaded.summary.path}): the profile was made for another model")
         net.net.set_weights([np.asarray(a, np.float32) for a in weights])
     return net
+
+
+def weights_fit(net: Any, weights: list[np.ndarray]) -> bool:
+    """Whether saved weights have exactly the shapes of ``net``'s, in order."""
+    return [tuple(np.shape(a)) for a in weights] == [tuple(v.shape) for v in net.weights]
 
 
 def small_network(input_shape: tuple[int, int, int], num_classes: int, scale: str, seed: int) -> Any:
@@ -240,24 +246,14 @@ def disbelief_scores(loaded: LoadedModel, nets: list[Any], x: np.ndarray, classe
 
 def _minus_log_p(net: Network, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
     out = np.concatenate([np.asarray(net.net(x[i : i + 512], training=False), np.float64) for i in range(0, len(x), 512)])
-    if net.probabilities:
-        logp = np.log(np.maximum(out, _FLOOR))
-    else:
-        shifted = out - out.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp = np.log(np.maximum(out, _FLOOR)) if net.probabilities else log_softmax(out, axis=1)
     return -np.maximum(logp[np.arange(len(x)), classes], math.log(_FLOOR))
 
 
 def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSettings, frr: Optional[float] = None,
                  confidence: Optional[float] = None) -> Job[ReferenceProfile]:
     """Train the fold references on the shared split and set the threshold on their out-of-fold scores."""
-    classes = tuple(int(c) for c in settings.classes)
-    if not classes:
-        raise DataError("the clean reference model needs the suspected target classes: run the detectors on this model first "
-                        "(Verdict panel, or the cleanse command) and give its triggers", fixed_by=("triggers",))
-    bad = [c for c in classes if not 0 <= c < loaded.num_classes]
-    if bad:
-        raise DataError(f"the suspected targets {bad} are outside this model's classes 0..{loaded.num_classes - 1}")
+    classes = suspected_targets(settings.classes, loaded.num_classes, "clean reference model")
     frr = settings.frr if frr is None else frr
     confidence = settings.confidence if confidence is None else confidence
     x = np.asarray(split.calibration, np.float32)
@@ -271,20 +267,12 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSett
     labels = predict_proba(loaded, scaled).argmax(axis=1)
     fold = np.arange(n) % folds  # the split is already a seeded permutation
     epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, TRAIN_IMAGES // max(int((fold != 0).sum()), 1))))
-    architecture, why = architecture_for(loaded), ""
-    if architecture == "twin":
-        try:
-            reference_network(loaded, "twin", split.scale, settings.seed)
-        except (ValueError, TypeError, KeyError, NotImplementedError) as exc:  # an architecture Keras cannot clone
-            architecture, why = "small", f" (the model's architecture could not be cloned: {str(exc).splitlines()[0][:120]})"
-    else:
-        why = (f" (the model's {loaded.model.count_params():,} weights and {multiply_adds(loaded.model):,} multiply-adds "
-               f"per image are too many to train {folds} times)")
+    architecture, why, first = _first_network(loaded, split.scale, settings.seed * folds, folds)
     scores = np.zeros(n)
     weights: list[list[np.ndarray]] = []
     for f in range(folds):
         held = fold == f
-        fresh = reference_network(loaded, architecture, split.scale, settings.seed * folds + f)
+        fresh = first if f == 0 else reference_network(loaded, architecture, split.scale, settings.seed * folds + f)
         yield Progress(f / folds, f"Clean reference fold {f + 1}/{folds}: training on {int((~held).sum())} clean images")
         net = yield from _train(scaled[~held], labels[~held], fresh, epochs, settings.seed * folds + f, f / folds,
                                 (f + 0.9) / folds, f"fold {f + 1}/{folds}")
@@ -306,6 +294,19 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSett
     )
     yield Progress(1.0, f"Clean reference calibrated: disbelief above {cal.threshold:.3f} is flagged, {cal.estimate.describe()}")
     return profile
+
+
+def _first_network(loaded: LoadedModel, scale: str, seed: int, folds: int) -> tuple[str, str, Network]:
+    """Fold 0's fresh network, the architecture every fold gets, and why it is not a twin (empty when it is)."""
+    if architecture_for(loaded) == "small":
+        why = (f" (the model's {loaded.model.count_params():,} weights and {multiply_adds(loaded.model):,} multiply-adds "
+               f"per image are too many to train {folds} times)")
+        return "small", why, reference_network(loaded, "small", scale, seed)
+    try:
+        return "twin", "", reference_network(loaded, "twin", scale, seed)
+    except (ValueError, TypeError, KeyError, NotImplementedError) as exc:  # an architecture Keras cannot clone
+        why = f" (the model's architecture could not be cloned: {str(exc).splitlines()[0][:120]})"
+        return "small", why, reference_network(loaded, "small", scale, seed)
 
 
 def _train(x: np.ndarray, y: np.ndarray, network: Network, epochs: int, seed: int, lo: float, hi: float,
@@ -343,4 +344,4 @@ def _train(x: np.ndarray, y: np.ndarray, network: Network, epochs: int, seed: in
 
 
 __all__ = ["Network", "ReferenceProfile", "ReferenceSettings", "architecture_for", "calibrate_on", "disbelief_scores",
-           "multiply_adds", "reference_network", "small_network"]
+           "multiply_adds", "reference_network", "small_network", "weights_fit"]

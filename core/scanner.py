@@ -197,10 +197,7 @@ def calibrate(loaded: LoadedModel, clean: DataSource, settings: ScanSettings = S
             ms = masking.MaskingSettings(triggers=settings.triggers)
             detectors[name] = yield from rescaled(masking.calibrate_on(loaded, split, ms, frr, confidence), lo, hi)
         elif name == "target_features":
-            targets = settings.triggers.classes if settings.triggers else ()
-            if not targets:
-                raise DataError("feature space on the suspected targets needs them: run the detectors on this model first "
-                                "(Verdict panel, or the cleanse command) and give its triggers", fixed_by=("triggers",))
+            targets = masking.suspected_targets(settings.triggers.classes if settings.triggers else (), loaded.num_classes, LABELS[name])
             detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence, targets), lo, hi)
         elif name == "reference":
             rs = reference.ReferenceSettings(classes=settings.triggers.classes if settings.triggers else (), seed=settings.seed)
@@ -524,7 +521,7 @@ def _reference_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: A
         raise bad(f"reference: 'architecture' must be one of {reference.ARCHITECTURES}; found {architecture!r}"[:200])
     if architecture == "small":  # a twin's weights are checked against the model they are scored with
         net = reference.small_network(common["input_shape"], common["num_classes"], common["scale"], 0)
-        if any([tuple(v.shape) for v in net.weights] != [w.shape for w in ws] for ws in weights):
+        if not all(reference.weights_fit(net, ws) for ws in weights):
             raise bad("reference: the saved weights do not fit the small reference network")
     return reference.ReferenceProfile(classes=classes, weights=weights, architecture=architecture, **common)
 
