@@ -1,6 +1,6 @@
 """Input-level acceptance (issue 11): STRIP, SCALE-UP, TeCo and combined on the zoo's BadNets.
 
-    python bench/scan_acceptance.py --zoo [--names a,b] [--methods strip,scaleup,teco,combined] [--json out.json]
+    python bench/scan_acceptance.py --zoo [--names a,b] [--methods strip,scaleup,teco,combined] [--seed N] [--json out.json]
     python bench/scan_acceptance.py --demo /tmp/demo5
 
 For every single-target BadNet (and, with --all, every zoo model), each
@@ -107,7 +107,8 @@ def subsample(arrays: Arrays, limit: int | None) -> Arrays:
     return type(arrays)(arrays.x[keep], None if arrays.y is None else arrays.y[keep], [arrays.sources[i] for i in keep] if arrays.sources else [], [])
 
 
-def measure(case: dict, methods: list[str], limit: int | None = None, triggers: masking.Triggers | None = None) -> list[dict]:
+def measure(case: dict, methods: list[str], limit: int | None = None, triggers: masking.Triggers | None = None,
+            seed: int = 0) -> list[dict]:
     """One row per method, each exactly as ``scanner.calibrate`` + ``scanner.classify`` would give it.
 
     STRIP's 100-overlay scores are computed once: the combined profile's STRIP detector scored the same
@@ -118,7 +119,7 @@ def measure(case: dict, methods: list[str], limit: int | None = None, triggers: 
     loaded = load_model(case["model"])
     clean_test = subsample(load_arrays(open_data(case["clean_test"]), loaded.input_shape), limit)
     poisoned = subsample(load_arrays(open_data(case["poisoned_test"]), loaded.input_shape), limit) if case["poisoned_test"] else None
-    defaults = scanner.ScanSettings(method="strip")
+    defaults = scanner.ScanSettings(method="strip", seed=seed)
     profiles, seconds = {}, {}
     if triggers is None:
         methods = [m for m in methods if m not in scanner.WITH_TRIGGERS]  # the verdict named no target to watch
@@ -126,12 +127,12 @@ def measure(case: dict, methods: list[str], limit: int | None = None, triggers: 
         if method == "strip":
             continue
         started = time.perf_counter()
-        settings = scanner.ScanSettings(method=method, triggers=triggers)
+        settings = scanner.ScanSettings(method=method, triggers=triggers, seed=seed)
         profiles[method] = run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]), settings))
         seconds[method] = time.perf_counter() - started
     if "strip" in methods:
         comb = profiles.get("combined") or run_job(scanner.calibrate(loaded, open_data(case["clean_valid"]),
-                                                                     scanner.ScanSettings(method="combined", triggers=triggers)))
+                                                                     scanner.ScanSettings(method="combined", triggers=triggers, seed=seed)))
         det = comb.detectors["strip"]
         cal = conservative_threshold(det.scores, defaults.frr, defaults.confidence, "low")
         alone = dataclasses.replace(det, threshold=cal.threshold, frr=defaults.frr, confidence=defaults.confidence)
@@ -182,6 +183,7 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(scanner.METHODS))
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--limit", type=int, help="measure on a seeded random subset of this many clean_test and poisoned_test images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clean split (STRIP overlays, calibration order, reference training)")
     parser.add_argument("--no-triggers", action="store_true", help="no reversed triggers: no masking, combined without it")
     args = parser.parse_args()
     cases = cases_from_zoo(args.names.split(",") if args.names else None, args.all) if args.zoo else cases_from_demo(args.demo)
@@ -190,7 +192,7 @@ def main() -> int:
     rows, failures = [], []
     for case in cases:
         triggers = None if args.no_triggers else verdict_triggers(case)
-        for r in measure(case, methods, args.limit, triggers):
+        for r in measure(case, methods, args.limit, triggers, args.seed):
             method = r["method"]
             rows.append(r)
             ok = r["frr_clean_test"] <= 0.03 and (r["residual_asr"] is None or r["residual_asr"] <= 0.05)

@@ -516,6 +516,9 @@ def _reference_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: A
         if not ws or any(w.dtype.kind != "f" or not np.all(np.isfinite(w)) for w in ws):
             raise bad(f"reference: fold {f}'s weights must be finite float arrays")
         weights.append([w.astype(np.float32) for w in ws])
+    if m.get("score") != reference.SCORE:
+        raise bad("reference: this profile was saved by an earlier TrojanScope whose clean reference scored disbelief alone; "
+                  "its threshold does not apply to today's score: calibrate again")
     architecture = m.get("architecture")
     if architecture not in reference.ARCHITECTURES:
         raise bad(f"reference: 'architecture' must be one of {reference.ARCHITECTURES}; found {architecture!r}"[:200])

@@ -72,9 +72,9 @@ AXIS = {"strip": "mean entropy per blend (bits)", "features": "distance to the p
         "scaleup": "scaled prediction consistency (SCALE-UP)",
         "masking": "fall of the target's log-probability once its reversed trigger is masked",
         "target_features": "distance to the suspected target's clean features (Mahalanobis)",
-        "reference": "disbelief of networks trained on clean images only (-log p of the target)"}
+        "reference": "clean networks' disbelief x the model's certainty (geometric mean, nats)"}
 SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP", "masking": "Mask drop", "target_features": "Target distance",
-                "reference": "Disbelief"}
+                "reference": "Disbelief x certainty"}
 
 
 def primary_score(row: Any, name: str) -> float:

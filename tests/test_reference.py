@@ -6,6 +6,8 @@ softmax(x W + b): the numpy forward pass below.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -50,17 +52,18 @@ def _split(loaded, x):
     return draw_clean_split(loaded, ArraySource(x, None, "clean"), 0, len(x), 0, "1")
 
 
-def test_score_is_the_mean_disbelief_of_the_references_for_inputs_sent_to_a_suspected_class(planted, calibrated):
+def test_score_is_the_geometric_mean_of_the_references_disbelief_and_the_suspects_certainty(planted, calibrated):
     loaded, _, _ = planted
     _, profile = calibrated
     rng = np.random.default_rng(1)
     x = np.concatenate([_images(rng, 6, False), _images(rng, 6, True)])  # 6 dim clean (class 0), 6 triggered (class 1)
     assert profile.architecture == "twin" and [w.shape for w in profile.weights[0]] == [(16, 3), (3,)]
-    scores, probs = reference.disbelief_scores(loaded, profile.networks(loaded), x, (1,), "1")
+    scores, probs = reference.suspicion_scores(loaded, profile.networks(loaded), x, (1,), "1")
     sent_to_1 = probs.argmax(axis=1) == 1
     assert sent_to_1.tolist() == [False] * 6 + [True] * 6
-    expected = np.mean([_numpy_disbelief(w, x, np.ones(len(x), int)) for w in profile.weights], axis=0)
-    np.testing.assert_allclose(scores[sent_to_1], expected[sent_to_1], rtol=1e-4)
+    disbelief = np.mean([_numpy_disbelief(w, x, np.ones(len(x), int)) for w in profile.weights], axis=0)
+    sure = -np.log(np.asarray(probs, np.float64)[sent_to_1][:, [0, 2]].sum(axis=1))  # what the suspect leaves to the others
+    np.testing.assert_allclose(scores[sent_to_1], np.sqrt(disbelief[sent_to_1] * sure), rtol=1e-4)
     assert np.all(scores[~sent_to_1] == 0.0)  # inputs sent elsewhere carry no attack on the suspected class
 
 
@@ -86,12 +89,23 @@ def test_out_of_fold_scores_come_from_the_network_that_did_not_train_on_them(pla
     split = run_job(_split(loaded, _clean(np.random.default_rng(4), 200)))
     profile = run_job(reference.calibrate_on(loaded, split, reference.ReferenceSettings(classes=(0,), folds=4)))
     x = split.calibration
-    sent_to_0 = np.asarray(loaded.model(x)).argmax(axis=1) == 0
+    probs = np.asarray(loaded.model(x), np.float64)
+    sent_to_0 = probs.argmax(axis=1) == 0
+    sure = -np.log(probs[:, 1:].sum(axis=1))
     fold = np.arange(len(x)) % 4
     for f, w in enumerate(profile.weights):
         mine = (fold == f) & sent_to_0
-        np.testing.assert_allclose(profile.clean_scores[mine], _numpy_disbelief(w, x[mine], np.zeros(mine.sum(), int)), rtol=1e-4)
+        expected = np.sqrt(_numpy_disbelief(w, x[mine], np.zeros(mine.sum(), int)) * sure[mine])
+        np.testing.assert_allclose(profile.clean_scores[mine], expected, rtol=1e-4)
     assert np.all(profile.clean_scores[~sent_to_0] == 0.0) and profile.clean_scores[sent_to_0].max() > 0.0
+
+
+def test_certainty_is_exact_near_one_and_suspicion_needs_both_kinds_of_evidence():
+    probs = np.array([[0.9, 0.06, 0.04], [1.0 - 1e-9, 6e-10, 4e-10], [0.2, 0.3, 0.5]], np.float64)
+    np.testing.assert_allclose(reference.certainty(probs, np.array([0, 0, 2])), [-np.log(0.1), -np.log(1e-9), -np.log(0.5)])
+    assert reference.certainty(np.array([[1.0, 0.0]]), np.array([0]))[0] == pytest.approx(-np.log(1e-12))  # floored, finite
+    # a clean image the suspect gets wrong (unsure) and a clean image of the target (believed) both stay low
+    np.testing.assert_allclose(reference.suspicion(np.array([9.0, 0.01, 9.0]), np.array([0.1, 9.0, 9.0])), [0.9**0.5, 0.09**0.5, 9.0])
 
 
 def test_it_needs_suspected_classes_of_this_model_and_enough_clean_images(planted):
@@ -126,6 +140,13 @@ def test_a_saved_reference_profile_scores_the_same_and_hostile_weights_are_refus
         np.savez(bad, **broken)
         with pytest.raises(DataError, match="reference"):
             scanner.load_profile(bad)
+    # a profile saved before the score became disbelief x certainty: its threshold is in other units
+    meta = json.loads(arrays["metadata"].tobytes())
+    del meta["detectors"]["reference"]["score"]
+    older = tmp_path / "older.npz"
+    np.savez(older, **{**arrays, "metadata": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    with pytest.raises(DataError, match="earlier TrojanScope .* calibrate again"):
+        scanner.load_profile(older)
     # a twin's weights of another shape load (they fit some model) but are refused when scored with this one
     bad = tmp_path / "other.npz"
     np.savez(bad, **{**arrays, "reference__w0_0": np.zeros((3, 3), np.float32)})
@@ -177,3 +198,22 @@ def test_a_costly_or_large_input_model_gets_the_small_network_on_pooled_images(p
     pooled = [layer for layer in big.layers if type(layer).__name__ == "AveragePooling2D"]
     assert len(pooled) == 1 and pooled[0].output.shape[1:3] == (56, 50)  # averaged by 4 down to <= 64 px a side
     assert reference.multiply_adds(big) < 20_000_000
+
+
+def test_random_warps_bend_each_image_smoothly_and_keep_its_shape():
+    rng = np.random.default_rng(0)
+    x = np.random.default_rng(1).uniform(0, 1, (6, 28, 20, 3)).astype(np.float32)
+    same = reference.random_warps(x, rng, shift=0.0)
+    np.testing.assert_allclose(same, x, atol=1e-6)  # no displacement: the images themselves
+    warped = reference.random_warps(x, np.random.default_rng(2))
+    again = reference.random_warps(x, np.random.default_rng(2))
+    assert warped.shape == x.shape and warped.dtype == np.float32 and np.array_equal(warped, again)  # seeded
+    assert np.all([not np.allclose(warped[i], x[i], atol=1e-3) for i in range(len(x))])  # each image is bent...
+    assert np.all([not np.allclose(warped[0], warped[i], atol=1e-3) for i in range(1, len(x))])  # ...by its own field
+    # a bend of at most a pixel or two: a vertical edge moves by a few columns, never across the image
+    edge = np.zeros((50, 28, 28, 1), np.float32)
+    edge[..., 14:, :] = 1.0
+    moved = reference.random_warps(edge, np.random.default_rng(3))
+    assert moved.shape == edge.shape
+    first_bright = np.argmax(moved[..., 0] > 0.5, axis=2)  # per row
+    assert first_bright.min() >= 14 - 6 and first_bright.max() <= 14 + 6 and np.any(first_bright != 14)

@@ -238,7 +238,7 @@ def test_the_verdict_panels_target_adds_the_targeted_detectors_to_combined(qtbot
     panel.method_combo.setCurrentIndex(panel.method_combo.findData("reference"))
     panel.calibrate_button.click()
     wait_idle(qtbot, window)
-    assert list(panel.scan_profile.detectors) == ["reference"] and panel.model.HEADERS[2] == "Disbelief"
+    assert list(panel.scan_profile.detectors) == ["reference"] and panel.model.HEADERS[2] == "Disbelief x certainty"
     assert panel.scan_profile.detectors["reference"].architecture == "twin"
     panel.scan_loaded_button.click()
     wait_idle(qtbot, window)
