@@ -533,6 +533,8 @@ class StripPanel(QWidget):
         self.plot.setLabel("bottom", AXIS.get(self.profile.method, "score"))
         self.model.HEADERS = [*StripTableModel.HEADERS[:2], SCORE_HEADER.get(self.profile.method, "Score"), *StripTableModel.HEADERS[3:]]
         self.model.headerDataChanged.emit(Qt.Orientation.Horizontal, 0, len(self.model.HEADERS) - 1)
+        header = self.table.horizontalHeader()  # the score's name is the column's widest text ("Disbelief x certainty")
+        header.resizeSection(StripTableModel.ENTROPY, max(80, header.sectionSizeHint(StripTableModel.ENTROPY)))
         self.line.setVisible(True)
         self.set_threshold(self.profile.threshold)
         self._draw_histograms()
