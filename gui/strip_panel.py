@@ -143,12 +143,15 @@ class StripTableModel(QAbstractTableModel):
         beyond = self.entropy[row] < self.threshold if self.tail == "low" else self.entropy[row] > self.threshold
         return bool(beyond or self.others[row])
 
-    def flagged_by(self, row: int) -> str:
-        """Which detectors flag the row at the current threshold, e.g. 'STRIP+feature space'."""
+    def flagging(self, row: int) -> list[str]:
+        """The detectors that flag the row, the shown one at the current (perhaps dragged) threshold."""
         r = self.rows[row]
         beyond = self.entropy[row] < self.threshold if self.tail == "low" else self.entropy[row] > self.threshold
-        names = ([self.detector] if beyond else []) + [d for d in getattr(r, "flagged_by", ()) if d != self.detector]
-        return "+".join(scanner.LABELS[d] for d in names)
+        return ([self.detector] if beyond else []) + [d for d in getattr(r, "flagged_by", ()) if d != self.detector]
+
+    def flagged_by(self, row: int) -> str:
+        """Which detectors flag the row at the current threshold, e.g. 'STRIP+feature space'."""
+        return "+".join(scanner.LABELS[d] for d in self.flagging(row))
 
     def guarded_label(self, row: int) -> int:
         return self.num_classes if self.is_flagged(row) else self.rows[row].predicted
@@ -685,11 +688,26 @@ class StripPanel(QWidget):
         warnings = [] if outcome == DONE else [f"scan incomplete{part}: {len(rows)} rows"]
         if profile.method != "strip":
             warnings.append(f"verdicts from the {scanner.LABELS[profile.method]} method, not STRIP alone")
+            warnings.append(self._detectors_line(profile))
         published = profile.detectors["strip"]  # with the line the verdicts above were read at
         if self.model.detector == "strip":
             published = published.with_threshold(self.model.threshold)
         self.state.publish(Kind.SCAN, strip.ScanResult(published, rows, list(self.skipped), warnings, self.scan_name), roles,
                            note=f"{len(rows)} images of {Path(self.scan_name).name}{part}")
+
+    def _detectors_line(self, profile: scanner.ScanProfile) -> str:
+        """Every detector of the method with its threshold and how many rows it flagged: the report's STRIP section
+        would otherwise describe only STRIP's threshold beside a combined scan's verdicts."""
+        counts = dict.fromkeys(profile.detectors, 0)
+        for i in range(len(self.model.rows)):
+            for name in self.model.flagging(i):
+                counts[name] = counts.get(name, 0) + 1
+        parts = []
+        for name, det in profile.detectors.items():
+            threshold = self.model.threshold if name == self.model.detector else det.threshold
+            parts.append(f"{scanner.LABELS[name]} {'below' if det.tail == 'low' else 'above'} {threshold:.4g}: {counts[name]} flagged")
+        return (f"an image is flagged when any of {len(parts)} detectors flags it ({'; '.join(parts)}); "
+                f"false rejection of the calibrated method on unseen clean inputs: {profile.frr_estimate().describe()}")
 
     def _flush(self) -> None:
         """Move up to FLUSH_ROWS pending rows into the table in one insert; redraw once.

@@ -224,6 +224,12 @@ def test_the_verdict_panels_target_adds_the_targeted_detectors_to_combined(qtbot
     assert len(by_masking & triggered) >= 0.75 * len(triggered) and len(by_masking - triggered) <= 2
     by_reference = {Path(r.source).name for r in panel.model.rows if "reference" in r.flagged_by}
     assert len(by_reference & triggered) >= 0.5 * len(triggered) and len(by_reference - triggered) <= 2
+    # the report's scan section names every detector's threshold and count, not STRIP's alone
+    qtbot.waitUntil(lambda: window.state.results.value(Kind.SCAN) is not None, timeout=5000)
+    published = window.state.results.value(Kind.SCAN)
+    line = next(w for w in published.warnings if w.startswith("an image is flagged when any of 6 detectors"))
+    assert f"clean reference model above {panel.scan_profile.detectors['reference'].threshold:.4g}: {len(by_reference)} flagged" in line
+    assert f"reversed-trigger masking above {panel.scan_profile.detectors['masking'].threshold:.4g}: {len(by_masking)} flagged" in line
     SHOTS.mkdir(parents=True, exist_ok=True)
     window.tabs.setCurrentWidget(panel)
     qtbot.wait(300)
