@@ -390,8 +390,8 @@ def random_warps(x: np.ndarray, rng: np.random.Generator, shift: float = WARP_SH
     warped 1 or 8 for the target, so their disbelief let a triggered input through. Random warps of at most
     half that strength, never the attacker's own field, teach the references that a digit or a face
     stays what it is when it bends a little, which is also the usual augmentation for small digit sets.
-    With them the reference alone leaves 1.4-2.6% of WaNet's attack (three seeds) instead of 4.2-6.6%,
-    and less or the same on the other BadNets (docs/scan.md).
+    With them the reference alone leaves 1.2-3.0% of WaNet's attack over three clean-split seeds (4.2-6.6%
+    without them, same score), and less or the same on the other BadNets but one (docs/scan.md).
     """
     import cv2
 
