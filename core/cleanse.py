@@ -54,6 +54,7 @@ from core.jobs import Job, Progress
 from core.models import LoadedModel
 from core.tf_env import keras as _keras
 from core.tf_env import tf as _tf
+from core.verdict import finite_or_none
 
 # The paper's consistency constant: for normally distributed norms,
 # 1.4826 * MAD estimates the standard deviation, so an anomaly index is "how
@@ -243,11 +244,6 @@ class CleanseResult:
             f"No evidence of a backdoor: no class needs an abnormally small trigger "
             f"(median {self.median:.0f} px; highest anomaly index below the median {max(small_side):.1f}, threshold 2)."
         )
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    """A statistic for strict JSON: rounded to 4 digits, or null when infinite (e.g. an index over a zero MAD)."""
-    return round(float(value), 4) if np.isfinite(value) else None
 
 
 # ---------------------------------------------------------------- statistics

@@ -43,7 +43,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from core.cleanse import finite_or_none
+from core.verdict import finite_or_none
 from core.data import Arrays, DataSource, load_arrays
 from core.errors import DataError
 from core.inference import scale_factor

@@ -153,7 +153,7 @@ def from_cleanse(result: Any) -> Evidence:
     top = max(small, key=lambda c: small[c], default=None)
     index = float(small[top]) if top is not None and np.isfinite(small[top]) else (10.0 if top is not None else 0.0)
     score = _clip(index / 4.0)  # index 2 (the paper's threshold) -> 0.5
-    details = {"anomaly_index": {str(c): _round(v) for c, v in result.anomaly_index.items()},
+    details = {"anomaly_index": {str(c): finite_or_none(v) for c, v in result.anomaly_index.items()},
                "norms": {str(c): round(float(v), 2) for c, v in result.norms.items()},
                "median_norm": round(float(result.median), 2)}
     if result.flagged_classes:
@@ -457,8 +457,9 @@ def _fmt_index(v: float) -> str:
     return f"{v:.2f}" if np.isfinite(v) else "inf"
 
 
-def _round(v: float) -> Optional[float]:
-    return round(float(v), 4) if np.isfinite(v) else None
+def finite_or_none(value: float) -> Optional[float]:
+    """A statistic for strict JSON: rounded to 4 digits, or null when infinite (e.g. an index over a zero MAD)."""
+    return round(float(value), 4) if np.isfinite(value) else None
 
 
 def _clip(v: float) -> float:
