@@ -397,7 +397,8 @@ def _strip(f: Findings) -> tuple[str, Optional[dict]]:
         parts.append(f"<h3>Scan {n}: {html.escape(scan.source or 'the scan set')}</h3>")
         parts.append(_table([("Scanned", scanned),
                              ("Flagged (entropy below threshold)", f"{len(flagged_rows)} ({_pct(len(flagged_rows) / scanned if scanned else None)})"),
-                             ("Unreadable files skipped", len(scan.skipped))] + [("Warning", w) for w in scan.warnings]))
+                             ("Unreadable files skipped", len(scan.skipped))]
+                            + ([("Detectors", scan.detectors)] if scan.detectors else []) + [("Warning", w) for w in scan.warnings]))
         if flagged_rows:
             cells = "".join(f"<tr><td><code>{html.escape(item_name(r))}</code></td><td>{_entropy(r.entropy)}</td>"
                             f"<td>{r.predicted} ({r.confidence:.0%})</td></tr>" for r in flagged_rows[:MAX_FLAGGED_LISTED])
@@ -409,7 +410,7 @@ def _strip(f: Findings) -> tuple[str, Optional[dict]]:
         listed.append({"source": scan.source, "scanned": scanned, "flagged": len(flagged_rows),
                        "flagged_files": [{"file": item_name(r), "source": r.source, "index": r.index, "entropy": r.entropy,
                                           "predicted": r.predicted} for r in flagged_rows],
-                       "skipped": d["skipped"], "warnings": d["warnings"]})
+                       "skipped": d["skipped"], "warnings": d["warnings"], "detectors": scan.detectors})
     if scans:
         scan_dict = scans[-1].as_dict()
         data.update({k: scan_dict[k] for k in ("scanned", "flagged", "results", "skipped", "warnings")})

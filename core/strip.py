@@ -548,6 +548,7 @@ class ScanResult:
     skipped: list[Skipped]
     warnings: list[str] = field(default_factory=list)
     source: str = ""
+    detectors: str = ""  # a combined scan's detectors, thresholds and counts (the report's line); empty for STRIP alone
 
     @property
     def flagged(self) -> int:

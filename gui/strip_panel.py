@@ -688,11 +688,11 @@ class StripPanel(QWidget):
         warnings = [] if outcome == DONE else [f"scan incomplete{part}: {len(rows)} rows"]
         if profile.method != "strip":
             warnings.append(f"verdicts from the {scanner.LABELS[profile.method]} method, not STRIP alone")
-            warnings.append(self._detectors_line(profile))
         published = profile.detectors["strip"]  # with the line the verdicts above were read at
         if self.model.detector == "strip":
             published = published.with_threshold(self.model.threshold)
-        self.state.publish(Kind.SCAN, strip.ScanResult(published, rows, list(self.skipped), warnings, self.scan_name), roles,
+        detectors = self._detectors_line(profile) if profile.method != "strip" else ""
+        self.state.publish(Kind.SCAN, strip.ScanResult(published, rows, list(self.skipped), warnings, self.scan_name, detectors), roles,
                            note=f"{len(rows)} images of {Path(self.scan_name).name}{part}")
 
     def _detectors_line(self, profile: scanner.ScanProfile) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import threading
 import time
@@ -227,9 +228,15 @@ def test_the_verdict_panels_target_adds_the_targeted_detectors_to_combined(qtbot
     # the report's scan section names every detector's threshold and count, not STRIP's alone
     qtbot.waitUntil(lambda: window.state.results.value(Kind.SCAN) is not None, timeout=5000)
     published = window.state.results.value(Kind.SCAN)
-    line = next(w for w in published.warnings if w.startswith("an image is flagged when any of 6 detectors"))
+    line = published.detectors
+    assert line.startswith("an image is flagged when any of 6 detectors")
     assert f"clean reference model above {panel.scan_profile.detectors['reference'].threshold:.4g}: {len(by_reference)} flagged" in line
     assert f"reversed-trigger masking above {panel.scan_profile.detectors['masking'].threshold:.4g}: {len(by_masking)} flagged" in line
+    from core.report import render
+    from gui.report_export import gather_findings
+
+    page, data = render(gather_findings(window)[0])
+    assert f"<th>Detectors</th><td>{html.escape(line)}</td>" in page and line in json.dumps(data, ensure_ascii=False)
     SHOTS.mkdir(parents=True, exist_ok=True)
     window.tabs.setCurrentWidget(panel)
     qtbot.wait(300)
