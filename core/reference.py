@@ -315,7 +315,7 @@ def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSett
         yield Progress(f / folds, f"Clean reference fold {f + 1}/{folds}: training on {int((~held).sum())} clean images")
         net = yield from _train(scaled[~held], labels[~held], fresh, epochs, settings.seed * folds + f, f / folds,
                                 (f + 0.9) / folds, f"fold {f + 1}/{folds}")
-        mine = held & np.isin(labels, classes)
+        mine = held & claimed_rows
         if mine.any():
             scores[mine] = suspicion(_minus_log_p(net, scaled[mine], labels[mine]), sure[mine])
         yield Progress((f + 1) / folds, f"Clean reference fold {f + 1}/{folds}: scored its {int(held.sum())} held-out images")

@@ -183,6 +183,7 @@ def calibrate(loaded: LoadedModel, clean: DataSource, settings: ScanSettings = S
     n_overlays = settings.strip.n_overlays if "strip" in names else 0
     split = yield from rescaled(draw_clean_split(loaded, clean, n_overlays, settings.max_clean, settings.seed, scale), 0.0, 0.1)
     detectors: dict[str, Any] = {}
+    targets = settings.triggers.classes if settings.triggers else ()  # the suspected targets the targeted detectors watch
     for i, name in enumerate(names):
         lo, hi = 0.1 + 0.9 * i / d, 0.1 + 0.9 * (i + 1) / d
         if name == "strip":
@@ -197,10 +198,10 @@ def calibrate(loaded: LoadedModel, clean: DataSource, settings: ScanSettings = S
             ms = masking.MaskingSettings(triggers=settings.triggers)
             detectors[name] = yield from rescaled(masking.calibrate_on(loaded, split, ms, frr, confidence), lo, hi)
         elif name == "target_features":
-            targets = masking.suspected_targets(settings.triggers.classes if settings.triggers else (), loaded.num_classes, LABELS[name])
-            detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence, targets), lo, hi)
+            watched = masking.suspected_targets(targets, loaded.num_classes, LABELS[name])  # refused when empty: calibrate_on would fall back to the untargeted profile
+            detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence, watched), lo, hi)
         elif name == "reference":
-            rs = reference.ReferenceSettings(classes=settings.triggers.classes if settings.triggers else (), seed=settings.seed)
+            rs = reference.ReferenceSettings(classes=targets, seed=settings.seed)
             detectors[name] = yield from rescaled(reference.calibrate_on(loaded, split, rs, frr, confidence), lo, hi)
         else:
             detectors[name] = yield from rescaled(features.calibrate_on(loaded, split, settings.features, frr, confidence), lo, hi)
@@ -505,6 +506,9 @@ def _masking_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: Any
 
 def _reference_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: Any) -> reference.ReferenceProfile:
     """The fold networks' weights are plain float arrays; their shapes are checked when the networks are rebuilt."""
+    if m.get("score") != reference.SCORE:
+        raise bad("reference: this profile was saved by an earlier TrojanScope whose clean reference scored disbelief alone; "
+                  "its threshold does not apply to today's score: calibrate again")
     classes, folds = _classes(m, common["num_classes"], bad, "reference"), m.get("folds")
     if not (isinstance(folds, int) and not isinstance(folds, bool) and 2 <= folds <= 20):
         raise bad(f"reference: 'folds' must be 2..20; found {folds!r}"[:200])
@@ -516,9 +520,6 @@ def _reference_from(m: dict, arrays: dict[str, np.ndarray], common: dict, bad: A
         if not ws or any(w.dtype.kind != "f" or not np.all(np.isfinite(w)) for w in ws):
             raise bad(f"reference: fold {f}'s weights must be finite float arrays")
         weights.append([w.astype(np.float32) for w in ws])
-    if m.get("score") != reference.SCORE:
-        raise bad("reference: this profile was saved by an earlier TrojanScope whose clean reference scored disbelief alone; "
-                  "its threshold does not apply to today's score: calibrate again")
     architecture = m.get("architecture")
     if architecture not in reference.ARCHITECTURES:
         raise bad(f"reference: 'architecture' must be one of {reference.ARCHITECTURES}; found {architecture!r}"[:200])

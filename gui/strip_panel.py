@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -691,23 +692,19 @@ class StripPanel(QWidget):
         published = profile.detectors["strip"]  # with the line the verdicts above were read at
         if self.model.detector == "strip":
             published = published.with_threshold(self.model.threshold)
-        detectors = self._detectors_line(profile) if profile.method != "strip" else ""
+        detectors = self._detectors_line() if profile.method != "strip" else ""
         self.state.publish(Kind.SCAN, strip.ScanResult(published, rows, list(self.skipped), warnings, self.scan_name, detectors), roles,
                            note=f"{len(rows)} images of {Path(self.scan_name).name}{part}")
 
-    def _detectors_line(self, profile: scanner.ScanProfile) -> str:
+    def _detectors_line(self) -> str:
         """Every detector of the method with its threshold and how many rows it flagged: the report's STRIP section
         would otherwise describe only STRIP's threshold beside a combined scan's verdicts."""
-        counts = dict.fromkeys(profile.detectors, 0)
-        for i in range(len(self.model.rows)):
-            for name in self.model.flagging(i):
-                counts[name] = counts.get(name, 0) + 1
-        parts = []
-        for name, det in profile.detectors.items():
-            threshold = self.model.threshold if name == self.model.detector else det.threshold
-            parts.append(f"{scanner.LABELS[name]} {'below' if det.tail == 'low' else 'above'} {threshold:.4g}: {counts[name]} flagged")
+        current = self.current_profile()  # the shown detector at the line the verdicts were read at
+        counts = Counter(name for i in range(len(self.model.rows)) for name in self.model.flagging(i))
+        parts = [f"{scanner.LABELS[name]} {'below' if det.tail == 'low' else 'above'} {det.threshold:.4g}: {counts[name]} flagged"
+                 for name, det in current.detectors.items()]
         return (f"an image is flagged when any of {len(parts)} detectors flags it ({'; '.join(parts)}); "
-                f"false rejection of the calibrated method on unseen clean inputs: {profile.frr_estimate().describe()}")
+                f"false rejection of the calibrated method on unseen clean inputs: {current.frr_estimate().describe()}")
 
     def _flush(self) -> None:
         """Move up to FLUSH_ROWS pending rows into the table in one insert; redraw once.
