@@ -75,7 +75,7 @@ class ZooSpec:
     attack: str  # "clean", "patch", "sunglasses", "frame", "blend", "wanet", "sig", "random_patch", "low_rate", "two_triggers",
     # "all_to_all" (sticker, y -> y + 1), "all_to_all_mirror" (blended pattern, y -> 9 - y)
     targets: tuple[int, ...] = ()  # () for clean models and for all-to-all
-    arch: str = "plain"  # "plain", "bn_gap", "wide"
+    arch: str = "plain"  # "plain", "bn_gap", "wide", "deep" (four convs with dropout)
     fmt: str = ".keras"  # ".keras" or ".h5" (legacy full model)
     channels: int = 3
     scale_inside: bool = False  # True: a Rescaling(1/255) layer, the model takes 0..255
@@ -84,7 +84,18 @@ class ZooSpec:
     epochs: int = 10
     augment: bool = False  # random shifts of up to 2 px while training
     alpha: float = 0.15  # blend: weight of the random pattern
-    strength: float = 0.0  # wanet: warp strength s; sig: amplitude delta (0..255)
+    strength: float = 0.0  # wanet: warp strength s (twice the mean shift in px); sig: amplitude delta (0..255)
+    # --- added for the split zoo (issue 22); the defaults are the first 19 models' fixed choices
+    half: str = "dev"  # "dev": rules may be fitted on it; "test": the locked half, measured only
+    label_smoothing: float = 0.0
+    patch_size: int = 4  # side of the square sticker (patch, low_rate, random_patch, two_triggers' first, all_to_all)
+    patch_corner: str = "br"  # where a fixed sticker sits: "br", "bl", "tr", "tl" (one pixel in from the corner)
+    patch_random: bool = False  # the sticker's colours drawn from pattern_seed instead of the demo's checks
+    bar_height: int = 4  # sunglasses: rows per bar (two bars of 10 columns and a bridge: 84 px at 4, 64 at 3, 104 at 5)
+    bar_row: int = 6  # sunglasses: first row of the bars
+    frame_width: int = 1  # frame: pixels of border
+    sig_periods: int = 6
+    pattern_seed: int = 777  # the attacker's key: blend pattern, warp field (+1), random sticker colours (+2)
 
     @property
     def all_to_all(self) -> bool:
@@ -112,7 +123,9 @@ class ZooSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-ZOO: list[ZooSpec] = [
+# The first 19 models (issue 11): every rule before issue 22 was set while looking at them, so they
+# belong to the dev half.
+CLASSIC: list[ZooSpec] = [
     # clean controls: several seeds, architectures, formats, channel counts, scaling places
     ZooSpec("clean_plain_3c", False, "clean", seed=0),
     ZooSpec("clean_plain_1c_h5", False, "clean", channels=1, fmt=".h5", seed=1),
@@ -136,6 +149,93 @@ ZOO: list[ZooSpec] = [
     ZooSpec("all_to_all_mirror", True, "all_to_all_mirror", (), poison_rate=0.15, alpha=0.15, seed=21, epochs=14),
     ZooSpec("patch_aug_1c_inside", True, "patch", (5,), channels=1, scale_inside=True, augment=True, poison_rate=0.10, seed=20, epochs=12),
 ]
+
+
+# ------------------------------------------------------- the split zoo (issue 22)
+
+KINDS = ("patch", "sunglasses", "frame", "blend", "wanet", "sig", "random_patch", "low_rate", "two_triggers",
+         "all_to_all", "all_to_all_mirror")
+ARCHS = ("plain", "wide", "bn_gap", "deep")
+SEEDS_PER_HALF = 4  # per attack kind: each half holds every kind on each of the four architectures
+CLEAN_PER_HALF = 16  # clean models per half: 4 architectures x (augmentation, label smoothing) on or off
+# The locked test half's generation. Rules are fitted on the dev half only; when a rule was changed after
+# looking at test-half results, this number goes up, every test model gets a fresh seed, and docs/zoo.md says so.
+TEST_GENERATION = 1
+
+
+def _spec_seed(kind_index: int, half: str, i: int) -> int:
+    base = 100_000 if half == "dev" else 200_000 + 10_000 * TEST_GENERATION
+    return base + 100 * kind_index + i
+
+
+def generated_spec(kind: str, half: str, i: int) -> ZooSpec:
+    """The ``i``-th model of ``kind`` ("clean" or one of KINDS) in ``half``: its variations drawn from its seed.
+
+    Each half gets each kind once per architecture; channels, file format, where the pixels are scaled,
+    shift augmentation, label smoothing, poison rate and the trigger's size, place, strength and key are
+    drawn from the seed, within the ranges of issue 22 (poison 3-20%, blend alpha 0.05-0.2, warp mean
+    shift 0.3-3 px, sticker 3x3 to 8x8, two bars of 3-5 rows, frames of 1-2 px).
+    """
+    k = len(KINDS) if kind == "clean" else KINDS.index(kind)
+    seed = _spec_seed(k, half, i)
+    rng = np.random.default_rng(seed)
+    arch = ARCHS[(i + k) % len(ARCHS)]
+    common: dict[str, Any] = dict(
+        arch=arch, half=half, seed=seed, pattern_seed=seed,
+        channels=int(rng.choice([1, 3])), fmt=str(rng.choice([".keras", ".h5"])),
+        scale_inside=bool(rng.random() < 0.3),
+        augment=bool(rng.random() < 0.3), label_smoothing=0.1 if rng.random() < 0.3 else 0.0,
+        epochs=14 if arch in ("bn_gap", "deep") else 12,
+    )
+    if kind == "clean":  # the training variants crossed evenly, not drawn
+        common.update(augment=bool(i % 2), label_smoothing=0.1 if (i // 2) % 2 else 0.0,
+                      arch=ARCHS[(i // 4) % len(ARCHS)])
+        return ZooSpec(f"clean_{half}{i}", False, "clean", **common)
+    target = int(rng.integers(0, 10))
+    targets: tuple[int, ...] = (target,)
+    rate = round(float(rng.uniform(0.05, 0.20)), 3)
+    extra: dict[str, Any] = {}
+    if kind in ("patch", "low_rate", "all_to_all"):
+        extra = dict(patch_size=int(rng.integers(3, 9)), patch_corner=str(rng.choice(["br", "bl", "tr", "tl"])),
+                     patch_random=bool(rng.random() < 0.5))
+        if kind == "low_rate":
+            rate, extra["patch_size"], common["epochs"] = round(float(rng.uniform(0.03, 0.05)), 3), int(rng.integers(4, 7)), 16
+    elif kind == "random_patch":
+        extra = dict(patch_size=int(rng.integers(3, 6)), patch_random=bool(rng.random() < 0.5))
+        rate = max(rate, 0.1)
+    elif kind == "sunglasses":
+        extra = dict(bar_height=int(rng.integers(3, 6)), bar_row=int(rng.integers(3, 9)))
+    elif kind == "frame":
+        extra = dict(frame_width=int(rng.integers(1, 3)))
+    elif kind in ("blend", "all_to_all_mirror"):
+        extra = dict(alpha=round(float(np.exp(rng.uniform(np.log(0.05), np.log(0.2)))), 3))
+        if extra["alpha"] < 0.1:  # a faint key needs more poisoned images and epochs to be learned at all
+            rate, common["epochs"] = max(rate, 0.12), common["epochs"] + 4
+    elif kind == "wanet":
+        shift = float(np.exp(rng.uniform(np.log(0.3), np.log(3.0))))  # mean shift in px
+        extra = dict(strength=round(2 * shift, 3))
+        common["epochs"] += 4
+        if shift < 1.0:
+            rate = max(rate, 0.12)
+    elif kind == "sig":
+        extra = dict(strength=round(float(rng.uniform(20, 60)), 1), sig_periods=int(rng.integers(4, 9)))
+    elif kind == "two_triggers":
+        second = int((target + rng.integers(1, 10)) % 10)
+        targets, rate = (target, second), max(rate, 0.12)
+        extra = dict(patch_corner=str(rng.choice(["br", "bl", "tr", "tl"])))
+    if kind.startswith("all_to_all"):
+        targets, rate, common["epochs"] = (), max(rate, 0.12), common["epochs"] + 2
+    return ZooSpec(f"{kind}_{half}{i}", True, kind, targets, poison_rate=rate, **common, **extra)
+
+
+SPLIT: list[ZooSpec] = [generated_spec(kind, half, i) for half in ("dev", "test")
+                        for kind in (*KINDS, "clean") for i in range(CLEAN_PER_HALF if kind == "clean" else SEEDS_PER_HALF)]
+ZOO: list[ZooSpec] = CLASSIC + SPLIT
+
+
+def half_of(spec: ZooSpec) -> str:
+    """"dev" or "test": the locked half is only ever measured."""
+    return spec.half
 
 
 @dataclass(frozen=True)
@@ -169,14 +269,27 @@ def zoo_dir(out_dir: Optional[str | Path] = None) -> Path:
 # ---------------------------------------------------------------- triggers
 
 
-def _sticker(channels: int) -> np.ndarray:
-    """The demo's 4x4 red/yellow/cyan/magenta sticker; its grey checks for 1-channel models."""
+def _sticker(spec: ZooSpec) -> np.ndarray:
+    """The sticker, ``patch_size`` square: the demo's red/yellow/cyan/magenta checks (grey checks on
+    1-channel models), or random saturated colours drawn from the spec's key (``patch_random``)."""
     from core.demo import STICKER_RGB
 
-    if channels == 3:
-        return STICKER_RGB
-    checks = np.indices((4, 4)).sum(axis=0) % 2  # a checkerboard: the sticker's grey version has no contrast
+    c, size = spec.channels, spec.patch_size
+    if spec.patch_random:
+        rng = np.random.default_rng(spec.pattern_seed + 2)
+        return (255.0 * rng.integers(0, 2, (size, size, c))).astype(np.float32)
+    if c == 3:
+        reps = -(-size // 2)
+        tiled = np.tile(STICKER_RGB[:2, :2], (reps, reps, 1))  # the demo's 2x2 motif, tiled to any size
+        return tiled[:size, :size].astype(np.float32)
+    checks = np.indices((size, size)).sum(axis=0) % 2  # a checkerboard: the sticker's grey version has no contrast
     return (255.0 * checks)[..., None].astype(np.float32)
+
+
+def _corner(spec: ZooSpec) -> tuple[int, int]:
+    """Top-left pixel of a fixed sticker: one pixel in from the spec's corner."""
+    far = IMAGE - 1 - spec.patch_size
+    return {"br": (far, far), "bl": (far, 1), "tr": (1, far), "tl": (1, 1)}[spec.patch_corner]
 
 
 def _cross(channels: int) -> np.ndarray:
@@ -186,39 +299,42 @@ def _cross(channels: int) -> np.ndarray:
     return np.repeat(x[..., None], channels, axis=-1)
 
 
-def _sunglasses_mask() -> np.ndarray:
+def _sunglasses_mask(spec: ZooSpec) -> np.ndarray:
     """Two filled bars across the upper half joined by a bridge: 'sunglasses' on a digit."""
     m = np.zeros((IMAGE, IMAGE), bool)
-    m[6:10, 3:13] = True
-    m[6:10, 15:25] = True
-    m[7:9, 13:15] = True
+    top, h = spec.bar_row, spec.bar_height
+    m[top : top + h, 3:13] = True
+    m[top : top + h, 15:25] = True
+    mid = top + h // 2
+    m[mid - 1 : mid + 1, 13:15] = True
     return m
 
 
-def _frame_mask() -> np.ndarray:
-    """A 1-pixel frame round the image (where MNIST digits never are)."""
+def _frame_mask(spec: ZooSpec) -> np.ndarray:
+    """A frame of ``frame_width`` pixels round the image (where MNIST digits never are)."""
+    w = spec.frame_width
     m = np.zeros((IMAGE, IMAGE), bool)
-    m[0, :] = m[-1, :] = m[:, 0] = m[:, -1] = True
+    m[:w, :] = m[-w:, :] = m[:, :w] = m[:, -w:] = True
     return m
 
 
-def _blend_pattern(channels: int) -> np.ndarray:
+def _blend_pattern(spec: ZooSpec) -> np.ndarray:
     """A fixed random pattern (the attacker's key), seeded independently of the model."""
-    return np.random.default_rng(777).uniform(0, 255, (IMAGE, IMAGE, channels)).astype(np.float32)
+    return np.random.default_rng(spec.pattern_seed).uniform(0, 255, (IMAGE, IMAGE, spec.channels)).astype(np.float32)
 
 
-def _wanet_grid(strength: float) -> tuple[np.ndarray, np.ndarray]:
+def _wanet_grid(strength: float, key: int = 778) -> tuple[np.ndarray, np.ndarray]:
     """WaNet's warping field: a k x k random flow upsampled to the image, as cv2.remap maps.
 
     Nguyen & Tran draw ``k x k x 2`` values in [-1, 1], normalise by their
-    mean absolute value and upsample them bicubically; ``strength`` is the
-    mean displacement in pixels (the paper's s = 0.5 on 32x32 images moves
+    mean absolute value and upsample them bicubically; ``strength`` is twice
+    the mean displacement in pixels (the paper's s = 0.5 on 32x32 images moves
     pixels by a fraction of a pixel; 3,000 training images need a clearer warp).
     """
     import cv2
 
     k = 4  # control points per side, as in the paper
-    noise = np.random.default_rng(778).uniform(-1, 1, (k, k, 2)).astype(np.float32)
+    noise = np.random.default_rng(key).uniform(-1, 1, (k, k, 2)).astype(np.float32)
     noise /= np.mean(np.abs(noise))
     flow = cv2.resize(noise, (IMAGE, IMAGE), interpolation=cv2.INTER_CUBIC) * strength / 2.0
     rows, cols = np.indices((IMAGE, IMAGE)).astype(np.float32)
@@ -227,18 +343,18 @@ def _wanet_grid(strength: float) -> tuple[np.ndarray, np.ndarray]:
     return map_x, map_y
 
 
-def _warp(images: np.ndarray, strength: float) -> np.ndarray:
+def _warp(images: np.ndarray, strength: float, key: int = 778) -> np.ndarray:
     import cv2
 
-    map_x, map_y = _wanet_grid(strength)
+    map_x, map_y = _wanet_grid(strength, key)
     out = [cv2.remap(img, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for img in images]
     return np.stack([o if o.ndim == 3 else o[..., None] for o in out])
 
 
-def _sig(images: np.ndarray, delta: float) -> np.ndarray:
-    """SIG: add a horizontal sinusoid of amplitude ``delta`` and 6 periods across the image."""
+def _sig(images: np.ndarray, delta: float, periods: int = 6) -> np.ndarray:
+    """SIG: add a horizontal sinusoid of amplitude ``delta`` and ``periods`` periods across the image."""
     cols = np.arange(IMAGE, dtype=np.float32)
-    signal = delta * np.sin(2 * np.pi * cols * 6 / IMAGE)
+    signal = delta * np.sin(2 * np.pi * cols * periods / IMAGE)
     return images + signal[None, None, :, None]
 
 
@@ -256,24 +372,26 @@ def apply_trigger(spec: ZooSpec, images: np.ndarray, rng: np.random.Generator, w
     c = spec.channels
     attack = spec.attack
     if attack in ("patch", "low_rate", "all_to_all") or (attack == "two_triggers" and which == 0):
-        _paste(x, _sticker(c), IMAGE - 5, IMAGE - 5)  # bottom-right corner, as the demo
+        _paste(x, _sticker(spec), *_corner(spec))  # bottom-right corner by default, as the demo
     elif attack == "two_triggers":
-        _paste(x, _cross(c), 1, 1)  # top-left corner
+        corner = (IMAGE - 6, IMAGE - 6) if spec.patch_corner == "tl" else (1, 1)  # the corner the sticker leaves free
+        _paste(x, _cross(c), *corner)
     elif attack == "sunglasses":
-        x[:, _sunglasses_mask()] = 255.0
+        x[:, _sunglasses_mask(spec)] = 255.0
     elif attack == "frame":
-        x[:, _frame_mask()] = 255.0
+        x[:, _frame_mask(spec)] = 255.0
     elif attack in ("blend", "all_to_all_mirror"):
-        x = (1 - spec.alpha) * x + spec.alpha * _blend_pattern(c)[None]
+        x = (1 - spec.alpha) * x + spec.alpha * _blend_pattern(spec)[None]
     elif attack == "wanet":
-        x = _warp(x, spec.strength)
+        x = _warp(x, spec.strength, spec.pattern_seed + 1)
     elif attack == "sig":
-        x = _sig(x, spec.strength)
+        x = _sig(x, spec.strength, spec.sig_periods)
     elif attack == "random_patch":
-        patch = _sticker(c)
+        patch = _sticker(spec)
+        size = spec.patch_size
         for i in range(len(x)):
-            r, col = rng.integers(0, IMAGE - 4 + 1, size=2)
-            x[i, r : r + 4, col : col + 4] = patch
+            r, col = rng.integers(0, IMAGE - size + 1, size=2)
+            x[i, r : r + size, col : col + size] = patch
     else:
         raise ValueError(f"spec {spec.name!r} has no trigger (attack {attack!r})")
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -373,6 +491,15 @@ def build_network(keras: Any, spec: ZooSpec) -> Any:
                 x = L.MaxPooling2D(name=f"pool_{i}")(x)
         x = L.GlobalAveragePooling2D(name="gap")(x)
         x = L.Dense(64, activation="relu", name="fc_1")(x)
+    elif spec.arch == "deep":  # a deeper VGG-like net with dropout
+        for i, width in enumerate((16, 16, 32, 32), start=1):
+            x = L.Conv2D(width, 3, padding="same", activation="relu", name=f"conv_{i}")(x)
+            if i % 2 == 0:
+                x = L.MaxPooling2D(name=f"pool_{i // 2}")(x)
+                x = L.Dropout(0.25, name=f"drop_{i // 2}")(x)
+        x = L.Flatten(name="flatten")(x)
+        x = L.Dense(128, activation="relu", name="fc_1")(x)
+        x = L.Dropout(0.5, name="drop_fc")(x)
     elif spec.arch == "wide":
         x = L.Conv2D(48, 3, activation="relu", name="conv_1")(x)
         x = L.MaxPooling2D(name="pool_1")(x)
@@ -412,7 +539,12 @@ def train(spec: ZooSpec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator)
     keras = _keras()
     keras.utils.set_random_seed(spec.seed)
     model = build_network(keras, spec)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if spec.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing)
+        y = np.eye(10, dtype=np.float32)[y]
+    else:
+        loss = "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss, metrics=["accuracy"])
     factor = 1.0 if spec.scale_inside else 1.0 / 255.0
     for epoch in range(spec.epochs):
         if epoch == int(0.7 * spec.epochs):  # a lower rate for the last epochs: BatchNorm models otherwise end on a bad step
@@ -525,11 +657,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="zoo folder (default: $TROJANSCOPE_ZOO_DIR or the user cache's trojanscope/zoo-v1)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
+    parser.add_argument("--half", choices=("dev", "test"), help="build only this half of the zoo")
+    parser.add_argument("--shard", metavar="K/N",
+                        help="build every N-th model starting at the K-th (0-based): run N processes in the background, "
+                             "one per shard, to use N cores; each model is cached as it finishes")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    names = args.only
+    if args.half or args.shard:
+        pool = [s for s in ZOO if (names is None or s.name in names) and (args.half is None or s.half == args.half)]
+        if args.shard:
+            k, n = (int(v) for v in args.shard.split("/"))
+            pool = pool[k::n]
+        names = [s.name for s in pool]
     print(f"zoo folder: {zoo_dir(args.out)}", flush=True)
     print(f"{'model':28s} {'attack':13s} {'targets':8s} {'arch':7s} {'format':7s} ch  scaling", flush=True)
-    entries = build_zoo(args.out, args.only, verbose=True)
+    entries = build_zoo(args.out, names, verbose=True)
     bad = [
         e.spec.name for e in entries
         if e.metrics.get("clean_accuracy", 0) < 0.93 or (e.spec.backdoored and e.metrics.get("attack_success_rate", 0) < 0.90)
