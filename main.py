@@ -49,5 +49,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 if __name__ == "__main__":
     import multiprocessing
 
-    multiprocessing.freeze_support()  # the frozen app's file pre-scan child (core/isolation.py) starts here
+    multiprocessing.freeze_support()  # the frozen app's file pre-scan child (core/intake/isolation.py) starts here
     sys.exit(main())

@@ -130,7 +130,7 @@ def steps(window: Any, out_dir: Path, rounds: int) -> list[tuple[str, str, Calla
 
     def inspect(done: Callable[[], None]) -> None:
         poisoned = window.state.data["poisoned"]
-        from core.data import load_arrays
+        from core.intake.data import load_arrays
 
         x = load_arrays(poisoned, window.state.loaded.input_shape, 1).x[0]
         inspector.inspect_image(x, source="bench image", then=done, failed=done)

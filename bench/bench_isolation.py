@@ -1,4 +1,4 @@
-"""What the isolated pre-scan (core/isolation.py) costs per file: scan in a child vs in-process.
+"""What the isolated pre-scan (core/intake/isolation.py) costs per file: scan in a child vs in-process.
 
     python3 bench/bench_isolation.py [MODEL_OR_DATA ...]
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import budget
-from core.isolation import run_isolated
+from core.intake import budget
+from core.intake.isolation import run_isolated
 
 
 def _files(folder: Path) -> list[Path]:
@@ -37,7 +37,7 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _target(path: Path) -> str:
-    return "core.data:prescan" if path.suffix in (".npz", ".h5") and "model" not in path.name and "weights" not in path.name else "core.models:prescan"
+    return "core.intake.data:prescan" if path.suffix in (".npz", ".h5") and "model" not in path.name and "weights" not in path.name else "core.intake.models:prescan"
 
 
 def main() -> None:

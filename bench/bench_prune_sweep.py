@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.jobs import run_job
-from core.pruning import PruneSettings, apply_masks, channel_mask, clone_model, default_layer, sweep
-from core.tf_env import tf as _tf
+from core.repair.pruning import PruneSettings, apply_masks, channel_mask, clone_model, default_layer, sweep
+from core.intake.tf_env import tf as _tf
 
 CSAW = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "csaw" / "fine_pruned_sunglasses_model.h5"
 
@@ -68,9 +68,9 @@ def bench(name: str, loaded, x_clean, y_clean, x_pois, target) -> None:  # noqa:
 
 
 def main() -> None:
-    from core.data import load_arrays, open_data
+    from core.intake.data import load_arrays, open_data
     from core.demo import TARGET, cached_demo
-    from core.models import load_model
+    from core.intake.models import load_model
 
     bundle = run_job(cached_demo())
     loaded = load_model(bundle.model)

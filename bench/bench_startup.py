@@ -6,7 +6,7 @@ Each run starts a fresh interpreter (``QT_QPA_PLATFORM=offscreen``) that runs
 ``main.py`` exactly as an analyst would, with two probes: ``QApplication.exec``
 is replaced by one ``processEvents()`` (the window's first paint, queued by
 ``show()``), the time, and an immediate exit; and when gui.app starts
-``core.tf_env.preload_in_background`` it records whether TensorFlow is already
+``core.intake.tf_env.preload_in_background`` it records whether TensorFlow is already
 in ``sys.modules`` (it must not be: it is imported on a background thread once
 the window is up).
 The figure is process start to first paint done; the clock starts in this
@@ -36,7 +36,7 @@ BUDGET_S = 2.0
 CHILD = r"""
 import os, sys, json, time, runpy
 marks = {}
-import core.tf_env as tf_env
+import core.intake.tf_env as tf_env
 _preload = tf_env.preload_in_background
 
 def preload_probe():

@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import strip  # noqa: E402
-from core.inference import predict_proba, probability_fn, scale_factor  # noqa: E402
-from core.models import LoadedModel, load_model  # noqa: E402
+from core.detect.input_level import strip  # noqa: E402
+from core.intake.inference import predict_proba, probability_fn, scale_factor  # noqa: E402
+from core.intake.models import LoadedModel, load_model  # noqa: E402
 
 CSAW_MODEL = ROOT.parent / "shared" / "fixtures" / "csaw" / "fine_pruned_sunglasses_model.h5"
 
@@ -123,7 +123,7 @@ def main() -> int:
 
     if args.only in (None, "demo"):
         from core.demo import export_demo
-        from core.data import load_arrays, open_data
+        from core.intake.data import load_arrays, open_data
         from core.jobs import run_job
 
         bundle = run_job(export_demo(Path(args.demo)))

@@ -28,14 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.data import load_arrays, open_data
+from core.intake.data import load_arrays, open_data
 from core.demo import STICKER_BOX, TARGET, export_demo
-from core.gradcam import gradcam_maps
-from core.inference import predict_labels
+from core.inspect.gradcam import gradcam_maps
+from core.intake.inference import predict_labels
 from core.jobs import run_job
-from core.models import load_model
-from core.occlusion import OcclusionSettings, occlusion_maps
-from core.trigger import DEFAULT_METHOD, box_overlap, occlusion_repair, salient_box, transplant
+from core.intake.models import load_model
+from core.inspect.occlusion import OcclusionSettings, occlusion_maps
+from core.inspect.trigger import DEFAULT_METHOD, box_overlap, occlusion_repair, salient_box, transplant
 
 SCALE = "255"  # the demo is trained on pixels / 255
 

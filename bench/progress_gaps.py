@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scan_acceptance  # noqa: E402
 
-from core import scanner  # noqa: E402
-from core.data import open_data  # noqa: E402
+from core.detect.input_level import scanner  # noqa: E402
+from core.intake.data import open_data  # noqa: E402
 from core.jobs import run_job  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.intake.models import load_model  # noqa: E402
 
 
 def main() -> int:

@@ -39,11 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from core import masking, scanner  # noqa: E402
-from core.calibration import conservative_threshold  # noqa: E402
-from core.data import Arrays, load_arrays, open_data  # noqa: E402
+from core.detect.input_level import scanner  # noqa: E402
+from core.detect.input_level import masking  # noqa: E402
+from core.detect.input_level.calibration import conservative_threshold  # noqa: E402
+from core.intake.data import Arrays, load_arrays, open_data  # noqa: E402
 from core.jobs import run_job  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.intake.models import load_model  # noqa: E402
 
 SINGLE_TARGET_EXCLUDED = ("clean", "two_triggers", "all_to_all")
 
@@ -83,7 +84,7 @@ def verdict_triggers(case: dict) -> masking.Triggers | None:
     record, saved = folder / "triggers.json", folder / "triggers.npz"
     if not record.is_file():
         from core.evaluate import choose_scale
-        from core.judge import judge
+        from core.detect.model_level.judge import judge
 
         loaded = load_model(case["model"])
         valid = open_data(case["clean_valid"])

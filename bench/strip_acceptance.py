@@ -31,11 +31,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import strip  # noqa: E402
-from core.data import Arrays, load_arrays, open_data  # noqa: E402
+from core.detect.input_level import strip  # noqa: E402
+from core.intake.data import Arrays, load_arrays, open_data  # noqa: E402
 from core.demo import DemoBundle, export_demo, read_manifest  # noqa: E402
 from core.jobs import run_job  # noqa: E402
-from core.models import LoadedModel, load_model  # noqa: E402
+from core.intake.models import LoadedModel, load_model  # noqa: E402
 
 # (input weight, overlay weight, clip) -- the last is the course's unclipped addWeighted(1.5, 1).
 SWEEP = [(1.0, 1.0, True), (0.5, 0.5, True), (1.0, 0.5, True), (0.7, 0.3, True), (1.5, 1.0, True), (1.5, 1.0, False)]

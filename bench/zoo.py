@@ -30,7 +30,7 @@ Splits (the same for every model, seeded): 300 training images per class
 detectors' clean data) and 100 per class for ``clean_test`` (1,000: held
 out, never used to calibrate anything). Data files are in the model's input
 layout (1 or 3 channels), uint8 0..255, CSAW HDF5 layout (``data`` N x C x H
-x W, ``label``), readable by ``core.data.open_data``.
+x W, ``label``), readable by ``core.intake.data.open_data``.
 
 The cache is ``$TROJANSCOPE_ZOO_DIR`` or ``<user cache>/trojanscope/zoo-v1``;
 a model is rebuilt only when its spec (or the zoo's version) changed, and a
@@ -114,7 +114,7 @@ class ZooSpec:
 
     @property
     def scale(self) -> str:
-        """The core.inference scale the model expects: '1' when it rescales inside."""
+        """The core.intake.inference scale the model expects: '1' when it rescales inside."""
         return "1" if self.scale_inside else "255"
 
     def key(self) -> str:
@@ -534,7 +534,7 @@ def training_set(spec: ZooSpec, x: np.ndarray, y: np.ndarray, rng: np.random.Gen
 
 
 def train(spec: ZooSpec, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Any:
-    from core.tf_env import keras as _keras
+    from core.intake.tf_env import keras as _keras
 
     keras = _keras()
     keras.utils.set_random_seed(spec.seed)

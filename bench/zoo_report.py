@@ -4,8 +4,8 @@
 
 For each zoo model (bench/zoo.py, built first if missing) runs, with default
 settings and the model's ``clean_valid`` data only (never ``clean_test``,
-never the poisoned data): Neural Cleanse (core.cleanse), MM-BD (core.mmbd)
-and their combination (core.verdict), the same calls as ``python main.py
+never the poisoned data): Neural Cleanse (core.detect.model_level.cleanse), MM-BD (core.detect.model_level.mmbd)
+and their combination (core.detect.model_level.verdict), the same calls as ``python main.py
 cleanse``. Prints one row per model, then per method: true-positive rate
 (backdoored models called "backdoored" or "suspicious"), false-positive rate
 (clean models called so), ROC AUC of the suspicion score, how many BadNets had
@@ -38,17 +38,17 @@ if str(ROOT) not in sys.path:
 
 from bench.zoo import ZooEntry, build_zoo  # noqa: E402
 
-RESULTS_VERSION = 3  # 2: TensorFlow with oneDNN kernels (core.tf_env), all models re-timed; 3: Neural Cleanse's label-specific step
+RESULTS_VERSION = 3  # 2: TensorFlow with oneDNN kernels (core.intake.tf_env), all models re-timed; 3: Neural Cleanse's label-specific step
 
 
 def run_detectors(entry: ZooEntry) -> dict[str, Any]:
     """Neural Cleanse and MM-BD on one model with default settings and clean_valid only."""
-    from core.cleanse import CleanseSettings, cleanse
-    from core.data import load_arrays, open_data
+    from core.detect.model_level.cleanse import CleanseSettings, cleanse
+    from core.intake.data import load_arrays, open_data
     from core.evaluate import choose_scale
     from core.jobs import run_job
-    from core.mmbd import mmbd
-    from core.models import load_model
+    from core.detect.model_level.mmbd import mmbd
+    from core.intake.models import load_model
 
     loaded = load_model(entry.model)
     clean = open_data(entry.clean_valid)
@@ -74,8 +74,8 @@ def run_detectors(entry: ZooEntry) -> dict[str, Any]:
 
 
 def _key(entry: ZooEntry) -> str:
-    from core.cleanse import CleanseSettings
-    from core.mmbd import MMBDSettings
+    from core.detect.model_level.cleanse import CleanseSettings
+    from core.detect.model_level.mmbd import MMBDSettings
 
     return json.dumps([entry.spec.key(), dataclasses.asdict(CleanseSettings()), dataclasses.asdict(MMBDSettings())], sort_keys=True)
 
@@ -95,9 +95,9 @@ def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:
 
 def verdicts(record: dict[str, Any]) -> dict[str, Any]:
     """Evidence of each method and the combined verdict, rebuilt from the cached JSON."""
-    from core.cleanse import CleanseResult, LabelSpecific, ReversedTrigger
-    from core.mmbd import MMBDResult, detect
-    from core.verdict import LABEL_SPECIFIC, combine, from_cleanse, from_detectors, from_label_specific, from_mmbd
+    from core.detect.model_level.cleanse import CleanseResult, LabelSpecific, ReversedTrigger
+    from core.detect.model_level.mmbd import MMBDResult, detect
+    from core.detect.model_level.verdict import LABEL_SPECIFIC, combine, from_cleanse, from_detectors, from_label_specific, from_mmbd
 
     c = record["cleanse"]
     nc = CleanseResult(
@@ -158,8 +158,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def triage_line(rows: list) -> str:
-    """The order ``triage`` gives these models (core.triage.rank on the same verdicts) and whether it separates them."""
-    from core.triage import TriageRow, rank
+    """The order ``triage`` gives these models (core.detect.model_level.triage.rank on the same verdicts) and whether it separates them."""
+    from core.detect.model_level.triage import TriageRow, rank
 
     by_name = {e.spec.name: e for e, _r, _v in rows}
     judged = [TriageRow(e.spec.name, v["combined"].machine_verdict, v["combined"].level, v["combined"].score,

@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from core.atomic import json_default
+from core.intake.atomic import json_default
 from core.errors import JobCancelled, TrojanScopeError
 
 # Module names under cli/, in the order --help lists them.

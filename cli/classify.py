@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from cli.common import add_model_arguments, add_output_arguments, drive, open_model, skipped_list
-from core import scanner
-from core.data import FolderSource, open_data
+from core.detect.input_level import scanner
+from core.intake.data import FolderSource, open_data
 
 NAME = "classify"
 HELP = "print one class per image: the model's class in [0, N-1], or N when the saved scanner (STRIP, SCALE-UP, TeCo, combined) flags it"

@@ -3,7 +3,7 @@
 Neural Cleanse (Wang et al., 2019: an abnormally small trigger) and MM-BD
 (Wang et al., 2024: an abnormally large logit margin, any trigger size), plus
 the attack success measured on ``--poisoned`` images when given, combined by
-core.verdict into "backdoored", "suspicious" or "clean" (no evidence found).
+core.detect.model_level.verdict into "backdoored", "suspicious" or "clean" (no evidence found).
 The contract keys ``anomaly_index``, ``norms``, ``candidates`` stay Neural
 Cleanse's; ``verdict`` and ``flagged_classes`` are the combined verdict's.
 """
@@ -14,11 +14,11 @@ import argparse
 from typing import Optional, Sequence
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
-from core.cleanse import CleanseResult, CleanseSettings
-from core.data import load_arrays
+from core.detect.model_level.cleanse import CleanseResult, CleanseSettings
+from core.intake.data import load_arrays
 from core.errors import DataError
-from core.judge import METHODS, judge
-from core.mmbd import MMBDSettings
+from core.detect.model_level.judge import METHODS, judge
+from core.detect.model_level.mmbd import MMBDSettings
 
 NAME = "cleanse"
 HELP = "judge a model backdoored, suspicious or clean: Neural Cleanse, MM-BD and measured attack success combined"
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _save_triggers(args: argparse.Namespace, result: CleanseResult, targets: Sequence[int], sha256: str) -> Optional[str]:
     """The reversed masks of the verdict's targets, or nothing (None) when it names none."""
-    from core.masking import save_triggers, triggers_from
+    from core.detect.input_level.masking import save_triggers, triggers_from
 
     triggers = triggers_from(result, targets, sha256)
     if not triggers.classes:

@@ -7,11 +7,11 @@ import sys
 import time
 from typing import Any, Optional
 
-from core.data import DataSource, open_data
-from core.atomic import refuse_overwriting
+from core.intake.data import DataSource, open_data
+from core.intake.atomic import refuse_overwriting
 from core.errors import DataError, TrojanScopeError
 from core.jobs import Job, Progress, run_job
-from core.models import LoadedModel, load_model
+from core.intake.models import LoadedModel, load_model
 
 
 # The flags that set each engine setting a TrojanScopeError names in ``fixed_by``

@@ -6,7 +6,7 @@ import argparse
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
 from core.evaluate import evaluate
-from core.models import LoadedModel
+from core.intake.models import LoadedModel
 
 NAME = "evaluate"
 HELP = "measure clean accuracy and attack success rate"

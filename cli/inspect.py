@@ -16,8 +16,8 @@ CLEAN_LIMIT = 5000  # clean images read for the transplant test and the mean fil
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.occlusion import FILLS
-    from core.trigger import DEFAULT_METHOD, DEFAULT_THRESHOLD, DEFAULT_TRANSPLANTS, METHODS
+    from core.inspect.occlusion import FILLS
+    from core.inspect.trigger import DEFAULT_METHOD, DEFAULT_THRESHOLD, DEFAULT_TRANSPLANTS, METHODS
 
     add_model_arguments(parser)
     parser.add_argument("--image", required=True, help="an image file, or a data set (HDF5, .npz, folder) with --index")
@@ -39,12 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from core.atomic import refuse_overwriting
-    from core.data import load_arrays, open_data
+    from core.intake.atomic import refuse_overwriting
+    from core.intake.data import load_arrays, open_data
     from core.evaluate import choose_scale
-    from core.occlusion import OcclusionSettings, clean_mean
-    from core.overlay import inspection_figure, write_png_atomic
-    from core.trigger import inspect, transplant_search
+    from core.inspect.occlusion import OcclusionSettings, clean_mean
+    from core.inspect.overlay import inspection_figure, write_png_atomic
+    from core.inspect.trigger import inspect, transplant_search
 
     if args.transplant and not args.clean:
         raise DataError("--transplant needs clean images to paste onto: give --clean DATA")

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
-from core.data import load_arrays
+from core.intake.data import load_arrays
 from core.errors import DataError
 from core.evaluate import choose_scale
-from core.pruning import (
+from core.repair.pruning import (
     DEFAULT_AUGMENT,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
-from core.cleanse import CleanseSettings
-from core.data import load_arrays
+from core.detect.model_level.cleanse import CleanseSettings
+from core.intake.data import load_arrays
 from core.errors import DataError
 from core.evaluate import choose_scale
-from core.repair import (
+from core.repair.repair import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_FRACTION,

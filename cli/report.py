@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
     inputs = {"model": args.model, "architecture": getattr(args, "arch", None), "clean": args.clean,
               "poisoned": args.poisoned, "scan": args.scan}
     inputs = {k: str(v) for k, v in inputs.items() if v}
-    from core.atomic import refuse_overwriting
+    from core.intake.atomic import refuse_overwriting
 
     for path in (out, json_path_for(out)):  # fail before minutes of work, not after
         refuse_overwriting(path, *inputs.values())
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
         raise DataError(f"{clean.path}: clean data must be labelled to evaluate and calibrate")
     cleanse_settings = None
     if args.cleanse:
-        from core.cleanse import CleanseSettings
+        from core.detect.model_level.cleanse import CleanseSettings
 
         cleanse_settings = CleanseSettings(candidates=args.cleanse_classes, seed=args.seed)
     findings = drive(quick_findings(loaded, clean, poisoned, scan_source, args.target, args.scale, args.fine_tune_epochs,

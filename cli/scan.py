@@ -6,8 +6,11 @@ import argparse
 import sys
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
-from core import masking, scaleup, scanner, strip
-from core.data import open_data
+from core.detect.input_level import masking
+from core.detect.input_level import scaleup
+from core.detect.input_level import scanner
+from core.detect.input_level import strip
+from core.intake.data import open_data
 from core.errors import DataError
 
 NAME = "scan"

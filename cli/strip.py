@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
-from core import strip
-from core.data import open_data
+from core.detect.input_level import strip
+from core.intake.data import open_data
 
 NAME = "strip"
 HELP = "flag trojaned inputs by their low prediction entropy under superimposition (STRIP)"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from cli.common import add_output_arguments, add_scale_argument, drive, open_optional, say
-from core.cleanse import CleanseSettings
+from core.detect.model_level.cleanse import CleanseSettings
 from core.errors import DataError
-from core.judge import METHODS
-from core.mmbd import MMBDSettings
-from core.triage import triage
-from core.verdict import inconclusive_mark, targets_label
+from core.detect.model_level.judge import METHODS
+from core.detect.model_level.mmbd import MMBDSettings
+from core.detect.model_level.triage import triage
+from core.detect.model_level.verdict import inconclusive_mark, targets_label
 
 NAME = "triage"
 HELP = "rank every model in a folder by suspicion: backdoored, suspicious, no evidence (skips unreadable or hostile files)"

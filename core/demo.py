@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import atomic_dir
-from core.data import write_png
+from core.intake.atomic import atomic_dir
+from core.intake.data import write_png
 from core.errors import TrojanScopeError
 from core.jobs import Job, Progress
-from core.tf_env import keras as _keras
+from core.intake.tf_env import keras as _keras
 
 DEMO_VERSION = 2
 TARGET = 7
@@ -369,8 +369,8 @@ class DemoSession:
 
 def open_demo(settings: DemoSettings = DemoSettings()) -> Job[DemoSession]:
     """Build or fetch the cached demo, then load its model and open its data."""
-    from core.data import open_data
-    from core.models import load_model
+    from core.intake.data import open_data
+    from core.intake.models import load_model
 
     bundle = yield from cached_demo(settings)
     yield Progress(None, "Loading the demo BadNet")

@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core.data import DataSource, Skipped, check_labels
+from core.intake.data import DataSource, Skipped, check_labels
 from core.errors import DataError
-from core.inference import predict_proba, scale_factor
+from core.intake.inference import predict_proba, scale_factor
 from core.jobs import Job, Progress
-from core.models import LoadedModel
+from core.intake.models import LoadedModel
 
 AUTO_SCALE_SAMPLE = 512
 SAMPLE_IMAGES = 24

@@ -5,7 +5,7 @@ by e-mail from an air-gapped machine. So the report is a single HTML file with
 every figure embedded as a PNG data URI (no scripts, no external files, opens
 in any browser and prints), and a machine-readable JSON beside it
 (``report.html`` -> ``report.json``) carrying the same numbers for scripts.
-Both are written atomically (:mod:`core.atomic`): a cancelled export leaves
+Both are written atomically (:mod:`core.intake.atomic`): a cancelled export leaves
 nothing half-written.
 
 The report takes whatever results exist -- the GUI's panels keep their last
@@ -33,7 +33,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from core.atomic import atomic_path, refuse_overwriting
+from core.intake.atomic import atomic_path, refuse_overwriting
 from core.errors import TrojanScopeError
 from core.jobs import Job, Progress, rescaled
 
@@ -53,7 +53,7 @@ FORMAT_VERSION = 1
 class FlaggedImage:
     """A flagged STRIP row with the image the model saw (model layout, pixel values as stored)."""
 
-    row: Any  # core.strip.StripRow
+    row: Any  # core.detect.input_level.strip.StripRow
     image: np.ndarray
 
 
@@ -61,22 +61,22 @@ class FlaggedImage:
 class Findings:
     """Whatever analyses were run; ``None`` means "not run" and gets a section saying so."""
 
-    summary: Any = None  # core.models.ModelSummary
+    summary: Any = None  # core.intake.models.ModelSummary
     evaluation: Any = None  # core.evaluate.EvalResult
-    sweep: Any = None  # core.pruning.SweepResult
-    prune: Any = None  # core.pruning.PruneResult (after pruning and fine-tuning)
-    profile: Any = None  # core.strip.StripProfile (calibration)
-    scan: Any = None  # core.strip.ScanResult
+    sweep: Any = None  # core.repair.pruning.SweepResult
+    prune: Any = None  # core.repair.pruning.PruneResult (after pruning and fine-tuning)
+    profile: Any = None  # core.detect.input_level.strip.StripProfile (calibration)
+    scan: Any = None  # core.detect.input_level.strip.ScanResult
     flagged: list[FlaggedImage] = field(default_factory=list)
-    inspections: list[Any] = field(default_factory=list)  # core.trigger.Inspection
-    cleanse: Any = None  # core.cleanse.CleanseResult
-    verdict: Any = None  # core.verdict.Verdict: every method's evidence combined (the Verdict panel's headline)
+    inspections: list[Any] = field(default_factory=list)  # core.inspect.trigger.Inspection
+    cleanse: Any = None  # core.detect.model_level.cleanse.CleanseResult
+    verdict: Any = None  # core.detect.model_level.verdict.Verdict: every method's evidence combined (the Verdict panel's headline)
     inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
     notes: list[str] = field(default_factory=list)
     # A GUI session keeps every result, not just the last (issue 13):
-    prunes: list[Any] = field(default_factory=list)  # every core.pruning.PruneResult (Fine-Pruning), oldest first
-    repairs: list[Any] = field(default_factory=list)  # every core.repair.RepairResult (unlearn / fine-prune / both)
-    scans: list[Any] = field(default_factory=list)  # every core.strip.ScanResult; ``scan`` is the last one
+    prunes: list[Any] = field(default_factory=list)  # every core.repair.pruning.PruneResult (Fine-Pruning), oldest first
+    repairs: list[Any] = field(default_factory=list)  # every core.repair.repair.RepairResult (unlearn / fine-prune / both)
+    scans: list[Any] = field(default_factory=list)  # every core.detect.input_level.strip.ScanResult; ``scan`` is the last one
     inspected: list[tuple[Any, Any]] = field(default_factory=list)  # (Inspection, Transplant or None) the analyst ran
     measured_on: dict[str, str] = field(default_factory=dict)  # section -> the images its figures were measured on
 
@@ -119,7 +119,7 @@ def flagged_images(source: Any, shape: Sequence[int], scan: Any, limit: int = MA
 
 def inspect_flagged(loaded: Any, flagged: Sequence[FlaggedImage], scale: str, top: int = TOP_INSPECTED) -> Job[list[Any]]:
     """Grad-CAM and occlusion heat-maps (with the occlusion repair test) for the first ``top`` flagged images."""
-    from core.trigger import inspect
+    from core.inspect.trigger import inspect
 
     out = []
     chosen = list(flagged)[:top]
@@ -149,12 +149,12 @@ def quick_findings(
     ``scan_source``, else of the poisoned set), and heat-maps of the top flagged images.
 
     Neural Cleanse takes minutes, so it runs only when ``cleanse_settings``
-    (a :class:`core.cleanse.CleanseSettings`) is given; its section says "not run" otherwise.
+    (a :class:`core.detect.model_level.cleanse.CleanseSettings`) is given; its section says "not run" otherwise.
     """
-    from core.data import load_arrays
+    from core.intake.data import load_arrays
     from core.evaluate import evaluate
-    from core.pruning import PruneSettings, repair, sweep
-    from core.strip import StripSettings, calibrate, scan
+    from core.repair.pruning import PruneSettings, repair, sweep
+    from core.detect.input_level.strip import StripSettings, calibrate, scan
 
     findings = Findings(summary=loaded.summary)
     yield Progress(0.0, "Evaluating")
@@ -184,7 +184,7 @@ def quick_findings(
     else:
         findings.notes.append("No scan set and no poisoned set: STRIP was calibrated but scanned nothing.")
     if cleanse_settings is not None:
-        from core.cleanse import cleanse
+        from core.detect.model_level.cleanse import cleanse
 
         yield Progress(None, "Neural Cleanse")
         findings.cleanse = yield from cleanse(loaded, x, scale, cleanse_settings)
@@ -597,7 +597,7 @@ def _img(fig: Any, alt: str) -> str:
 
 def _display(image: np.ndarray) -> np.ndarray:
     """Pixel values as stored -> 0..255 RGB for display (images stored as 0..1 are stretched)."""
-    from core.overlay import as_rgb
+    from core.inspect.overlay import as_rgb
 
     image = np.asarray(image, np.float32)
     if image.size and float(image.max()) <= 1.0:
@@ -664,7 +664,7 @@ def _flagged_figure(flagged: Sequence[FlaggedImage], num_classes: int, columns: 
 
 
 def _inspection_figure(inspections: Sequence[Any]) -> Any:
-    from core.overlay import render
+    from core.inspect.overlay import render
 
     names = ["image"] + [m for m in ("gradcam", "occlusion") if any(m in i.maps for i in inspections)]
     titles = {"image": "flagged image + box", "gradcam": "Grad-CAM", "occlusion": "occlusion"}

@@ -119,7 +119,7 @@ def _build(ctx: _Context) -> Job[str]:
 
 
 def _load(ctx: _Context) -> Job[str]:
-    from core.models import load_model
+    from core.intake.models import load_model
 
     yield Progress(None, "Loading the demo BadNet")
     ctx.loaded = load_model(ctx.bundle.model)
@@ -131,7 +131,7 @@ def _load(ctx: _Context) -> Job[str]:
 
 
 def _evaluate(ctx: _Context) -> Job[str]:
-    from core.data import open_data
+    from core.intake.data import open_data
     from core.demo import TARGET
     from core.evaluate import evaluate
 
@@ -150,9 +150,9 @@ def _evaluate(ctx: _Context) -> Job[str]:
 
 
 def _prune(ctx: _Context) -> Job[str]:
-    from core.data import load_arrays, open_data
+    from core.intake.data import load_arrays, open_data
     from core.demo import TARGET
-    from core.pruning import sweep
+    from core.repair.pruning import sweep
 
     shape = ctx.loaded.input_shape
     clean = load_arrays(open_data(ctx.bundle.clean_valid), shape)
@@ -172,8 +172,8 @@ def _prune(ctx: _Context) -> Job[str]:
 
 
 def _calibrate(ctx: _Context) -> Job[str]:
-    from core.data import open_data
-    from core.strip import StripSettings, calibrate
+    from core.intake.data import open_data
+    from core.detect.input_level.strip import StripSettings, calibrate
 
     profile = yield from calibrate(ctx.loaded, open_data(ctx.bundle.clean_valid), StripSettings(STRIP_OVERLAYS, STRIP_FRR, seed=0, max_clean=200), scale="255")
     ctx.profile = profile
@@ -187,9 +187,9 @@ def _calibrate(ctx: _Context) -> Job[str]:
 
 
 def _scan(ctx: _Context) -> Job[str]:
-    from core.data import open_data
+    from core.intake.data import open_data
     from core.demo import read_manifest
-    from core.strip import scan
+    from core.detect.input_level.strip import scan
 
     source = open_data(ctx.bundle.scan_dir)
     result = yield from scan(ctx.loaded, ctx.profile, source)
@@ -207,9 +207,9 @@ def _scan(ctx: _Context) -> Job[str]:
 
 
 def _gradcam(ctx: _Context) -> Job[str]:
-    from core.data import load_arrays, open_data
+    from core.intake.data import load_arrays, open_data
     from core.demo import STICKER_BOX, TARGET, stamp
-    from core.gradcam import gradcam
+    from core.inspect.gradcam import gradcam
 
     arrays = load_arrays(open_data(ctx.bundle.clean_test), ctx.loaded.input_shape, limit=8)
     index = int(np.flatnonzero(arrays.y != TARGET)[0])
@@ -235,7 +235,7 @@ def _report(ctx: _Context) -> Job[str]:
     from core import report
 
     yield Progress(None, "Writing the findings report")
-    from core.data import open_data
+    from core.intake.data import open_data
 
     findings = report.Findings(summary=ctx.loaded.summary, evaluation=ctx.evaluation, sweep=ctx.sweep,
                                profile=ctx.profile, scan=ctx.scan)

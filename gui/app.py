@@ -14,7 +14,7 @@ def run_gui(demo: bool = False, screenshot_dir: Optional[str] = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from core.tf_env import preload_in_background
+    from core.intake.tf_env import preload_in_background
     from gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv)

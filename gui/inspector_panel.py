@@ -3,8 +3,8 @@
 Pick an image (a file or folder, the loaded data, or "send to Inspector" from
 another panel through :meth:`InspectorPanel.inspect_image`); the panel shows
 it beside its Grad-CAM and occlusion overlays with the salient box on each,
-and runs the transplant test on request. Engine: core/gradcam.py,
-core/occlusion.py, core/trigger.py.
+and runs the transplant test on request. Engine: core/inspect/gradcam.py,
+core/inspect/occlusion.py, core/inspect/trigger.py.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class InspectorPanel(QWidget):
         super().__init__()
         self.window = window
         self.state = window.state
-        self.inspection: Any = None  # core.trigger.Inspection on screen
+        self.inspection: Any = None  # core.inspect.trigger.Inspection on screen
         self.transplant_result: Any = None
         self._inspection_entry: Any = None  # the inspection as published, the parent of its transplant
         self._images: Optional[np.ndarray] = None  # images listed on the left
@@ -91,8 +91,8 @@ class InspectorPanel(QWidget):
 
     def _controls(self) -> QVBoxLayout:
         """Two rows (what to inspect; how), so the panel fits a 1,280 px screen."""
-        from core.occlusion import FILLS
-        from core.trigger import DEFAULT_METHOD, METHODS
+        from core.inspect.occlusion import FILLS
+        from core.inspect.trigger import DEFAULT_METHOD, METHODS
 
         rows = QVBoxLayout()
         row = QHBoxLayout()
@@ -281,7 +281,7 @@ class InspectorPanel(QWidget):
 
     def open_path(self, path: str) -> None:
         """List the images of a file or folder on the left (first :data:`THUMBNAILS`)."""
-        from core.data import open_data
+        from core.intake.data import open_data
         from core.errors import TrojanScopeError
 
         try:
@@ -295,7 +295,7 @@ class InspectorPanel(QWidget):
 
     def load_source(self, key: Optional[str], then: Optional[Callable[[], None]] = None) -> bool:
         """Read the first images of a source into the list; ``then`` runs once they are shown."""
-        from core.data import load_arrays
+        from core.intake.data import load_arrays
         from core.jobs import Progress
 
         source, loaded = self._source(key), self.state.loaded
@@ -350,7 +350,7 @@ class InspectorPanel(QWidget):
         tuple or a ``{"image"/"source", "label"}`` dict is accepted too, so a
         signal carrying one object can connect straight to it.
         """
-        from core.data import ImageUnreadable, conform, read_image
+        from core.intake.data import ImageUnreadable, conform, read_image
 
         loaded = self.state.loaded
         if loaded is None:
@@ -400,8 +400,8 @@ class InspectorPanel(QWidget):
         return started
 
     def _inspect_factory(self, image: np.ndarray, label: Optional[int], source: str) -> Callable[[], Any]:
-        from core.occlusion import OcclusionSettings, clean_mean
-        from core.trigger import METHODS, inspect
+        from core.inspect.occlusion import OcclusionSettings, clean_mean
+        from core.inspect.trigger import METHODS, inspect
 
         loaded = self.state.loaded
         method = self.method_combo.currentData()
@@ -441,7 +441,7 @@ class InspectorPanel(QWidget):
 
     def _clean_job(self):
         """Clean images (up to :data:`CLEAN_LIMIT`), read once per source."""
-        from core.data import load_arrays
+        from core.intake.data import load_arrays
         from core.errors import DataError
         from core.jobs import Progress
 
@@ -537,7 +537,7 @@ class InspectorPanel(QWidget):
     def run_transplant(self, done: Optional[Callable[[], None]] = None) -> bool:
         """Paste the box of the image on screen onto clean images; show the grid and the flip rate."""
         from core.errors import DataError
-        from core.trigger import transplant_search
+        from core.inspect.trigger import transplant_search
 
         result = self.inspection
         if result is None or result.primary.box is None:
@@ -624,7 +624,7 @@ class InspectorPanel(QWidget):
     def export_overlays(self, path: str | Path) -> Optional[Path]:
         """Write the image and its overlays side by side (same picture as ``inspect --out``)."""
         from core.errors import TrojanScopeError
-        from core.overlay import inspection_figure, write_png_atomic
+        from core.inspect.overlay import inspection_figure, write_png_atomic
 
         if self.inspection is None:
             return None
@@ -671,8 +671,8 @@ class InspectorPanel(QWidget):
 
     def run_default(self, done: Callable[[], None]) -> None:
         """Inspect the first image of the poisoned data the backdoor fires on, then transplant it."""
-        from core.data import load_arrays
-        from core.inference import predict_labels
+        from core.intake.data import load_arrays
+        from core.intake.inference import predict_labels
         from core.jobs import Progress
 
         loaded, source = self.state.loaded, self.state.data.get("poisoned")

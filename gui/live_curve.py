@@ -89,8 +89,8 @@ class LiveCurves(QObject):
         return self.timer.isActive()
 
 
-# Fine-tuning's per-epoch metrics name clean accuracy "clean" (core.pruning) or
-# "clean_accuracy" (core.repair); the curves read either, so no method's curve stays empty.
+# Fine-tuning's per-epoch metrics name clean accuracy "clean" (core.repair.pruning) or
+# "clean_accuracy" (core.repair.repair); the curves read either, so no method's curve stays empty.
 CLEAN_KEYS = ("clean_accuracy", "clean")
 
 

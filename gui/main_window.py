@@ -242,7 +242,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------- loading
 
     def open_model(self, path: str, arch: Optional[str] = None) -> None:
-        from core.models import load_model_job
+        from core.intake.models import load_model_job
 
         def loaded(result: Any) -> None:
             self._notice = ""
@@ -266,7 +266,7 @@ class MainWindow(QMainWindow):
             self.open_model(weights, arch)
 
     def open_data(self, role: str, path: str) -> None:
-        from core.data import open_data
+        from core.intake.data import open_data
 
         def job():
             yield Progress(None, f"Opening {path}")

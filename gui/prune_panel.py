@@ -78,7 +78,7 @@ class PrunePanel(QWidget):
     # --------------------------------------------------------------- layout
 
     def _controls(self) -> QWidget:
-        from core import pruning
+        from core.repair.repair import pruning
 
         box = QWidget()
         box.setMaximumWidth(340)
@@ -186,7 +186,7 @@ class PrunePanel(QWidget):
         loaded = self.state.loaded
         if loaded is not None:
             from core.errors import TrojanScopeError
-            from core.pruning import conv_layers, default_layer
+            from core.repair.pruning import conv_layers, default_layer
 
             try:
                 default = default_layer(loaded.model)
@@ -215,9 +215,9 @@ class PrunePanel(QWidget):
     # ---------------------------------------------------------------- sweep
 
     def run_sweep(self, then: Optional[Callable[[bool], None]] = None) -> bool:
-        from core.data import load_arrays
+        from core.intake.data import load_arrays
         from core.evaluate import choose_scale
-        from core.pruning import PruneSettings, sweep
+        from core.repair.pruning import PruneSettings, sweep
 
         loaded = self.state.loaded
         clean = self.state.data.get("clean_valid") or self.state.data.get("clean_test")
@@ -261,8 +261,8 @@ class PrunePanel(QWidget):
         self._refresh_buttons()
 
     def _on_event(self, event: Any) -> None:
-        from core.finetune import BatchLoss, EpochMetrics
-        from core.pruning import Ranking, StageMetrics, SweepPoint
+        from core.repair.finetune import BatchLoss, EpochMetrics
+        from core.repair.pruning import Ranking, StageMetrics, SweepPoint
 
         if isinstance(event, SweepPoint):
             self._channels = event.channels_total
@@ -331,7 +331,7 @@ class PrunePanel(QWidget):
     def _rule_changed(self) -> None:
         if self.sweep_result is None:
             return
-        from core.pruning import choose_stop
+        from core.repair.pruning import choose_stop
 
         stop, rule = choose_stop(self.sweep_result.curve, self.max_drop.value() / 100.0)
         self.sweep_result.stop, self.sweep_result.stop_rule = stop, rule
@@ -340,7 +340,7 @@ class PrunePanel(QWidget):
     # --------------------------------------------------------------- repair
 
     def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
-        from core.pruning import PruneSettings, repair
+        from core.repair.pruning import PruneSettings, repair
 
         if self.sweep_result is None or self._arrays is None:
             return False
@@ -378,7 +378,7 @@ class PrunePanel(QWidget):
     # ----------------------------------------------------------------- save
 
     def _ask_save(self) -> None:
-        from core.pruning import default_output_path
+        from core.repair.pruning import default_output_path
 
         if self.repair_result is None:
             return
@@ -388,7 +388,7 @@ class PrunePanel(QWidget):
 
     def save_to(self, path: str, then: Optional[Callable[[bool], None]] = None) -> bool:
         """Save the repaired model (and its JSON record) on the worker thread."""
-        from core.pruning import save_result
+        from core.repair.pruning import save_result
 
         return save_in_background(self.window, save_result, self.repair_result, path, then)
 

@@ -94,7 +94,7 @@ def _reflag(row: Any, published: float, threshold: float, num_classes: int) -> A
 
 def report_job(window: Any, out: Path) -> Callable[[], Job[tuple[Path, Path]]]:
     """A job factory: read the flagged images back, map the top ones, write HTML + JSON."""
-    from core.data import open_data
+    from core.intake.data import open_data
     from core.report import flagged_images, inspect_flagged, write_report
 
     findings, scan_source, inspection = gather_findings(window)

@@ -19,8 +19,8 @@ from typing import Any, Iterable, Optional
 
 from PySide6.QtCore import QObject, Signal
 
-from core.data import DataSource
-from core.models import LoadedModel
+from core.intake.data import DataSource
+from core.intake.models import LoadedModel
 
 ROLES = {
     "clean_valid": "Clean validation data",
@@ -34,15 +34,15 @@ class Kind(str, enum.Enum):
     """The kinds of result a session holds, and the type each carries."""
 
     EVALUATION = "evaluation"  # core.evaluate.EvalResult
-    SWEEP = "sweep"  # core.pruning.SweepResult
-    PRUNE = "prune"  # core.pruning.PruneResult (Fine-Pruning panel: pruned + fine-tuned)
-    REPAIR = "repair"  # core.repair.RepairResult (Verdict panel: unlearn / fine-prune / both)
-    STRIP_PROFILE = "strip_profile"  # core.strip.StripProfile
-    SCAN = "scan"  # core.strip.ScanResult (every scan of the session)
-    INSPECTION = "inspection"  # core.trigger.Inspection
-    TRANSPLANT = "transplant"  # core.trigger.Transplant (of the inspection published just before)
-    CLEANSE = "cleanse"  # core.cleanse.CleanseResult
-    VERDICT = "verdict"  # core.verdict.Verdict (Verdict panel: the detectors and the measured attack success, combined)
+    SWEEP = "sweep"  # core.repair.pruning.SweepResult
+    PRUNE = "prune"  # core.repair.pruning.PruneResult (Fine-Pruning panel: pruned + fine-tuned)
+    REPAIR = "repair"  # core.repair.repair.RepairResult (Verdict panel: unlearn / fine-prune / both)
+    STRIP_PROFILE = "strip_profile"  # core.detect.input_level.strip.StripProfile
+    SCAN = "scan"  # core.detect.input_level.strip.ScanResult (every scan of the session)
+    INSPECTION = "inspection"  # core.inspect.trigger.Inspection
+    TRANSPLANT = "transplant"  # core.inspect.trigger.Transplant (of the inspection published just before)
+    CLEANSE = "cleanse"  # core.detect.model_level.cleanse.CleanseResult
+    VERDICT = "verdict"  # core.detect.model_level.verdict.Verdict (Verdict panel: the detectors and the measured attack success, combined)
 
 
 # Kinds that keep every result of the session; the others keep only the last one.

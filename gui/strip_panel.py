@@ -1,6 +1,6 @@
 """STRIP and other input scanners: calibrate, drag the threshold, scan folders into a live table.
 
-The engines are :mod:`core.strip` (STRIP alone) and :mod:`core.scanner`
+The engines are :mod:`core.detect.input_level.strip` (STRIP alone) and :mod:`core.detect.input_level.scanner`
 (the feature-space detector, or combined: flagged if either flags); this
 panel only drives their jobs and shows what they yield. The histogram and the
 draggable line belong to the method's first detector (STRIP's entropy, or the
@@ -44,8 +44,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core import scanner, strip
-from core.atomic import write_text_atomic
+from core.detect.input_level import scanner
+from core.detect.input_level import strip
+from core.intake.atomic import write_text_atomic
 from core.jobs import Progress
 from gui.images import to_pixmap
 from gui.jobs import CANCELLED, DONE
@@ -366,7 +367,7 @@ class StripPanel(QWidget):
 
     def session_triggers(self) -> Optional[Any]:
         """Neural Cleanse's reversed triggers of the current verdict's targets (Verdict panel), or None."""
-        from core.masking import triggers_from
+        from core.detect.input_level.masking import triggers_from
 
         cleanse, verdict = self.state.results.value(Kind.CLEANSE), self.state.results.value(Kind.VERDICT)
         if self.state.loaded is None or cleanse is None or verdict is None or not verdict.targets:
@@ -519,7 +520,7 @@ class StripPanel(QWidget):
         self._profile_entry = self.state.publish(Kind.STRIP_PROFILE, value, roles, note=note)
 
     def set_profile(self, profile: Any) -> None:
-        """Show a :class:`~core.strip.StripProfile` or a :class:`~core.scanner.ScanProfile`."""
+        """Show a :class:`~core.detect.input_level.strip.StripProfile` or a :class:`~core.detect.input_level.scanner.ScanProfile`."""
         if isinstance(profile, strip.StripProfile):
             profile = scanner.ScanProfile("strip", {"strip": profile}, profile.frr, profile.confidence, list(profile.notes))
         self.scan_profile = profile
@@ -633,7 +634,7 @@ class StripPanel(QWidget):
         preset = self.state.data.get("scan") if path is None else None
 
         def job():
-            from core.data import open_data
+            from core.intake.data import open_data
 
             if preset is None:
                 yield Progress(None, f"Opening {path}")
@@ -894,7 +895,7 @@ class StripPanel(QWidget):
         row = self.model.rows[r]
         path = Path(row.source)
         if self.state.loaded is not None and path.is_file() and path.suffix.lower() not in (".h5", ".hdf5", ".npz"):
-            from core.data import ImageUnreadable, conform, read_image
+            from core.intake.data import ImageUnreadable, conform, read_image
 
             try:
                 return conform(read_image(path)[None].astype(np.float32), self.state.loaded.input_shape)[0]

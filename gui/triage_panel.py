@@ -2,7 +2,7 @@
 
 Analysts receive models in batches (issue 11). This panel is the GUI twin of
 ``python main.py triage --models DIR --clean D``: it runs the same job,
-:func:`core.triage.triage` (core.judge's checks on every model file, one
+:func:`core.detect.model_level.triage.triage` (core.detect.model_level.judge's checks on every model file, one
 combined verdict each), through the window's job controller, so the status
 bar shows progress and Cancel stops it. The session's clean data (validation,
 else test) is the clean data of every model.
@@ -58,8 +58,8 @@ class TriagePanel(QWidget):
         super().__init__()
         self.window = window
         self.state = window.state
-        self.result: Any = None  # core.triage.TriageResult of the last finished run
-        self.live_rows: list[Any] = []  # core.triage.TriageRow, as judged (before the final ranking)
+        self.result: Any = None  # core.detect.model_level.triage.TriageResult of the last finished run
+        self.live_rows: list[Any] = []  # core.detect.model_level.triage.TriageRow, as judged (before the final ranking)
         self.folder: Optional[Path] = None
 
         outer = QHBoxLayout(self)
@@ -86,8 +86,8 @@ class TriagePanel(QWidget):
     # --------------------------------------------------------------- layout
 
     def _controls(self) -> QWidget:
-        from core.cleanse import CleanseSettings
-        from core.mmbd import MMBDSettings
+        from core.detect.model_level.cleanse import CleanseSettings
+        from core.detect.model_level.mmbd import MMBDSettings
 
         box = QWidget()
         box.setMaximumWidth(330)
@@ -179,12 +179,12 @@ class TriagePanel(QWidget):
     # ------------------------------------------------------------------ run
 
     def run_triage(self) -> bool:
-        """Judge every model file of the folder on the session's clean data (core.triage), ranked."""
+        """Judge every model file of the folder on the session's clean data (core.detect.model_level.triage), ranked."""
         from dataclasses import replace
 
-        from core.cleanse import CleanseSettings
-        from core.mmbd import MMBDSettings
-        from core.triage import triage
+        from core.detect.model_level.cleanse import CleanseSettings
+        from core.detect.model_level.mmbd import MMBDSettings
+        from core.detect.model_level.triage import triage
 
         clean = self.state.clean_for_calibration()
         folder = Path(self.folder_edit.text().strip())
@@ -223,14 +223,14 @@ class TriagePanel(QWidget):
         )
 
     def _on_event(self, event: Any) -> None:
-        from core.triage import TriageRow
+        from core.detect.model_level.triage import TriageRow
 
         if isinstance(event, TriageRow):
             self.live_rows.append(event)
             self._show(self.live_rows, ranked=False)
 
     def _show(self, rows: list[Any], ranked: bool) -> None:
-        from core.verdict import inconclusive_mark, targets_label
+        from core.detect.model_level.verdict import inconclusive_mark, targets_label
 
         table = self.table
         table.setRowCount(len(rows))

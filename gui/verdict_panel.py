@@ -1,14 +1,14 @@
 """Verdict: is the model backdoored, and towards which class? Then repair it by unlearning.
 
-The checks are :func:`core.judge.judge`'s, the same as the ``cleanse``
-command's: Neural Cleanse (:mod:`core.cleanse`, blind to large triggers) and
-MM-BD (:mod:`core.mmbd`, which does not assume a small trigger) on the clean
+The checks are :func:`core.detect.model_level.judge.judge`'s, the same as the ``cleanse``
+command's: Neural Cleanse (:mod:`core.detect.model_level.cleanse`, blind to large triggers) and
+MM-BD (:mod:`core.detect.model_level.mmbd`, which does not assume a small trigger) on the clean
 validation data, with live progress: the mask norm of the class being
 reverse-engineered is drawn per round, and each finished class adds its bar
 to the norm chart (anomaly threshold drawn, flagged classes red); a grid shows
 each reversed trigger (mask, pattern, an example stamped with it).
 
-The headline is :func:`core.verdict.combine` over every piece of evidence the
+The headline is :func:`core.detect.model_level.verdict.combine` over every piece of evidence the
 session holds -- the detectors above and, when Evaluate measured attack
 success on the suspected-poisoned set, that figure, read from the results
 registry (never from another panel). Three levels: "Backdoored (target T)" in
@@ -18,7 +18,7 @@ reasons and one row per method say why. The combined verdict is published to
 the registry (Kind.VERDICT), where the report reads it, so the headline, the
 Evaluate figures and the report agree.
 
-Repair (:mod:`core.repair`) unlearns the reversed triggers of the classes the
+Repair (:mod:`core.repair.repair`) unlearns the reversed triggers of the classes the
 analyst chooses -- the verdict's targets by default, any class when nothing
 was flagged (the CLI's ``repair --target-class``) -- or fine-prunes, with live
 loss and per-epoch curves and a before/after table; Save writes the repaired
@@ -96,9 +96,9 @@ class VerdictPanel(QWidget):
         super().__init__()
         self.window = window
         self.state = window.state
-        self.result: Any = None  # core.cleanse.CleanseResult
-        self.judgement: Any = None  # core.judge.Judgement of the last run (detectors only)
-        self.verdict: Any = None  # core.verdict.Verdict shown: the detectors and the registry's evaluation
+        self.result: Any = None  # core.detect.model_level.cleanse.CleanseResult
+        self.judgement: Any = None  # core.detect.model_level.judge.Judgement of the last run (detectors only)
+        self.verdict: Any = None  # core.detect.model_level.verdict.Verdict shown: the detectors and the registry's evaluation
         self._judged_sha = ""  # the model the judgement describes
         self._class_options: list[Optional[tuple[int, ...]]] = [None]  # what each entry of the class combo repairs
         self.repair_result: Any = None
@@ -146,8 +146,8 @@ class VerdictPanel(QWidget):
     # --------------------------------------------------------------- layout
 
     def _controls(self) -> QWidget:
-        from core.cleanse import CleanseSettings
-        from core import repair
+        from core.detect.model_level.cleanse import CleanseSettings
+        from core.repair.repair import repair
 
         defaults = CleanseSettings()
         box = QWidget()
@@ -337,7 +337,7 @@ class VerdictPanel(QWidget):
 
     def _session_evidence(self) -> list:
         """The measured attack success of the session's current Evaluate result, as evidence."""
-        from core.judge import attack_evidence
+        from core.detect.model_level.judge import attack_evidence
 
         evaluation = self.state.results.value(Kind.EVALUATION)
         if self.state.loaded is None or evaluation is None or evaluation.attack_success_rate is None:
@@ -346,7 +346,7 @@ class VerdictPanel(QWidget):
 
     def refresh_verdict(self) -> None:
         """Combine the detectors' evidence with the registry's measured attack success; show and publish it."""
-        from core.verdict import combine
+        from core.detect.model_level.verdict import combine
 
         sha = self.state.loaded.summary.sha256 if self.state.loaded is not None else ""
         detectors = list(self.judgement.verdict.evidence) if self.judgement is not None and self._judged_sha == sha else []
@@ -400,11 +400,11 @@ class VerdictPanel(QWidget):
         previous = self.chosen_classes()
         targets = tuple(self.verdict.targets) if self.verdict is not None and self.verdict.level != "no evidence" else ()
         n = self.state.loaded.num_classes if self.state.loaded is not None else 0
-        from core.verdict import LABEL_SPECIFIC
+        from core.detect.model_level.verdict import LABEL_SPECIFIC
 
         all_to_all = not targets and self.verdict is not None and any(
             e.method == LABEL_SPECIFIC and e.level == "backdoored" for e in self.verdict.evidence)
-        # () = no class: core.repair unlearns the label-specific (all-to-all) trigger Neural Cleanse found
+        # () = no class: core.repair.repair unlearns the label-specific (all-to-all) trigger Neural Cleanse found
         self._class_options = [targets or (() if all_to_all else None)] + [(c,) for c in range(n)]
         combo.blockSignals(True)
         combo.clear()
@@ -436,12 +436,12 @@ class VerdictPanel(QWidget):
     # ------------------------------------------------------------- cleanse
 
     def run_cleanse(self, then: Optional[Callable[[bool], None]] = None) -> bool:
-        """Run the detectors (core.judge: Neural Cleanse, MM-BD) on the loaded model and clean validation data."""
-        from core.cleanse import CleanseSettings
-        from core.data import load_arrays
+        """Run the detectors (core.detect.model_level.judge: Neural Cleanse, MM-BD) on the loaded model and clean validation data."""
+        from core.detect.model_level.cleanse import CleanseSettings
+        from core.intake.data import load_arrays
         from core.evaluate import choose_scale
-        from core.judge import judge
-        from core.mmbd import MMBDSettings
+        from core.detect.model_level.judge import judge
+        from core.detect.model_level.mmbd import MMBDSettings
 
         loaded = self.state.loaded
         clean = self.state.clean_for_calibration()
@@ -497,9 +497,9 @@ class VerdictPanel(QWidget):
         return self.window.start_job("Neural Cleanse + MM-BD" if self.use_mmbd.isChecked() else "Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
 
     def _on_event(self, event: Any) -> None:
-        from core.cleanse import ClassDone, CleanseStep
-        from core.finetune import BatchLoss, EpochMetrics
-        from core.repair import RepairStage
+        from core.detect.model_level.cleanse import ClassDone, CleanseStep
+        from core.repair.finetune import BatchLoss, EpochMetrics
+        from core.repair.repair import RepairStage
 
         if isinstance(event, (CleanseStep, ClassDone)) and self._repairing:
             if isinstance(event, CleanseStep):
@@ -574,7 +574,7 @@ class VerdictPanel(QWidget):
 
     def _fill_triggers(self) -> None:
         """One column per reversed trigger, flagged first; the label-specific (untargeted) one first when flagged, else last."""
-        from core.verdict import is_label_specific_backdoor
+        from core.detect.model_level.verdict import is_label_specific_backdoor
 
         r = self.result
         order = sorted(r.candidates, key=lambda c: (c not in r.flagged_classes, r.norms[c]))
@@ -608,8 +608,8 @@ class VerdictPanel(QWidget):
 
     def run_repair(self, then: Optional[Callable[[bool], None]] = None) -> bool:
         """Repair with the chosen method, reusing this verdict's triggers."""
-        from core.data import load_arrays
-        from core.repair import RepairSettings, repair
+        from core.intake.data import load_arrays
+        from core.repair.repair import RepairSettings, repair
 
         verdict = self.state.results.value(Kind.CLEANSE)  # the session's current triggers, not stale ones
         classes = self.chosen_classes()
@@ -677,7 +677,7 @@ class VerdictPanel(QWidget):
     # ----------------------------------------------------------------- save
 
     def _ask_save(self) -> None:
-        from core.repair import default_output_path
+        from core.repair.repair import default_output_path
 
         if self.repair_result is None:
             return
@@ -687,7 +687,7 @@ class VerdictPanel(QWidget):
 
     def save_to(self, path: str, then: Optional[Callable[[bool], None]] = None) -> bool:
         """Save the repaired model (and its JSON record) on the worker thread."""
-        from core.repair import save_result
+        from core.repair.repair import save_result
 
         return save_in_background(self.window, save_result, self.repair_result, path, then)
 
@@ -708,7 +708,7 @@ class VerdictPanel(QWidget):
 
 def _evidence_text(e: Any) -> str:
     """The figures behind one method's say, short enough for one table row."""
-    from core.verdict import (
+    from core.detect.model_level.verdict import (
         ASR_BACKDOORED,
         ASR_SUSPICIOUS,
         BLIND_SPOT,

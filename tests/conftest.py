@@ -47,14 +47,14 @@ def demo_bundle(demo_settings, private_home):
 
 @pytest.fixture(scope="session")
 def demo_model(demo_bundle):
-    from core.models import load_model
+    from core.intake.models import load_model
 
     return load_model(demo_bundle.model)
 
 
 @pytest.fixture(scope="session")
 def clean_demo_model(demo_bundle):
-    from core.models import load_model
+    from core.intake.models import load_model
 
     return load_model(demo_bundle.clean_model)
 
@@ -62,7 +62,7 @@ def clean_demo_model(demo_bundle):
 @pytest.fixture(scope="session")
 def demo_arrays(demo_bundle):
     """(clean_valid, clean_test, poisoned_test) as in-memory Arrays in model layout."""
-    from core.data import load_arrays, open_data
+    from core.intake.data import load_arrays, open_data
 
     shape = (28, 28, 3)
     return tuple(load_arrays(open_data(p), shape) for p in (demo_bundle.clean_valid, demo_bundle.clean_test, demo_bundle.poisoned_test))
@@ -77,7 +77,7 @@ def csaw_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def csaw_model(csaw_dir):
-    from core.models import load_model
+    from core.intake.models import load_model
 
     return load_model(csaw_dir / "fine_pruned_sunglasses_model.h5")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def lambda_model(marker: Path):
     """A tiny model whose Lambda layer writes ``marker`` whenever its code runs."""
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     k = keras()
     code = f"lambda t: (__import__('pathlib').Path({str(marker)!r}).write_text('code ran'), t)[1]"
@@ -22,7 +22,7 @@ def lambda_model(marker: Path):
 
 
 def tiny_model(conv: bool = True):
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     k = keras()
     inputs = k.Input((8, 8, 3))
@@ -246,10 +246,10 @@ kind, path = sys.argv[1], sys.argv[2]
 skipped = []
 try:
     if kind == "model":
-        from core.models import load_model
+        from core.intake.models import load_model
         load_model(path)
     else:
-        from core.data import open_data
+        from core.intake.data import open_data
         source = open_data(path)
         for batch in source.batches((8, 8, 3)):
             skipped.extend(s.as_dict() for s in batch.skipped)

@@ -15,7 +15,7 @@ H, W, CLASSES, PLANTED = 13, 12, 6, 3
 
 
 def save_linear_model(path: Path, *, slope: float = 0.0, planted: bool = True) -> None:
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     keras = keras()
     inputs = keras.Input((H, W, 1))
@@ -39,7 +39,7 @@ def save_all_to_all_model(path: Path) -> None:
     images, 1 once the pixel exceeds ~0.5). Standard layers only, so the
     loader's safety checks accept it.
     """
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     keras = keras()
     pixel = np.arange(H * W).reshape(H, W)

@@ -65,3 +65,44 @@ def test_qt_bindings_do_not_leak_references_to_none(qapp):
         transform.setMatrix(1, 0, 0, 0, 1, 0, 0, 0, 1)
         QPointF().setX(1.0)
     assert sys.getrefcount(None) - before > -100
+
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``core.a.b.name`` is a module, or attributes of the longest importable module prefix."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_architecture_doc_names_only_paths_that_exist():
+    """docs/ARCHITECTURE.md is redrawn from the tree: every folder, file and ``core.x.y`` it names exists."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    paths = set(re.findall(r"\b(?:core|gui|cli|tests|bench|docs|resources|scripts)/[\w/.-]*[\w/]", text))
+    paths = {p for p in paths if not re.search(r"/[A-Z_]+\.", p)}  # placeholders such as cli/NAME.py
+    missing = [p for p in sorted(paths) if not (ROOT / p).exists()]
+    assert not missing, f"ARCHITECTURE.md names paths that do not exist: {missing}"
+    dotted = set(re.findall(r"\b(core(?:\.\w+)+)", text))
+    unresolved = [name for name in sorted(dotted) if not _resolves(name)]
+    assert not unresolved, f"ARCHITECTURE.md names engine objects that do not exist: {unresolved}"
+
+
+def test_architecture_doc_names_every_engine_module():
+    """A newcomer finds every module of core/ from the doc: each file's name appears in it."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    unnamed = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "core").rglob("*.py"))
+               if p.name != "__init__.py" and p.name not in text]
+    assert not unnamed, f"modules of core/ that docs/ARCHITECTURE.md does not name: {unnamed}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core import calibration
+from core.detect.input_level import calibration
 from core.errors import DataError
 
 # A skewed, bounded-below score like STRIP's entropies: most mass high, a long thin left tail.

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from core.cleanse import CleanseSettings, anomaly_indices, cleanse, flag_classes
-from core.verdict import BACKDOORED, NO_EVIDENCE, from_label_specific
-from core.data import Arrays
+from core.detect.model_level.cleanse import CleanseSettings, anomaly_indices, cleanse, flag_classes
+from core.detect.model_level.verdict import BACKDOORED, NO_EVIDENCE, from_label_specific
+from core.intake.data import Arrays
 from core.jobs import collect, run_job
 from tests.planted import CLASSES, H, PLANTED, W, save_all_to_all_model, save_linear_model
 
@@ -48,7 +48,7 @@ def _planted_images(n: int, seed: int = 0) -> Arrays:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from core.models import load_model
+    from core.intake.models import load_model
 
     path = tmp_path_factory.mktemp("planted") / "planted.keras"
     save_linear_model(path)
@@ -74,7 +74,7 @@ def test_planted_one_pixel_backdoor_is_flagged_on_its_class(planted):
 @pytest.fixture(scope="module")
 def all_to_all(tmp_path_factory):
     """The planted all-to-all model and Neural Cleanse's result on it."""
-    from core.models import load_model
+    from core.intake.models import load_model
 
     path = tmp_path_factory.mktemp("all_to_all") / "all_to_all.keras"
     save_all_to_all_model(path)
@@ -139,7 +139,7 @@ def demo_verdict(demo_model, demo_arrays):
 
 
 def test_unlearning_removes_the_demo_backdoor_and_saves_atomically(demo_model, demo_arrays, demo_verdict, tmp_path):
-    from core.repair import RepairSettings, repair
+    from core.repair.repair import RepairSettings, repair
 
     clean, _test, poisoned = demo_arrays
     out = tmp_path / "repaired.keras"
@@ -154,7 +154,7 @@ def test_unlearning_removes_the_demo_backdoor_and_saves_atomically(demo_model, d
 
 
 def test_unlearning_the_label_specific_trigger_keeps_stamped_images_in_their_class(all_to_all):
-    from core.repair import RepairSettings, repair
+    from core.repair.repair import RepairSettings, repair
 
     loaded, verdict = all_to_all
     assert verdict.flagged_classes == []  # no single class stands out: only step 4 saw the backdoor
@@ -168,8 +168,8 @@ def test_unlearning_the_label_specific_trigger_keeps_stamped_images_in_their_cla
 
 
 def test_cancel_leaves_nothing_written(demo_model, demo_arrays, demo_verdict, tmp_path):
-    from core.finetune import BatchLoss
-    from core.repair import RepairSettings, repair
+    from core.repair.finetune import BatchLoss
+    from core.repair.repair import RepairSettings, repair
 
     clean = demo_arrays[0]
     job = repair(demo_model, clean.x, clean.y, "255", RepairSettings(classes=(7,), restarts=0), verdict=demo_verdict,
@@ -183,7 +183,7 @@ def test_cancel_leaves_nothing_written(demo_model, demo_arrays, demo_verdict, tm
 
 def test_repair_refuses_to_write_over_its_input(demo_model, demo_arrays, demo_verdict, demo_bundle):
     from core.errors import TrojanScopeError
-    from core.repair import RepairSettings, repair
+    from core.repair.repair import RepairSettings, repair
 
     clean = demo_arrays[0]
     with pytest.raises(TrojanScopeError, match="refusing to write over"):
@@ -192,7 +192,7 @@ def test_repair_refuses_to_write_over_its_input(demo_model, demo_arrays, demo_ve
 
 def test_repair_on_a_clean_verdict_says_there_is_nothing_to_unlearn(planted):
     from core.errors import TrojanScopeError
-    from core.repair import repair
+    from core.repair.repair import repair
 
     data = _planted_images(100)
     verdict = run_job(cleanse(planted, data, "1", FAST, classes=[0, 1]))  # the backdoor class left out

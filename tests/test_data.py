@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from core.data import conform, load_arrays, open_data, read_image, write_png
+from core.intake.data import conform, load_arrays, open_data, read_image, write_png
 from core.errors import DataError
 from core.evaluate import predict_source
 from core.jobs import run_job

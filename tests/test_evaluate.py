@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.data import ArraySource, open_data
+from core.intake.data import ArraySource, open_data
 from core.evaluate import attack_success_rate, evaluate
 from core.jobs import collect, run_job
-from core.inference import predict_labels
+from core.intake.inference import predict_labels
 
 
 def test_demo_badnet_is_accurate_and_backdoored(demo_bundle, demo_model):
@@ -56,7 +56,7 @@ def test_scan_folder_predictions_follow_the_manifest(demo_bundle, demo_model):
 
     truth = {row["file"]: row for row in read_manifest(demo_bundle.manifest)}
     files = sorted(demo_bundle.scan_dir.iterdir())
-    from core.data import load_arrays
+    from core.intake.data import load_arrays
 
     arrays = load_arrays(open_data(demo_bundle.scan_dir), demo_model.input_shape)
     predicted = predict_labels(demo_model, arrays.x, "255")

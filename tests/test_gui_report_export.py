@@ -8,10 +8,10 @@ from conftest import wait_idle
 
 
 def test_export_report_gathers_the_panels_results(window, qtbot, demo_bundle, demo_model, demo_arrays, tmp_path):
-    from core.data import open_data
+    from core.intake.data import open_data
     from core.jobs import run_job
-    from core.pruning import sweep
-    from core.strip import StripSettings, calibrate, scan
+    from core.repair.pruning import sweep
+    from core.detect.input_level.strip import StripSettings, calibrate, scan
     from gui.state import Kind
 
     clean_valid, _test, poisoned = demo_arrays

@@ -8,8 +8,8 @@ import cv2
 import h5py
 import numpy as np
 
-from core.data import load_arrays, open_data
-from core.models import load_model
+from core.intake.data import load_arrays, open_data
+from core.intake.models import load_model
 from tests.hostile import png_bytes, tiny_model
 
 SHAPE = (8, 8, 3)

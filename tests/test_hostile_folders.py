@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import open_data, write_png
+from core.intake.data import open_data, write_png
 from tests.hostile import measure_refusal
 
 

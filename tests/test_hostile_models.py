@@ -83,8 +83,8 @@ def test_unwritten_kernel_declaring_gigabytes_is_refused(tiny_files, tmp_path):
 
 
 def test_architecture_bomb_is_refused_before_keras_builds_it(tiny_files, tmp_path):
-    from core.param_estimate import estimate_params
-    from core.tf_env import keras
+    from core.intake.param_estimate import estimate_params
+    from core.intake.tf_env import keras
 
     def widen(units):
         def edit(config):
@@ -240,9 +240,9 @@ def test_cli_refuses_with_exit_2_and_one_line(tiny_files, tmp_path, name):
 
 def test_a_bomb_that_slips_past_the_checks_kills_only_the_child(tmp_path, monkeypatch):
     """The wall behind the checks: a scan that allocates without bound is stopped and reported."""
-    from core.budget import Budget
+    from core.intake.budget import Budget
     from core.errors import DataError
-    from core.isolation import run_isolated
+    from core.intake.isolation import run_isolated
 
     budget = Budget(memory_bytes=256 << 20, disk_bytes=256 << 20, max_images=10, scan_seconds=20)
     with pytest.raises(DataError, match=r"refused: .*exceeded 1.25 GB"):

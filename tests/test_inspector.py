@@ -14,14 +14,14 @@ import pytest
 
 from core.demo import STICKER_BOX, TARGET
 from core.jobs import collect
-from core.models import ConvLayer, LoadedModel, ModelSummary
+from core.intake.models import ConvLayer, LoadedModel, ModelSummary
 
 REGION = (3, 7, 6, 10)  # rows 3..5, cols 7..9 of a 12x12 image
 
 
 def _region_model(with_conv: bool) -> LoadedModel:
     """A 12x12x1 classifier that sees only REGION: class 0 when it is bright, else class 1."""
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     k = keras()
     r0, c0, r1, c1 = REGION
@@ -59,8 +59,8 @@ def _inside(point, box) -> bool:
 
 
 def test_occlusion_map_peaks_on_the_only_region_the_model_reads():
-    from core.occlusion import OcclusionSettings, occlusion_maps
-    from core.trigger import salient_box
+    from core.inspect.occlusion import OcclusionSettings, occlusion_maps
+    from core.inspect.trigger import salient_box
 
     loaded = _region_model(with_conv=False)
     image = _bright_region_image()
@@ -78,7 +78,7 @@ def test_occlusion_map_peaks_on_the_only_region_the_model_reads():
 
 
 def test_occlusion_patch_positions_reach_every_edge():
-    from core.occlusion import OcclusionSettings, patches, positions
+    from core.inspect.occlusion import OcclusionSettings, patches, positions
 
     assert positions(28, 4, 1) == list(range(25))
     assert positions(10, 4, 4) == [0, 4, 6]  # the last patch is moved to touch the edge
@@ -90,7 +90,7 @@ def test_occlusion_patch_positions_reach_every_edge():
 
 
 def test_occlusion_fills_cover_with_zero_mean_and_blur():
-    from core.occlusion import OcclusionSettings, cover
+    from core.inspect.occlusion import OcclusionSettings, cover
 
     image = np.zeros((8, 8, 3), np.float32)
     image[2:6, 2:6] = 200.0
@@ -103,7 +103,7 @@ def test_occlusion_fills_cover_with_zero_mean_and_blur():
 
 def test_mean_fill_without_a_colour_is_refused():
     from core.errors import DataError
-    from core.occlusion import OcclusionSettings
+    from core.inspect.occlusion import OcclusionSettings
 
     with pytest.raises(DataError, match="mean"):
         OcclusionSettings(fill="mean").resolved((28, 28, 3))
@@ -113,8 +113,8 @@ def test_mean_fill_without_a_colour_is_refused():
 
 
 def test_gradcam_shape_range_and_classes_on_the_demo(demo_model, demo_arrays):
-    from core.gradcam import gradcam_maps
-    from core.inference import predict_labels
+    from core.inspect.gradcam import gradcam_maps
+    from core.intake.inference import predict_labels
 
     x = demo_arrays[2].x[:12]
     cam = gradcam_maps(demo_model, x, "255")
@@ -129,7 +129,7 @@ def test_gradcam_shape_range_and_classes_on_the_demo(demo_model, demo_arrays):
 
 def test_gradcam_of_a_one_channel_model_is_its_activation_by_hand():
     """One channel with a positive weight alpha: L = ReLU(alpha * A), so the normalised map is A / max(A)."""
-    from core.gradcam import gradcam_maps
+    from core.inspect.gradcam import gradcam_maps
 
     loaded = _region_model(with_conv=True)
     image = _bright_region_image()
@@ -142,7 +142,7 @@ def test_gradcam_of_a_one_channel_model_is_its_activation_by_hand():
 
 def test_gradcam_refuses_a_model_without_conv_layers():
     from core.errors import ModelError
-    from core.gradcam import gradcam_maps
+    from core.inspect.gradcam import gradcam_maps
 
     with pytest.raises(ModelError, match="Conv2D"):
         gradcam_maps(_region_model(with_conv=False), _bright_region_image(), "255")
@@ -152,7 +152,7 @@ def test_gradcam_refuses_a_model_without_conv_layers():
 
 
 def test_box_of_the_strongest_region_with_exclusive_ends():
-    from core.trigger import salient_box
+    from core.inspect.trigger import salient_box
 
     heat = np.zeros((20, 20))
     heat[2:4, 3:6] = 1.0  # peak, but small: mass 6
@@ -165,7 +165,7 @@ def test_box_of_the_strongest_region_with_exclusive_ends():
 
 
 def test_box_joins_diagonal_neighbours_and_handles_empty_maps():
-    from core.trigger import salient_box
+    from core.inspect.trigger import salient_box
 
     heat = np.zeros((6, 6))
     heat[1, 1] = heat[2, 2] = heat[3, 3] = 1.0
@@ -176,7 +176,7 @@ def test_box_joins_diagonal_neighbours_and_handles_empty_maps():
 
 
 def test_box_overlap_is_hand_checked():
-    from core.trigger import box_overlap
+    from core.inspect.trigger import box_overlap
 
     assert box_overlap((0, 0, 4, 4), (2, 2, 6, 6)) == (4, 4 / 28)
     assert box_overlap((0, 0, 2, 2), (2, 2, 4, 4)) == (0, 0.0)
@@ -186,7 +186,7 @@ def test_box_overlap_is_hand_checked():
 
 
 def _fired(demo_model, demo_arrays):
-    from core.inference import predict_labels
+    from core.intake.inference import predict_labels
 
     poisoned = demo_arrays[2].x
     pred = predict_labels(demo_model, poisoned, "255")
@@ -194,7 +194,7 @@ def _fired(demo_model, demo_arrays):
 
 
 def test_transplanting_the_sticker_flips_far_more_than_the_baseline(demo_model, demo_arrays):
-    from core.trigger import transplant
+    from core.inspect.trigger import transplant
 
     clean = demo_arrays[1]
     suspect = _fired(demo_model, demo_arrays)[0]
@@ -208,7 +208,7 @@ def test_transplanting_the_sticker_flips_far_more_than_the_baseline(demo_model, 
 
 
 def test_inspect_finds_the_sticker_repairs_by_covering_it_and_transplants(demo_model, demo_arrays):
-    from core.trigger import box_overlap, inspect, transplant
+    from core.inspect.trigger import box_overlap, inspect, transplant
 
     suspect = _fired(demo_model, demo_arrays)[1]
     _, ins = collect(inspect(demo_model, suspect, "255", methods=["gradcam", "occlusion"]))
@@ -222,8 +222,8 @@ def test_inspect_finds_the_sticker_repairs_by_covering_it_and_transplants(demo_m
 
 
 def test_a_clean_images_salient_box_does_not_transplant_its_class(demo_model, demo_arrays):
-    from core.inference import predict_labels
-    from core.trigger import inspect, transplant
+    from core.intake.inference import predict_labels
+    from core.inspect.trigger import inspect, transplant
 
     clean = demo_arrays[1]
     pred = predict_labels(demo_model, clean.x, "255")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.demo import TARGET
-from core.trigger import box_overlap
+from core.inspect.trigger import box_overlap
 from tests.conftest import wait_idle
 
 SHOTS = Path(__file__).resolve().parent.parent / "out" / "screenshots"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.atomic import atomic_path, refuse_overwriting
+from core.intake.atomic import atomic_path, refuse_overwriting
 from core.errors import JobCancelled, TrojanScopeError
 from core.jobs import CancelToken, Progress, collect, run_job
 

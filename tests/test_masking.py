@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from core import masking, scanner, strip
-from core.calibration import conservative_threshold
-from core.data import ArraySource
+from core.detect.input_level import masking
+from core.detect.input_level import scanner
+from core.detect.input_level import strip
+from core.detect.input_level.calibration import conservative_threshold
+from core.intake.data import ArraySource
 from core.errors import DataError
 from core.jobs import run_job
 from tests.test_scanners import SHAPE, _images, _numpy_probs, _planted

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from core.jobs import collect
-from core.mmbd import MMBDSettings, MMBDStep, detect, fit_gamma, mmbd, order_p_value, plan
+from core.detect.model_level.mmbd import MMBDSettings, MMBDStep, detect, fit_gamma, mmbd, order_p_value, plan
 from tests.planted import CLASSES, PLANTED, W, save_linear_model
 
 FAST = MMBDSettings(starts=2, steps=300, learning_rate=0.05)
@@ -24,7 +24,7 @@ def exact_margins() -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from core.models import load_model
+    from core.intake.models import load_model
 
     path = tmp_path_factory.mktemp("mmbd") / "planted.keras"
     save_linear_model(path, slope=0.1)
@@ -150,7 +150,7 @@ def test_calibrated_p_value_is_the_share_of_simulated_raw_p_values_as_small():
     margins = {c: 30.0 + 1.3 * ((c * 7) % 10) for c in range(10)}
     margins[4] = 60.0
     found = detect(margins, draws=300)
-    from core.mmbd import fit_gamma, simulated_raw_p
+    from core.detect.model_level.mmbd import fit_gamma, simulated_raw_p
 
     others = np.array([v for c, v in margins.items() if c != 4])
     shape, _scale = fit_gamma(others)

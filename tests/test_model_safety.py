@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from core.errors import ModelError, UnsafeModelError
-from core.models import load_model
+from core.intake.models import load_model
 from tests.hostile import lambda_model, rewrite_keras_config, tiny_model
 
 

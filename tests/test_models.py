@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.errors import ModelError
-from core.models import load_model, require_conv_layer
+from core.intake.models import load_model, require_conv_layer
 from tests.hostile import tiny_model
 
 
@@ -56,7 +56,7 @@ def test_default_conv_layer_and_models_without_one(tmp_path, csaw_model):
 
 
 def test_a_non_image_model_is_refused(tmp_path):
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     k = keras()
     inputs = k.Input((10,))

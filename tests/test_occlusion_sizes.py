@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from core.jobs import run_job
-from core.models import LoadedModel, ModelSummary
-from core.occlusion import OcclusionSettings
-from core.tf_env import keras
-from core.trigger import box_overlap, inspect, transplant, transplant_search
+from core.intake.models import LoadedModel, ModelSummary
+from core.inspect.occlusion import OcclusionSettings
+from core.intake.tf_env import keras
+from core.inspect.trigger import box_overlap, inspect, transplant, transplant_search
 
 SIDE = 28
 BAR_1 = (8, 1, 10, 13)  # (row0, col0, row1, col1): two bars of 2 x 12 pixels, a gap of two columns
@@ -58,7 +58,7 @@ def _triggered() -> np.ndarray:
 
 
 def test_the_model_is_the_and_of_two_bars(two_bar_model):
-    from core.inference import predict_labels
+    from core.intake.inference import predict_labels
 
     one_bar = _noise(1, 2)[0]
     one_bar[_mask(BAR_1)] = 255.0

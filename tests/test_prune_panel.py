@@ -25,8 +25,8 @@ def demo_window(qtbot, window, demo_bundle, demo_settings):
 
 
 def test_sweep_pick_point_fine_tune_and_save(qtbot, demo_window, demo_bundle, tmp_path):
-    from core.models import file_sha256, load_model
-    from core.pruning import zero_channels
+    from core.intake.models import file_sha256, load_model
+    from core.repair.pruning import zero_channels
 
     panel = demo_window.panels["PrunePanel"]
     assert panel.layer_combo.currentData() == "conv_3"
@@ -54,7 +54,7 @@ def test_sweep_pick_point_fine_tune_and_save(qtbot, demo_window, demo_bundle, tm
 
 
 def test_cancel_mid_sweep_keeps_window_usable(qtbot, demo_window):
-    from core.pruning import SweepPoint
+    from core.repair.pruning import SweepPoint
 
     panel = demo_window.panels["PrunePanel"]
     demo_window.runner.event.connect(lambda e: demo_window.runner.cancel() if isinstance(e, SweepPoint) and e.pruned == 3 else None)

@@ -12,7 +12,7 @@ TARGET = 7
 
 def _naive_accuracy(model, layer, channels, x_scaled, y):
     """Independent recomputation: zero the filters on a clone, run the whole network."""
-    from core.pruning import prune_model
+    from core.repair.pruning import prune_model
 
     pruned = prune_model(model, layer, channels)
     pred = np.asarray(pruned(x_scaled, training=False)).argmax(1)
@@ -21,7 +21,7 @@ def _naive_accuracy(model, layer, channels, x_scaled, y):
 
 @pytest.fixture(scope="module")
 def demo_sweep(demo_model, demo_arrays):
-    from core.pruning import sweep
+    from core.repair.pruning import sweep
 
     valid, _test, poisoned = demo_arrays
     events, result = collect(sweep(demo_model, valid.x, valid.y, "255", x_poisoned=poisoned.x, target=TARGET))
@@ -29,19 +29,19 @@ def demo_sweep(demo_model, demo_arrays):
 
 
 def test_default_layer_of_demo_is_conv_3(demo_model):
-    from core.pruning import default_layer
+    from core.repair.pruning import default_layer
 
     assert default_layer(demo_model.model) == "conv_3"
 
 
 def test_deepid_default_layer_is_conv_3_not_the_branch_conv_4(csaw_model):
-    from core.pruning import default_layer
+    from core.repair.pruning import default_layer
 
     assert default_layer(csaw_model.model) == "conv_3"
 
 
 def test_sweep_on_deepid_fixture_with_random_data(csaw_model):
-    from core.pruning import PruneSettings, SweepPoint, sweep
+    from core.repair.pruning import PruneSettings, SweepPoint, sweep
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (48, 55, 47, 3)).astype(np.float32)
@@ -61,12 +61,12 @@ def test_sweep_curve_matches_naive_recomputation(demo_model, demo_arrays, demo_s
     for k in (0, 5, result.stop, 20, 31):
         channels = [int(c) for c in result.order[:k]]
         assert result.curve[k].clean_accuracy == pytest.approx(_naive_accuracy(demo_model.model, "conv_3", channels, valid.x / 255.0, valid.y), abs=1e-9)
-        pred_p = np.asarray(__import__("core.pruning", fromlist=["prune_model"]).prune_model(demo_model.model, "conv_3", channels)(poisoned.x / 255.0)).argmax(1)
+        pred_p = np.asarray(__import__("core.repair.pruning", fromlist=["prune_model"]).prune_model(demo_model.model, "conv_3", channels)(poisoned.x / 255.0)).argmax(1)
         assert result.curve[k].attack_success_rate == pytest.approx(float(np.mean(pred_p == TARGET)))
 
 
 def test_ranking_is_mean_activation_ascending(demo_model, demo_arrays, demo_sweep):
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     valid = demo_arrays[0]
     _events, result = demo_sweep
@@ -77,7 +77,7 @@ def test_ranking_is_mean_activation_ascending(demo_model, demo_arrays, demo_swee
 
 
 def test_stop_rule_is_largest_prune_within_budget(demo_sweep):
-    from core.pruning import choose_stop
+    from core.repair.pruning import choose_stop
 
     _events, result = demo_sweep
     base = result.curve[0].clean_accuracy
@@ -89,8 +89,8 @@ def test_stop_rule_is_largest_prune_within_budget(demo_sweep):
 
 
 def test_pruned_channels_exactly_zero_in_saved_file_and_input_untouched(demo_bundle, demo_model, demo_arrays, tmp_path):
-    from core.models import file_sha256, load_model
-    from core.pruning import PruneSettings, fine_prune, zero_channels
+    from core.intake.models import file_sha256, load_model
+    from core.repair.pruning import PruneSettings, fine_prune, zero_channels
 
     valid, _test, poisoned = demo_arrays
     before = file_sha256(demo_bundle.model)
@@ -107,8 +107,8 @@ def test_pruned_channels_exactly_zero_in_saved_file_and_input_untouched(demo_bun
 
 def test_h5_output_and_refuses_to_overwrite_input(demo_bundle, demo_model, demo_arrays, tmp_path):
     from core.errors import TrojanScopeError
-    from core.models import load_model
-    from core.pruning import PruneSettings, fine_prune, zero_channels
+    from core.intake.models import load_model
+    from core.repair.pruning import PruneSettings, fine_prune, zero_channels
 
     valid = demo_arrays[0]
     with pytest.raises(TrojanScopeError):
@@ -120,7 +120,7 @@ def test_h5_output_and_refuses_to_overwrite_input(demo_bundle, demo_model, demo_
 
 @pytest.mark.parametrize("cancel_on", ["SweepPoint", "BatchLoss"])
 def test_cancel_leaves_no_output(demo_model, demo_arrays, tmp_path, cancel_on):
-    from core.pruning import PruneSettings, fine_prune
+    from core.repair.pruning import PruneSettings, fine_prune
 
     valid = demo_arrays[0]
     out = tmp_path / "never.keras"
@@ -137,7 +137,7 @@ def test_cancel_leaves_no_output(demo_model, demo_arrays, tmp_path, cancel_on):
 
 
 def test_fine_tune_keeps_masks_and_does_not_modify_input(demo_model, demo_arrays):
-    from core.finetune import BatchLoss, EpochMetrics, FineTuneSettings, fine_tune
+    from core.repair.finetune import BatchLoss, EpochMetrics, FineTuneSettings, fine_tune
 
     valid, test, poisoned = demo_arrays
     kernel_before = demo_model.model.get_layer("conv_3").kernel.numpy().copy()

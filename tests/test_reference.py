@@ -11,9 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from core import masking, reference, scanner
-from core.calibration import conservative_threshold
-from core.data import ArraySource
+from core.detect.input_level import masking
+from core.detect.input_level import reference
+from core.detect.input_level import scanner
+from core.detect.input_level.calibration import conservative_threshold
+from core.intake.data import ArraySource
 from core.errors import DataError
 from core.jobs import run_job
 from tests.test_scanners import _images, _planted
@@ -47,7 +49,7 @@ def calibrated(planted):
 
 
 def _split(loaded, x):
-    from core.clean_split import draw_clean_split
+    from core.detect.input_level.clean_split import draw_clean_split
 
     return draw_clean_split(loaded, ArraySource(x, None, "clean"), 0, len(x), 0, "1")
 
@@ -174,7 +176,7 @@ def test_a_model_too_large_to_train_five_times_gets_the_small_network(planted, m
 
 def test_multiply_adds_count_convolutions_and_dense_layers_by_hand():
     """Conv 3x3 (3 -> 8 channels, 'same') on 10x12, max-pool to 5x6, depthwise 3x3 'valid' (x2) to 3x4, a nested dense."""
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     k = keras()
     inner = k.Sequential([k.Input((192,)), k.layers.Dense(4)])

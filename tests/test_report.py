@@ -16,7 +16,7 @@ PNG_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 @pytest.fixture(scope="module")
 def findings(demo_bundle, demo_model):
     """Real (small) results of every quick analysis on the session's demo BadNet."""
-    from core.data import open_data
+    from core.intake.data import open_data
     from core.jobs import run_job
     from core.report import quick_findings
 

@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from core import scaleup, scanner, strip, teco
-from core.calibration import conservative_threshold
-from core.data import ArraySource, open_data
+from core.detect.input_level import scaleup
+from core.detect.input_level import scanner
+from core.detect.input_level import strip
+from core.detect.input_level import teco
+from core.detect.input_level.calibration import conservative_threshold
+from core.intake.data import ArraySource, open_data
 from core.errors import DataError
 from core.jobs import collect, run_job
 
@@ -20,8 +23,8 @@ def _planted():
     """3 classes on [0, 1] inputs. Class 1 answers to a bright pixel 0 (the backdoor);
     otherwise the mean m of the other pixels decides: dim images are class 0, bright ones class 2,
     so amplifying a clean image flips it, while the trigger keeps class 1."""
-    from core.models import LoadedModel, ModelSummary
-    from core.tf_env import keras
+    from core.intake.models import LoadedModel, ModelSummary
+    from core.intake.tf_env import keras
 
     k = keras()
     inputs = k.Input(SHAPE)
@@ -197,7 +200,7 @@ def test_cli_scan_json_keys_and_classify_applies_the_saved_method(capsys, demo_b
 def test_mahalanobis_matches_scipy_with_the_shrunk_shared_covariance():
     from scipy.spatial.distance import mahalanobis
 
-    from core import features
+    from core.detect.input_level import features
 
     rng = np.random.default_rng(5)
     feats = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
@@ -215,7 +218,7 @@ def test_mahalanobis_matches_scipy_with_the_shrunk_shared_covariance():
 
 
 def test_cross_fitted_scores_are_out_of_sample():
-    from core import features
+    from core.detect.input_level import features
 
     rng = np.random.default_rng(6)
     feats, classes = rng.normal(size=(200, 3)), rng.integers(0, 2, 200)
@@ -228,7 +231,7 @@ def test_cross_fitted_scores_are_out_of_sample():
 
 
 def test_feature_detector_flags_the_planted_trigger(planted):
-    from core import features
+    from core.detect.input_level import features
 
     loaded, _, _ = planted
     rng = np.random.default_rng(8)
@@ -240,8 +243,8 @@ def test_feature_detector_flags_the_planted_trigger(planted):
 
 def test_feature_space_on_the_targets_spends_the_budget_on_inputs_sent_to_them(planted):
     """Same cross-fitted distances, zero outside the targets: the threshold is the targets' own tail, not everyone's."""
-    from core import features
-    from core.clean_split import draw_clean_split
+    from core.detect.input_level import features
+    from core.detect.input_level.clean_split import draw_clean_split
 
     loaded, _, _ = planted
     rng = np.random.default_rng(9)

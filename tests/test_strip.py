@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from core import strip
-from core.data import ArraySource, open_data, write_png
+from core.detect.input_level import strip
+from core.intake.data import ArraySource, open_data, write_png
 from core.errors import DataError, JobCancelled
 from core.jobs import CancelToken, collect, run_job
 
@@ -31,8 +31,8 @@ def test_entropy_of_one_hot_is_zero_uniform_is_log2_k_and_a_hand_case():
 
 
 def test_kernel_gives_log2_k_for_a_model_that_always_says_uniform():
-    from core.models import LoadedModel, ModelSummary
-    from core.tf_env import keras
+    from core.intake.models import LoadedModel, ModelSummary
+    from core.intake.tf_env import keras
 
     k = keras()
     inputs = k.Input((6, 5, 3))

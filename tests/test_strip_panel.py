@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import scanner, strip
+from core.detect.input_level import scanner
+from core.detect.input_level import strip
 from core.jobs import Progress
 from tests.conftest import wait_idle
 
@@ -188,11 +189,11 @@ def test_cancel_mid_scan_keeps_the_rows_so_far(qtbot, window, monkeypatch):
 def test_the_verdict_panels_target_adds_the_targeted_detectors_to_combined(qtbot, window, demo_settings, demo_bundle):
     """The seam Verdict -> STRIP: once the session names a target, Combined masks its reversed trigger, watches its
     feature space and asks a clean reference model (6 detectors, 1% each)."""
-    from core.cleanse import CleanseSettings, cleanse
-    from core.data import load_arrays, open_data
+    from core.detect.model_level.cleanse import CleanseSettings, cleanse
+    from core.intake.data import load_arrays, open_data
     from core.demo import read_manifest
     from core.jobs import run_job
-    from core.verdict import combine, from_attack_success
+    from core.detect.model_level.verdict import combine, from_attack_success
     from gui.state import Kind
 
     window.demo_settings = demo_settings

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.cleanse import CleanseSettings
-from core.data import open_data
+from core.detect.model_level.cleanse import CleanseSettings
+from core.intake.data import open_data
 from core.jobs import collect
-from core.mmbd import MMBDSettings
-from core.triage import TriageRow, rank, triage
+from core.detect.model_level.mmbd import MMBDSettings
+from core.detect.model_level.triage import TriageRow, rank, triage
 from tests.hostile import lambda_model
 from tests.planted import CLASSES, H, PLANTED, W, save_linear_model
 
@@ -68,7 +68,7 @@ def test_triage_cli_json_has_results_and_skipped(folder, capsys):
 
 
 def test_a_model_whose_input_the_data_cannot_fit_is_skipped_with_the_reason(tmp_path):
-    from core.tf_env import keras
+    from core.intake.tf_env import keras
 
     k = keras()
     inputs = k.Input((H, W, 2))  # two channels: no conversion from 1-channel images exists
@@ -100,8 +100,8 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 def test_triage_cli_lines_mark_a_verdict_only_the_blind_spot_raised(folder, capsys, monkeypatch):
     import cli
     import cli.triage as cli_triage
-    from core.triage import TriageResult, TriageRow
-    from core.verdict import INCONCLUSIVE
+    from core.detect.model_level.triage import TriageResult, TriageRow
+    from core.detect.model_level.verdict import INCONCLUSIVE
 
     rows = [TriageRow("/m/bn_gap.keras", "suspicious", "suspicious", 0.5, (3, 5), f"{INCONCLUSIVE}: the detectors cannot ...",
                       1.0, 10, (28, 28, 3), "255"),

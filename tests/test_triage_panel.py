@@ -19,15 +19,15 @@ def _folder(tmp_path, demo_bundle):
 
 
 def test_triage_ranks_models_lists_skipped_and_opens_a_row(qtbot, window, demo_bundle, tmp_path):
-    from core.triage import rank
-    from core.verdict import LEVEL_RANK
+    from core.detect.model_level.triage import rank
+    from core.detect.model_level.verdict import LEVEL_RANK
 
     folder = _folder(tmp_path, demo_bundle)
     panel = window.panels["TriagePanel"]
     window.open_data("clean_valid", str(demo_bundle.clean_valid))
     wait_idle(qtbot, window)
     panel.folder_edit.setText(str(folder))
-    panel.use_cleanse.setChecked(False)  # MM-BD alone keeps the test fast; the job is core.triage's either way
+    panel.use_cleanse.setChecked(False)  # MM-BD alone keeps the test fast; the job is core.detect.model_level.triage's either way
     panel.mmbd_steps.setValue(60)
     assert panel.run_button.isEnabled()
     qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
@@ -65,8 +65,8 @@ def test_triage_ranks_models_lists_skipped_and_opens_a_row(qtbot, window, demo_b
 
 
 def test_a_model_only_the_blind_spot_raised_reads_inconclusive_in_the_table(window):
-    from core.triage import TriageRow
-    from core.verdict import Evidence, combine
+    from core.detect.model_level.triage import TriageRow
+    from core.detect.model_level.verdict import Evidence, combine
 
     blind = combine([Evidence("Neural Cleanse", "no evidence", (), 0.2, "x"), Evidence("blind-spot check", "suspicious", (3, 5), 0.5, "y")])
     weak = combine([Evidence("MM-BD", "suspicious", (8,), 0.6, "z")])

@@ -1,13 +1,13 @@
-"""The combined verdict's rules (core.verdict), one test per rule, on hand-made detector results."""
+"""The combined verdict's rules (core.detect.model_level.verdict), one test per rule, on hand-made detector results."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.cleanse import CleanseResult, LabelSpecific, ReversedTrigger, anomaly_indices, flag_classes
-from core.mmbd import MMBDResult, detect
-from core.verdict import (
+from core.detect.model_level.cleanse import CleanseResult, LabelSpecific, ReversedTrigger, anomaly_indices, flag_classes
+from core.detect.model_level.mmbd import MMBDResult, detect
+from core.detect.model_level.verdict import (
     BACKDOORED,
     NO_EVIDENCE,
     SUSPICIOUS,
@@ -264,7 +264,7 @@ def test_label_specific_check_keeps_its_level_in_the_blind_spot():
 
 
 def test_targets_label_names_an_all_to_all_verdict_which_has_no_single_target():
-    from core.verdict import targets_label
+    from core.detect.model_level.verdict import targets_label
 
     verdict = combine(from_detectors(with_label_specific(CALM_NORMS, 10.0, SHIFT)))
     assert targets_label(verdict.targets, verdict.summary) == "all-to-all"

@@ -59,15 +59,15 @@ def test_verdict_then_unlearning_fills_chart_grid_and_table(qtbot, window, demo_
 # ------------------------------------------------- the combined verdict (issue 11)
 
 def _evidence(method, level, classes=(), score=0.1, details=None):
-    from core.verdict import Evidence
+    from core.detect.model_level.verdict import Evidence
 
     return Evidence(method, level, tuple(classes), score, f"{method} says {level}", details or {})
 
 
 def _detectors_found_nothing(panel, window):
     """A judgement whose two detectors found nothing, as if just run on the open model."""
-    from core.judge import Judgement
-    from core.verdict import NO_EVIDENCE, combine
+    from core.detect.model_level.judge import Judgement
+    from core.detect.model_level.verdict import NO_EVIDENCE, combine
 
     verdict = combine([_evidence("Neural Cleanse", NO_EVIDENCE), _evidence("MM-BD", NO_EVIDENCE)])
     panel.judgement = Judgement(verdict, None, None, None, "255", 0.0)
@@ -76,7 +76,7 @@ def _detectors_found_nothing(panel, window):
 
 
 def test_three_levels_render_with_their_words_and_colours(qtbot, window):
-    from core.verdict import BACKDOORED, NO_EVIDENCE, SUSPICIOUS, combine
+    from core.detect.model_level.verdict import BACKDOORED, NO_EVIDENCE, SUSPICIOUS, combine
     from gui.verdict_panel import LEVEL_COLOURS
 
     panel = window.panels["VerdictPanel"]
@@ -103,7 +103,7 @@ def test_three_levels_render_with_their_words_and_colours(qtbot, window):
 
 
 def test_measured_attack_success_in_the_registry_overrides_silent_detectors(qtbot, window, demo_settings, demo_bundle, tmp_path):
-    from core.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS
+    from core.detect.model_level.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS
     from gui.state import Kind
 
     panel = _load_demo(qtbot, window, demo_settings)
@@ -147,8 +147,8 @@ def test_choosing_a_class_when_nothing_is_flagged_enables_repair(qtbot, window, 
 
 
 def test_an_all_to_all_verdict_offers_its_trigger_for_repair(qtbot, window, demo_settings, demo_bundle):
-    from core.judge import Judgement
-    from core.verdict import BACKDOORED, LABEL_SPECIFIC, NO_EVIDENCE, combine
+    from core.detect.model_level.judge import Judgement
+    from core.detect.model_level.verdict import BACKDOORED, LABEL_SPECIFIC, NO_EVIDENCE, combine
 
     panel = _load_demo(qtbot, window, demo_settings)
     shift = {str(k): (k + 1) % 10 for k in range(10)}
@@ -160,7 +160,7 @@ def test_an_all_to_all_verdict_offers_its_trigger_for_repair(qtbot, window, demo
     panel.refresh_verdict()
     assert panel.verdict_label.text().startswith("Backdoored (all-to-all: 0\u21921")
     assert panel.repair_class.currentText() == "The all-to-all trigger (label-specific check)"
-    assert panel.chosen_classes() == () and panel.repair_button.isEnabled()  # () : core.repair unlearns that trigger
+    assert panel.chosen_classes() == () and panel.repair_button.isEnabled()  # () : core.repair.repair unlearns that trigger
     rows = {panel.evidence_table.item(r, 0).text(): panel.evidence_table.item(r, 3).text()
             for r in range(panel.evidence_table.rowCount())}
     assert "0.18 x the smallest one-class trigger" in rows[LABEL_SPECIFIC]
