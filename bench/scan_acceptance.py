@@ -83,7 +83,7 @@ def verdict_triggers(case: dict) -> masking.Triggers | None:
     folder = case.get("folder") or Path(case["model"]).parent
     record, saved = folder / "triggers.json", folder / "triggers.npz"
     if not record.is_file():
-        from core.evaluate import choose_scale
+        from core.intake.fit import choose_scale
         from core.detect.model_level.judge import judge
 
         loaded = load_model(case["model"])

@@ -45,7 +45,7 @@ def run_detectors(entry: ZooEntry) -> dict[str, Any]:
     """Neural Cleanse and MM-BD on one model with default settings and clean_valid only."""
     from core.detect.model_level.cleanse import CleanseSettings, cleanse
     from core.intake.data import load_arrays, open_data
-    from core.evaluate import choose_scale
+    from core.intake.fit import choose_scale
     from core.jobs import run_job
     from core.detect.model_level.mmbd import mmbd
     from core.intake.models import load_model

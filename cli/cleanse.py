@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_optional, say, say_conversions)
 from core.detect.model_level.cleanse import CleanseResult, CleanseSettings
 from core.intake.data import load_arrays
 from core.errors import DataError
@@ -57,12 +58,14 @@ def run(args: argparse.Namespace) -> dict:
     clean = open_optional(args.clean)
     poisoned = open_optional(args.poisoned)
     loaded = open_model(args)
+    fits = fit_to_model(args, loaded, clean=clean, poisoned=poisoned)
+    say_conversions(args, fits)
     settings = CleanseSettings(candidates=args.classes, max_rounds=args.rounds, max_images=args.max_images, seed=args.seed)
     arrays = load_arrays(clean, loaded.input_shape, limit=args.max_images)
     source = clean if args.scale == "auto" else None
     scale = args.scale
     if source is not None:
-        from core.evaluate import choose_scale
+        from core.intake.fit import choose_scale
 
         scale, note = choose_scale(loaded, clean, "auto")
         say(args, note)
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     skipped = list(arrays.skipped) + ([] if judgement.evaluation is None else list(judgement.evaluation.skipped))
     out["skipped"] = [s.as_dict() for s in skipped]
     out["model"] = loaded.summary.path
+    out["conversions"] = conversions(fits)
     out["triggers_file"] = _save_triggers(args, result, verdict.targets, loaded.summary.sha256) if args.save_triggers else None
     say(args, f"{verdict.summary}.")
     say(args, verdict.reason)

@@ -7,7 +7,8 @@ import sys
 import time
 from typing import Any, Optional
 
-from core.intake.data import DataSource, open_data
+from core.intake.data import Conversion, DataSource, open_data
+from core.intake.fit import DataFit, check_fit
 from core.intake.atomic import refuse_overwriting
 from core.errors import DataError, TrojanScopeError
 from core.jobs import Job, Progress, run_job
@@ -25,6 +26,8 @@ SETTING_FLAGS = {
     "profile": ("--profile",),
     "scale": ("--scale",),
     "triggers": ("--triggers",),
+    "resize": ("--resize",),
+    "channels": ("--channels",),
 }
 
 
@@ -47,6 +50,42 @@ def add_scale_argument(parser: argparse.ArgumentParser) -> None:
         "--scale", choices=["auto", "255", "1"], default="auto",
         help="divide pixels by 255 or not; auto tries both on labelled clean data (default)",
     )
+    add_conversion_arguments(parser)
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """--resize and --channels: data sets (HDF5, .npz) whose images are not the model's shape are refused without them."""
+    parser.add_argument("--resize", action="store_true",
+                        help="resize HDF5/.npz images whose height and width differ from the model's (refused otherwise)")
+    parser.add_argument("--channels", action="store_true",
+                        help="convert HDF5/.npz images whose channel count differs from the model's: grey <-> colour "
+                             "(refused otherwise)")
+
+
+ROLE_WORDS = {"clean": "clean data", "poisoned": "suspected-poisoned data", "scan": "data to scan", "image": "image"}
+
+
+def fit_to_model(args: argparse.Namespace, loaded: LoadedModel, **sources: Optional[DataSource]) -> dict[str, DataFit]:
+    """Check each opened data set against the model, allowing only the conversions the flags ask for (issue 23).
+
+    Keys are the roles (``clean=...``, ``poisoned=...``, ``scan=...``); a None source is left out.
+    """
+    conversion = Conversion(resize=bool(getattr(args, "resize", False)), channels=bool(getattr(args, "channels", False)))
+    fits = {}
+    for role, source in sources.items():
+        if source is not None:
+            fits[role] = check_fit(loaded, source.allow(conversion), ROLE_WORDS.get(role, role))
+    return fits
+
+
+def conversions(fits: dict[str, DataFit]) -> list[str]:
+    """What was converted, one line per data set and conversion ("clean data: channels 1 -> 3 (grey repeated)")."""
+    return [f"{fit.role}: {what}" for fit in fits.values() for what in fit.conversions]
+
+
+def say_conversions(args: argparse.Namespace, fits: dict[str, DataFit]) -> None:
+    for line in conversions(fits):
+        say(args, f"converted {line}")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_optional, say, say_conversions)
 from core.evaluate import evaluate
 from core.intake.models import LoadedModel
 
@@ -25,10 +26,13 @@ def run(args: argparse.Namespace) -> dict:
     clean = open_optional(args.clean)
     poisoned = open_optional(args.poisoned)
     loaded: LoadedModel = open_model(args)
+    fits = fit_to_model(args, loaded, clean=clean, poisoned=poisoned)
     result = drive(evaluate(loaded, clean, poisoned, args.target, args.scale), args)
     out = result.as_dict()
     out["model"] = loaded.summary.as_dict()
+    out["conversions"] = conversions(fits)
     say(args, loaded.summary.describe())
+    say_conversions(args, fits)
     say(args, result.scale_note)
     if result.clean_accuracy is not None:
         say(args, f"clean accuracy: {result.clean_accuracy:.4f} on {result.n_clean} images")

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, say, skipped_list
+from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model, say, skipped_list
 from core.errors import DataError
 
 NAME = "inspect"
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from core.intake.atomic import refuse_overwriting
     from core.intake.data import load_arrays, open_data
-    from core.evaluate import choose_scale
+    from core.intake.fit import choose_scale
     from core.inspect.occlusion import OcclusionSettings, clean_mean
     from core.inspect.overlay import inspection_figure, write_png_atomic
     from core.inspect.trigger import inspect, transplant_search
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     source = open_data(args.image)
     clean = open_data(args.clean) if args.clean else None
     loaded = open_model(args)
+    fits = fit_to_model(args, loaded, image=source, clean=clean)
     image, label, where, skipped = _one_image(source, loaded.input_shape, args.index)
     scale, note = choose_scale(loaded, clean, args.scale)
     clean_arrays = load_arrays(clean, loaded.input_shape, CLEAN_LIMIT) if clean is not None else None
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
         inspect(loaded, image, scale, args.method, None, args.layer, args.class_index, settings, args.threshold), args
     )
     out: dict[str, Any] = result.as_dict()
-    out.update({"image": where, "label": label, "saved": None})
+    out.update({"image": where, "label": label, "saved": None, "conversions": conversions(fits)})
     say(args, f"{where}: predicted class {result.predicted} ({result.confidence:.2%}); {note}")
     primary = result.primary
     say(args, f"{args.method} ({primary.detail}): peak {primary.peak}, salient box {primary.box} [row0, col0, row1, col1)")

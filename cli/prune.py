@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_optional, say, say_conversions)
 from core.intake.data import load_arrays
 from core.errors import DataError
-from core.evaluate import choose_scale
+from core.intake.fit import choose_scale
 from core.repair.pruning import (
     DEFAULT_AUGMENT,
     DEFAULT_BATCH_SIZE,
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> dict:
     clean = open_optional(args.clean)
     poisoned = open_optional(args.poisoned)
     loaded = open_model(args)
+    fits = fit_to_model(args, loaded, clean=clean, poisoned=poisoned)
+    say_conversions(args, fits)
     if not clean.labelled:
         raise DataError(f"{clean.path}: clean data must be labelled to rank channels and fine-tune")
     scale, note = choose_scale(loaded, clean, args.scale)
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     out = result.as_dict()
     skipped = list(arrays.skipped) + (list(pois.skipped) if pois is not None else [])
     out["skipped"] = [s.as_dict() for s in skipped]
+    out["conversions"] = conversions(fits)
     say(args, f"pruned {len(result.pruned_channels)}/{result.channels_total} channels of {result.layer} ({result.sweep.stop_rule})")
     for stage in ("before", "after_prune", "after_fine_tune"):
         m = getattr(result, stage)

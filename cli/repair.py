@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_optional, say, say_conversions)
 from core.detect.model_level.cleanse import CleanseSettings
 from core.intake.data import load_arrays
 from core.errors import DataError
-from core.evaluate import choose_scale
+from core.intake.fit import choose_scale
 from core.repair.repair import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> dict:
     clean = open_optional(args.clean)
     poisoned = open_optional(args.poisoned)
     loaded = open_model(args)
+    fits = fit_to_model(args, loaded, clean=clean, poisoned=poisoned)
+    say_conversions(args, fits)
     if not clean.labelled:
         raise DataError(f"{clean.path}: clean data must be labelled (unlearning keeps each image's true label)")
     scale, note = choose_scale(loaded, clean, args.scale)
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     ), args)
     out = result.as_dict()
     out["skipped"] = [s.as_dict() for s in list(arrays.skipped) + (list(pois.skipped) if pois is not None else [])]
+    out["conversions"] = conversions(fits)
     if result.cleanse is not None:
         say(args, result.cleanse.describe())
     for stage in result.stages:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_optional, say
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_optional, say, say_conversions)
 from core.errors import DataError, TrojanScopeError
 from core.report import QUICK_FINE_TUNE_EPOCHS, QUICK_OVERLAYS, TOP_INSPECTED, json_path_for, quick_findings, write_report
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> dict:
     poisoned = open_optional(args.poisoned)
     scan_source = open_optional(args.scan)
     loaded = open_model(args)
+    fits = fit_to_model(args, loaded, clean=clean, poisoned=poisoned, scan=scan_source)
+    say_conversions(args, fits)
     if not clean.labelled:
         raise DataError(f"{clean.path}: clean data must be labelled to evaluate and calibrate")
     cleanse_settings = None
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     findings = drive(quick_findings(loaded, clean, poisoned, scan_source, args.target, args.scale, args.fine_tune_epochs,
                                     args.overlays, args.top, args.seed, cleanse_settings), args)
     findings.inputs = inputs
+    findings.conversions = conversions(fits)
     html_path, json_path = write_report(findings, out)
     say(args, f"wrote {html_path} and {json_path}")
     record = {"report": str(html_path), "json": str(json_path)}
@@ -68,5 +72,6 @@ def run(args: argparse.Namespace) -> dict:
                    "flagged": findings.scan.flagged if findings.scan is not None else None,
                    "scanned": len(findings.scan.rows) if findings.scan is not None else None,
                    "inspected": len(findings.inspections),
-                   "verdict": findings.cleanse.verdict if findings.cleanse is not None else None})
+                   "verdict": findings.cleanse.verdict if findings.cleanse is not None else None,
+                   "conversions": findings.conversions})
     return record

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_scan_target, say, say_conversions, skipped_list)
 from core.detect.input_level import masking
 from core.detect.input_level import scaleup
 from core.detect.input_level import scanner
@@ -49,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     target = open_scan_target(args)
     loaded = open_model(args)
+    clean_source = open_data(args.clean) if args.clean and not args.profile else None
+    fits = fit_to_model(args, loaded, clean=clean_source, scan=target)
+    say_conversions(args, fits)
     if args.triggers and args.profile:
         raise DataError("--triggers is used when calibrating; a saved --profile already holds its masks (or none)")
     triggers = masking.load_triggers(args.triggers) if args.triggers else None
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
             strip=strip.StripSettings(n_overlays=args.overlays, seed=args.seed, max_clean=args.max_clean),
             scaleup=scaleup.ScaleUpSettings(factors=tuple(args.factors), seed=args.seed, max_clean=args.max_clean),
         )
-        profile = drive(scanner.calibrate(loaded, open_data(args.clean), settings, args.scale), args)
+        profile = drive(scanner.calibrate(loaded, clean_source, settings, args.scale), args)
     for warning in scanner.check_profile(loaded, profile):
         print(warning, file=sys.stderr)
     saved = str(scanner.save_profile(profile, args.save_profile)) if args.save_profile else None
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     out["skipped"] = skipped_list(result.skipped) + skipped_list(profile.skipped)
     out["calibration"] = {"n_clean": int(len(profile.first.scores)), "skipped": skipped_list(profile.skipped), "notes": list(profile.notes)}
     out["saved_profile"] = saved
+    out["conversions"] = conversions(fits)
     say(args, f"{scanner.LABELS[profile.method]}: thresholds {profile.thresholds()} for FRR {profile.frr:.2%}; {profile.frr_estimate().describe()}")
     if target is not None:
         say(args, f"scanned {len(result.rows)}, flagged {result.flagged} (guarded label {profile.num_classes})")

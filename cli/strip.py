@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, drive, open_model, open_scan_target, say, skipped_list
+from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
+                        open_scan_target, say, say_conversions, skipped_list)
 from core.detect.input_level import strip
 from core.intake.data import open_data
 
@@ -35,11 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     target = open_scan_target(args)
     loaded = open_model(args)
+    clean_source = open_data(args.clean) if args.clean and not args.profile else None
+    fits = fit_to_model(args, loaded, clean=clean_source, scan=target)
+    say_conversions(args, fits)
     calibration_skipped: list = []
     if args.profile:
         profile = strip.load_profile(args.profile)
     else:
-        clean = open_data(args.clean)
+        clean = clean_source
         settings = strip.StripSettings(args.overlays, args.frr, args.confidence, args.seed,
                                        strip.BlendWeights(args.input_weight, args.overlay_weight), args.max_clean, args.chunk)
         profile = drive(strip.calibrate(loaded, clean, settings, args.scale), args)
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> dict:
         "notes": list(profile.notes),
     }
     out["saved_profile"] = saved
+    out["conversions"] = conversions(fits)
     say(args, f"threshold {profile.threshold:.4f} bits for FRR {profile.frr:.2%}: {profile.frr_estimate().describe()}, "
               f"{profile.n_overlays} overlays, weights {profile.weights.input:g}/{profile.weights.overlay:g}, scale {profile.scale}")
     if target is not None:

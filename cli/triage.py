@@ -7,6 +7,7 @@ import argparse
 from cli.common import add_output_arguments, add_scale_argument, drive, open_optional, say
 from core.detect.model_level.cleanse import CleanseSettings
 from core.errors import DataError
+from core.intake.data import Conversion
 from core.detect.model_level.judge import METHODS
 from core.detect.model_level.mmbd import MMBDSettings
 from core.detect.model_level.triage import triage
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> dict:
         raise DataError(f"--max-images must be at least 2; received {args.max_images}")
     clean = open_optional(args.clean)
     job = triage(args.models, clean, args.scale, args.methods,
-                 CleanseSettings(max_images=args.max_images, seed=args.seed), MMBDSettings(seed=args.seed))
+                 CleanseSettings(max_images=args.max_images, seed=args.seed), MMBDSettings(seed=args.seed),
+                 conversion=Conversion(resize=args.resize, channels=args.channels))
     result = drive(job, args)
     for n, row in enumerate(result.rows, start=1):
         targets = targets_label(row.targets, row.summary)

@@ -14,12 +14,12 @@ from typing import Any, Optional
 import numpy as np
 
 from core.intake.data import DataSource, Skipped, check_labels
+from core.intake.fit import choose_scale
 from core.errors import DataError
 from core.intake.inference import predict_proba, scale_factor
 from core.jobs import Job, Progress
 from core.intake.models import LoadedModel
 
-AUTO_SCALE_SAMPLE = 512
 SAMPLE_IMAGES = 24
 
 
@@ -105,49 +105,6 @@ def predict_source(
         skipped=skipped,
         samples=np.concatenate(samples)[:SAMPLE_IMAGES],
     )
-
-
-def choose_scale(loaded: LoadedModel, clean: Optional[DataSource], requested: str = "auto") -> tuple[str, str]:
-    """Resolve ``auto`` by trying both scalings on labelled clean data.
-
-    Returns (scale, note). Models trained on [0, 1] inputs and on [0, 255]
-    inputs both circulate (the CSAW course shipped both), and a wrong guess
-    silently halves the accuracy, so we measure rather than assume.
-    """
-    if requested != "auto":
-        scale_factor(requested)
-        return requested, f"scale {requested} (as requested)"
-    if clean is None or not clean.labelled:
-        return "255", "scale 255 assumed (auto needs labelled clean data)"
-    x_parts, y_parts, have = [], [], 0
-    for batch in clean.batches(loaded.input_shape, 256):
-        if len(batch.x):
-            x_parts.append(batch.x)
-            y_parts.append(batch.y)
-            have += len(batch.x)
-        if have >= AUTO_SCALE_SAMPLE:
-            break
-    if not have:
-        return "255", "scale 255 assumed (no readable clean images)"
-    x = np.concatenate(x_parts)[:AUTO_SCALE_SAMPLE]
-    y = np.concatenate(y_parts)[:AUTO_SCALE_SAMPLE]
-    check_labels(y, loaded.num_classes, str(clean.path))
-    probs = {s: predict_proba(loaded, x * scale_factor(s)) for s in ("255", "1")}
-    acc = {s: float(np.mean(p.argmax(1) == y)) for s, p in probs.items()}
-    # A ReLU net without normalisation ranks classes almost identically on x and
-    # 255*x (its logits just grow), so accuracies can tie; the wrong scale then
-    # shows as absurd over-confidence, so near-ties go to the lower log-loss
-    # (fine-tuning at the wrong scale diverges at once).
-    nll = {s: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-12, 1.0)))) for s, p in probs.items()}
-    measured = f"accuracy on {len(y)} clean images: /255 {acc['255']:.3f}, raw {acc['1']:.3f}"
-    if abs(acc["1"] - acc["255"]) <= 0.02:
-        best = "1" if nll["1"] < nll["255"] else "255"
-        why = (f"; the accuracies are within 2 points, so the scale with the lower log-loss wins "
-               f"(/255 {nll['255']:.3f}, raw {nll['1']:.3f}): at the wrong scale a network is absurdly over-confident")
-    else:
-        best = "1" if acc["1"] > acc["255"] else "255"
-        why = ": the more accurate one"
-    return best, f"scale {best} chosen automatically ({measured}){why}"
 
 
 def evaluate(

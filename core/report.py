@@ -73,6 +73,7 @@ class Findings:
     verdict: Any = None  # core.detect.model_level.verdict.Verdict: every method's evidence combined (the Verdict panel's headline)
     inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
     notes: list[str] = field(default_factory=list)
+    conversions: list[str] = field(default_factory=list)  # data converted to fit the model, allowed by the analyst (issue 23)
     # A GUI session keeps every result, not just the last (issue 13):
     prunes: list[Any] = field(default_factory=list)  # every core.repair.pruning.PruneResult (Fine-Pruning), oldest first
     repairs: list[Any] = field(default_factory=list)  # every core.repair.repair.RepairResult (unlearn / fine-prune / both)
@@ -225,7 +226,8 @@ def render(findings: Findings) -> tuple[str, dict[str, Any]]:
     """(the HTML page, the JSON record) for ``findings``."""
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     record: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": generated,
-                              "inputs": dict(findings.inputs), "notes": list(findings.notes), "sections": {}}
+                              "inputs": dict(findings.inputs), "notes": list(findings.notes),
+                              "conversions": list(findings.conversions), "sections": {}}
     parts = []
     for section in SECTIONS:
         body, data = _SECTION_RENDERERS[section](findings)
@@ -295,7 +297,9 @@ def _summary(f: Findings) -> tuple[str, Optional[dict]]:
         rows.insert(2, ("Architecture from", s.arch_path))
     inputs = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in f.inputs.items())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in f.notes)
+    converted = "".join(f"<li>{html.escape(c)}</li>" for c in f.conversions)
     extra = (f"<h3>Inputs</h3><ul>{inputs}</ul>" if inputs else "") + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
+    extra += f"<h3>Data converted to fit the model (as the analyst allowed)</h3><ul>{converted}</ul>" if converted else ""
     return _table(rows) + extra, s.as_dict()
 
 

@@ -268,16 +268,27 @@ class MainWindow(QMainWindow):
     def open_data(self, role: str, path: str) -> None:
         from core.intake.data import open_data
 
+        loaded, conversion = self.state.loaded, self.state.conversion
+
         def job():
             yield Progress(None, f"Opening {path}")
-            return open_data(path)
+            source = open_data(path).allow(conversion)
+            if loaded is not None:  # data that does not fit the model is refused here, with both shapes named
+                from core.intake.fit import check_fit
+
+                yield Progress(None, f"Checking {Path(path).name} against the model")
+                check_fit(loaded, source, ROLES[role].lower())
+            return source
 
         def opened(source: Any) -> None:
             self.state.set_data(role, source)
             self._remember(role, path)
             self.status.setText(f"{ROLES[role]}: {source.describe()}")
 
-        self.start_job(f"Opening {Path(path).name}", job, opened)
+        def refused(exc: BaseException) -> None:
+            self.state.data_refused.emit(role, str(exc))
+
+        self.start_job(f"Opening {Path(path).name}", job, opened, on_error=refused)
 
     def load_demo(self, then: Optional[Callable[[], None]] = None) -> None:
         from core.demo import open_demo

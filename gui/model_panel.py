@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QGridLayout,
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.intake.data import Conversion
 from gui.images import to_pixmap
 from gui.state import ROLES, Kind
 
@@ -41,6 +44,8 @@ class ModelPanel(QWidget):
         layout.addWidget(self._samples_box(), 3)
         self.state.model_changed.connect(self._show_model)
         self.state.data_changed.connect(self._show_data)
+        self.state.data_refused.connect(self._show_refusal)
+        self.refusals: dict[str, str] = {}  # role -> why the last file chosen for it was refused
         self._refresh_buttons()
 
     # --------------------------------------------------------------- layout
@@ -82,6 +87,13 @@ class ModelPanel(QWidget):
             row.addWidget(button)
             self.data_labels[role] = text
             form.addRow(label, row)
+        self.convert_box = QCheckBox("Convert data to the model's size and channels")
+        self.convert_box.setToolTip(
+            "HDF5 and .npz images whose height, width or channel count differ from the model's input are refused "
+            "(they are probably not this model's data); tick to resize them and convert grey <-> colour instead. "
+            "What was converted is named beside each data set and in the report.")
+        self.convert_box.toggled.connect(lambda on: self.state.set_conversion(Conversion(resize=on, channels=on)))
+        form.addRow("", self.convert_box)
         self.scale_combo = QComboBox()
         self.scale_combo.addItems(["auto", "255", "1"])
         self.scale_combo.setToolTip("Divide pixels by 255 (255), keep them (1), or measure which the model expects (auto)")
@@ -143,25 +155,40 @@ class ModelPanel(QWidget):
         self._refresh_buttons()
 
     def _show_data(self, role: str) -> None:
+        self.refusals.pop(role, None)
         if role in self.data_labels:
             source = self.state.data.get(role)
-            self.data_labels[role].setText(source.describe() if source else "—")
             self.data_labels[role].setToolTip(str(source.path) if source else "")
         self._mark_carried_over()
         self._refresh_buttons()
 
+    def _show_refusal(self, role: str, why: str) -> None:
+        self.refusals[role] = why
+        self._mark_carried_over()
+
     def _mark_carried_over(self) -> None:
-        """Data opened with a previous model says so beside its name (never reused silently)."""
+        """Each slot: the data's name, and in red whatever makes it unusable with this model (never silently)."""
         carried = set(self.state.carried_over())
+        unfit = self.state.unfit()
         for role, label in self.data_labels.items():
             source = self.state.data.get(role)
-            text = source.describe() if source else "—"
+            text = html.escape(source.describe()) if source else "—"
+            if role in unfit:
+                text = f"{text}<br><span style='color:#b3261e'>does not fit the model: {html.escape(unfit[role])}</span>"
+            elif source is not None:
+                converted = source.conversions(self.state.loaded.input_shape) if self.state.loaded is not None else []
+                if converted:
+                    text += f" <span style='color:#8a5a00'>(converted: {html.escape('; '.join(converted))})</span>"
             if role in carried:
                 text = f"{text} <span style='color:#b3261e'>(opened with the previous model)</span>"
+            if role in self.refusals:
+                text = f"{text}<br><span style='color:#b3261e'>refused: {html.escape(self.refusals[role])}</span>"
             label.setText(text)
+            label.setWordWrap(True)
 
     def _refresh_buttons(self) -> None:
-        have_data = any(r in self.state.data for r in ("clean_test", "clean_valid", "poisoned"))
+        unfit = self.state.unfit()
+        have_data = any(r in self.state.data and r not in unfit for r in ("clean_test", "clean_valid", "poisoned"))
         self.evaluate_button.setEnabled(self.state.loaded is not None and have_data)
 
     # ------------------------------------------------------------- evaluate

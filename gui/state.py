@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 
 from PySide6.QtCore import QObject, Signal
 
-from core.intake.data import DataSource
+from core.intake.data import Conversion, DataSource
 from core.intake.models import LoadedModel
 
 ROLES = {
@@ -117,6 +117,7 @@ class AppState(QObject):
     model_changed = Signal()
     data_changed = Signal(str)  # the role that changed
     results_stale = Signal(str)  # a line saying what was cleared or marked stale, for the status bar
+    data_refused = Signal(str, str)  # role, why: a data set that could not be opened or does not fit the model
 
     def __init__(self) -> None:
         super().__init__()
@@ -126,6 +127,7 @@ class AppState(QObject):
         self.target: Optional[int] = None
         self.results = SessionResults()
         self.opened_with: dict[str, str] = {}  # role -> sha256 of the model open when the data was opened
+        self.conversion = Conversion()  # what the analyst allowed to convert in data that does not fit the model
 
     def set_model(self, loaded: LoadedModel) -> None:
         """A new model: nothing computed on the old one describes it, so every result goes.
@@ -167,6 +169,28 @@ class AppState(QObject):
                 self.results_stale.emit(f"{ROLES.get(role, role)} changed: {stale} result(s) measured on "
                                         f"{old.path.name} are marked stale")
         self.data_changed.emit(role)
+
+    def set_conversion(self, conversion: Conversion) -> None:
+        """Allow (or stop allowing) resizing and channel conversion of every open data set."""
+        self.conversion = conversion
+        for role, source in self.data.items():
+            source.allow(conversion)
+            self.data_changed.emit(role)
+
+    def unfit(self) -> dict[str, str]:
+        """Roles whose data does not fit the open model (shape or labels), with the reason: nothing runs on them."""
+        from core.errors import DataError
+        from core.intake.fit import check_fit
+
+        if self.loaded is None:
+            return {}
+        out = {}
+        for role, source in self.data.items():
+            try:
+                check_fit(self.loaded, source.allow(self.conversion), ROLES.get(role, role).lower(), read_pixels=False)
+            except DataError as exc:
+                out[role] = str(exc)
+        return out
 
     def clean_for_calibration(self) -> Optional[DataSource]:
         """Clean validation data if opened, else clean test data."""

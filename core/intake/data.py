@@ -51,6 +51,31 @@ class Skipped:
         return {"source": self.source, "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """Which changes to an array data set's image shape the analyst allowed: none by default.
+
+    Data whose images are not the model's shape is most often the wrong data (grey digits for a colour
+    model, 32x32 images for a 28x28 model); converting it silently gives accuracies that mean nothing.
+    So an HDF5 or .npz set must match the model's height, width and channels unless the analyst asks
+    for the conversion. Image files in a folder are decoded one by one and always converted to the
+    model's input (their size and colour are how each file happens to be encoded): the CLI contract.
+    """
+
+    resize: bool = False
+    channels: bool = False
+
+    def describe(self, stored: Sequence[int], model: Sequence[int]) -> list[str]:
+        """What converting ``stored`` (H, W, C) images to ``model`` (H, W, C) does, in words (empty: nothing)."""
+        (h, w, c), (mh, mw, mc) = stored, model
+        done = []
+        if (h, w) != (mh, mw):
+            done.append(f"resized {h}x{w} -> {mh}x{mw}")
+        if c != mc:
+            done.append(f"channels {c} -> {mc} ({'grey repeated' if c == 1 else 'colour to grey (BT.601)' if mc == 1 else 'alpha dropped'})")
+        return done
+
+
 @dataclass
 class Batch:
     """Images in the model's layout (float32, unscaled), with what is known of them."""
@@ -90,6 +115,14 @@ class DataSource:
 
     def close(self) -> None:
         """Release open files (HDF5 sources keep theirs open to stream batches)."""
+
+    def allow(self, conversion: Conversion) -> "DataSource":
+        """Allow these conversions of the stored images (arrays only: image files are always converted)."""
+        return self
+
+    def conversions(self, shape: Sequence[int]) -> list[str]:
+        """What reaching the model's ``shape`` takes, in words (image files: decoded and converted one by one)."""
+        return []
 
     def describe(self) -> str:
         labels = "labelled" if self.labelled else "unlabelled"
@@ -169,12 +202,50 @@ class ArraySource(DataSource):
 
     kind = "arrays"
 
-    def __init__(self, x: np.ndarray, y: Optional[np.ndarray], name: str = "arrays") -> None:
+    def __init__(self, x: np.ndarray, y: Optional[np.ndarray], name: str = "arrays", conversion: Conversion = Conversion()) -> None:
         super().__init__(Path(name), len(x), y is not None)
         self.x = x
         self.y = None if y is None else _check_label_vector(np.asarray(y), len(x), name)
+        self.conversion = conversion
+
+    def allow(self, conversion: Conversion) -> "DataSource":
+        self.conversion = conversion
+        return self
+
+    def stored_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """(H, W, C) of the stored images, read in the layout that best fits a model taking ``shape``."""
+        dims = [int(n) for n in self.x.shape[1:]]
+        layout = _layout(self.x.shape, shape, str(self.path))
+        if layout == "nhw":
+            return dims[0], dims[1], 1
+        if layout == "nchw":
+            return dims[1], dims[2], dims[0]
+        return dims[0], dims[1], dims[2]
+
+    def conversions(self, shape: Sequence[int]) -> list[str]:
+        """What reaching ``shape`` takes, in words; DataError when the analyst did not allow it."""
+        stored = self.stored_shape(shape)
+        model = tuple(int(n) for n in shape)
+        needed = Conversion(resize=True, channels=True).describe(stored, model)
+        size_differs = stored[:2] != model[:2]
+        channels_differ = stored[2] != model[2] and not (stored[2] == 4 and model[2] == 3)
+        refused = []
+        if size_differs and not self.conversion.resize:
+            refused.append("resize")
+        if channels_differ and not self.conversion.channels:
+            refused.append("channels")
+        if refused:
+            what = " and ".join({"resize": "resizing", "channels": "channel conversion"}[r] for r in refused)
+            raise DataError(
+                f"{self.path} holds {stored[0]}x{stored[1]}x{stored[2]} images (height x width x channels) but the model "
+                f"takes {model[0]}x{model[1]}x{model[2]}, so they are probably not this model's data; nothing was "
+                f"converted (allow {what} to use them anyway)",
+                fixed_by=tuple(refused),
+            )
+        return needed
 
     def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
+        self.conversions(shape)
         layout = _layout(self.x.shape, shape, str(self.path))
         step = bounded_batch(self.x.shape[1:], shape, batch_size)
         for start in range(0, self.count, step):
@@ -652,6 +723,7 @@ __all__ = [
     "Arrays",
     "ArraySource",
     "Batch",
+    "Conversion",
     "DataSource",
     "Skipped",
     "check_labels",

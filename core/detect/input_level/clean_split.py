@@ -44,7 +44,7 @@ def draw_clean_split(
     loaded: LoadedModel, clean: DataSource, n_overlays: int, max_clean: int, seed: int, scale: str = "auto"
 ) -> Job[CleanSplit]:
     """Read ``clean`` once: its first ``n_overlays`` readable images (in seeded order) and the next ``max_clean``."""
-    from core.evaluate import choose_scale
+    from core.intake.fit import choose_scale
 
     yield Progress(None, "Choosing the input scale")
     scale, scale_note = choose_scale(loaded, clean, scale)

@@ -48,7 +48,7 @@ import numpy as np
 
 from core.intake.data import Arrays, DataSource, check_labels, load_arrays
 from core.errors import DataError
-from core.evaluate import choose_scale
+from core.intake.fit import choose_scale
 from core.intake.inference import predict_labels, scale_factor
 from core.jobs import Job, Progress
 from core.intake.models import LoadedModel
@@ -284,12 +284,14 @@ def cleanse(
     scale: str = "auto",
     settings: CleanseSettings = CleanseSettings(),
     classes: Optional[list[int]] = None,
+    pixel_max: Optional[float] = None,
 ) -> Job[CleanseResult]:
     """Reverse-engineer triggers, compute anomaly indices and give a verdict.
 
     ``clean``: clean validation images (labels optional, used to choose the
     scale and to leave out images already of the class being attacked).
     ``classes``: optimise exactly these classes (skips screening).
+    ``pixel_max``: the stored pixel range (255 or 1) when intake decided it (core.intake.fit); else read off the images.
     """
     started = time.perf_counter()
     num_classes = loaded.num_classes
@@ -313,7 +315,8 @@ def cleanse(
             source = ArraySource(arrays.x, arrays.y, "clean data")
         scale, _note = choose_scale(loaded, source, "auto")
     factor = scale_factor(scale)
-    pixel_max = 255.0 if float(np.max(arrays.x)) > 1.5 else 1.0
+    if pixel_max is None:
+        pixel_max = 255.0 if float(np.max(arrays.x)) > 1.5 else 1.0
     rng = np.random.default_rng(settings.seed)
     opt = _Optimiser(loaded, arrays.x.shape[1:], factor, pixel_max, settings)
 

@@ -50,10 +50,12 @@ def judge(
     cleanse_settings: CleanseSettings = CleanseSettings(),
     mmbd_settings: MMBDSettings = MMBDSettings(),
     classes: Optional[list[int]] = None,
+    pixel_max: Optional[float] = None,
 ) -> Job[Judgement]:
     """Each chosen method in turn (progress rescaled into one bar), then the combined verdict.
 
-    ``scale`` must be resolved already ('255' or '1'; see core.evaluate.choose_scale).
+    ``scale`` must be resolved already ('255' or '1'; see core.intake.fit.pair), and ``pixel_max`` (the stored
+    pixel range, 255 or 1) too when known: every detector takes both as given and never re-decides them.
     """
     started = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
@@ -70,9 +72,9 @@ def judge(
     for step in steps:
         lo, hi = done / total, (done + weights[step]) / total
         if step == "cleanse":
-            nc = yield from rescaled(cleanse(loaded, clean, scale, cleanse_settings, classes=classes), lo, hi)
+            nc = yield from rescaled(cleanse(loaded, clean, scale, cleanse_settings, classes=classes, pixel_max=pixel_max), lo, hi)
         elif step == "mmbd":
-            mm = yield from rescaled(mmbd(loaded, clean, scale, mmbd_settings), lo, hi)
+            mm = yield from rescaled(mmbd(loaded, clean, scale, mmbd_settings, pixel_max=pixel_max), lo, hi)
         else:
             ev = yield from rescaled(evaluate(loaded, None, poisoned, target, scale), lo, hi)
         done += weights[step]

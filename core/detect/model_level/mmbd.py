@@ -414,7 +414,7 @@ def _choose_scale(loaded: LoadedModel, clean: Union[DataSource, Arrays, None], s
         pixel_max = 255.0 if float(np.max(arrays.x)) > 1.5 else 1.0
     if scale == "auto":
         from core.intake.data import ArraySource
-        from core.evaluate import choose_scale
+        from core.intake.fit import choose_scale
 
         scale, _note = choose_scale(loaded, ArraySource(arrays.x, arrays.y, "clean data"), "auto")
     return scale, float(pixel_max), arrays.x[:CLEAN_IMAGES]

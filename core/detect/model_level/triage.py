@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.detect.model_level.cleanse import CleanseSettings
-from core.intake.data import DataSource, Skipped, load_arrays
+from core.intake.data import Conversion, DataSource, Skipped, load_arrays
 from core.errors import DataError, TrojanScopeError
-from core.evaluate import choose_scale
+from core.intake.fit import pair
 from core.jobs import Job, Progress, rescaled
 from core.detect.model_level.judge import METHODS, judge
 from core.detect.model_level.mmbd import MMBDSettings
@@ -46,6 +46,7 @@ class TriageRow:
     num_classes: int
     input_shape: tuple[int, int, int]
     scale: str
+    conversions: tuple[str, ...] = ()  # what the clean data needed to fit this model (allowed by the analyst)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class TriageRow:
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "scale": self.scale,
+            "conversions": list(self.conversions),
         }
 
 
@@ -98,8 +100,15 @@ def triage(
     methods: Sequence[str] = METHODS,
     cleanse_settings: CleanseSettings = CleanseSettings(),
     mmbd_settings: MMBDSettings = MMBDSettings(),
+    conversion: Conversion = Conversion(),
 ) -> Job[TriageResult]:
-    """Judge every model file in ``folder`` on ``clean`` and rank them; skip what cannot be judged."""
+    """Judge every model file in ``folder`` on ``clean`` and rank them; skip what cannot be judged.
+
+    A model whose input the clean data does not fit is skipped with both shapes named, unless ``conversion``
+    allows resizing or converting channels. The fit, the pixel scale and the pixel range are decided once per
+    model, on the clean images read once (core.intake.fit.pair), and handed to every detector.
+    """
+    clean.allow(conversion)
     started = time.perf_counter()
     folder = Path(folder)
     files = model_files(folder)
@@ -113,13 +122,15 @@ def triage(
         yield Progress(lo, f"Triage {i + 1}/{len(files)}: opening {path.name}")
         try:
             loaded = load_model(path)
+            converted = tuple(clean.conversions(loaded.input_shape))  # refuses data that does not fit, unless allowed
             arrays = load_arrays(clean, loaded.input_shape, limit=cleanse_settings.max_images)
             if len(arrays.x) < 2:
                 raise DataError(f"the clean data gave {len(arrays.x)} readable images in this model's input shape")
-            model_scale, _note = choose_scale(loaded, clean, scale)
+            pairing = pair(loaded, arrays, scale)
             one_started = time.perf_counter()
             judgement = yield from rescaled(
-                judge(loaded, arrays, model_scale, methods=methods, cleanse_settings=cleanse_settings, mmbd_settings=mmbd_settings),
+                judge(loaded, arrays, pairing.scale, methods=methods, cleanse_settings=cleanse_settings, mmbd_settings=mmbd_settings,
+                      pixel_max=pairing.pixel_max),
                 lo, hi,
             )
         except TrojanScopeError as exc:  # unreadable, hostile, or data that cannot fit this model
@@ -127,7 +138,7 @@ def triage(
             continue
         v = judgement.verdict
         row = TriageRow(str(path), v.machine_verdict, v.level, v.score, v.targets, v.summary,
-                        time.perf_counter() - one_started, loaded.num_classes, tuple(loaded.input_shape), model_scale)
+                        time.perf_counter() - one_started, loaded.num_classes, tuple(loaded.input_shape), pairing.scale, converted)
         rows.append(row)
         details[str(path)] = judgement.as_dict()
         yield row
