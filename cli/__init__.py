@@ -61,6 +61,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         result = args._module.run(args)
+        if getattr(args, "json", False) and isinstance(result, dict):
+            sys.stdout.write(json.dumps(result, allow_nan=False, default=json_default) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (``| head -1``): end quietly, as Unix tools do
+        _silence_stdout()
+        return 0
     except TrojanScopeError as exc:
         from cli.common import flags_fixing
 
@@ -75,6 +81,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"internal error ({type(exc).__name__}): {exc}; set TROJANSCOPE_DEBUG=1 for the traceback", file=sys.stderr)
         return 1
-    if getattr(args, "json", False) and isinstance(result, dict):
-        sys.stdout.write(json.dumps(result, allow_nan=False, default=json_default) + "\n")
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot raise BrokenPipeError again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # no real stdout (a windowed executable)
+        pass

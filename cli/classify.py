@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.common import add_model_arguments, add_output_arguments, drive, open_model, skipped_list
+from cli.common import add_model_arguments, add_output_arguments, drive, flag_text, open_model, skipped_list
 from core.detect.input_level import scanner
 from core.intake.data import FolderSource, open_data
 
@@ -24,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     profile = scanner.load_profile(args.profile)
     files: list[Path] = []
+    named = False  # a folder was given: each line names its file (bare classes only when the files were listed)
     for item in args.images:
         path = Path(item)
         source = open_data(path) if path.is_dir() else None
+        named = named or source is not None
         files.extend(source.files if isinstance(source, FolderSource) else [path])
     loaded = open_model(args)
     for warning in scanner.check_profile(loaded, profile):
@@ -37,14 +39,20 @@ def run(args: argparse.Namespace) -> dict:
     by_index = {row.index: row for row in result.rows}
     reasons = {s.source: s.reason for s in result.skipped}
     if not args.json:
-        # One line per image, in the order given, so scripts can zip lines with their inputs.
+        # One line per image, in the order given, so scripts can zip lines with their inputs; with a folder,
+        # "path<TAB>class" (and why the class is N when it is), since the order was the folder's, not the caller's.
         for i, file in enumerate(files):
             row = by_index.get(i)
-            if row is not None:
-                print(row.label)
-            else:
-                print("skipped")
+            if row is None:
+                print(f"{file}\tskipped" if named else "skipped")
                 print(f"skipped {file}: {reasons.get(str(file), 'unreadable')}", file=sys.stderr)
+            elif named:
+                print(f"{file}\t{row.label}" + (f"\t{flag_text(True, profile.num_classes, row.flagged_by)}" if row.flagged else ""))
+            else:
+                print(row.label)
     out = result.as_dict()
+    for row in out["results"]:
+        row["path"] = row["source"]
     out["skipped"] = skipped_list(result.skipped)
+    out["reject_class"] = profile.num_classes
     return out

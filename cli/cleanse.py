@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_optional, say, say_conversions)
+from cli.common import count
 from core.detect.model_level.cleanse import CleanseResult, CleanseSettings
 from core.intake.data import load_arrays
 from core.errors import DataError
@@ -29,18 +30,18 @@ _DEFAULTS = CleanseSettings()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--clean", required=True, help="clean validation data (labels optional; used to choose --scale auto)")
-    parser.add_argument("--classes", type=int, default=_DEFAULTS.candidates,
+    parser.add_argument("--classes", type=count(1), default=_DEFAULTS.candidates,
                         help="K: with more classes than this, screen them all cheaply and optimise only the K most "
                              "suspicious (default %(default)s)")
-    parser.add_argument("--only", type=int, nargs="+", metavar="CLASS", help="optimise exactly these classes (no screening)")
-    parser.add_argument("--rounds", type=int, default=_DEFAULTS.max_rounds,
+    parser.add_argument("--only", type=count(0), nargs="+", metavar="CLASS", help="optimise exactly these classes (no screening)")
+    parser.add_argument("--rounds", type=count(1), default=_DEFAULTS.max_rounds,
                         help=f"at most this many rounds of {_DEFAULTS.steps_per_round} optimisation steps per class (default %(default)s)")
-    parser.add_argument("--max-images", type=int, default=_DEFAULTS.max_images, help="clean images read (default %(default)s)")
+    parser.add_argument("--max-images", type=count(2), default=_DEFAULTS.max_images, help="clean images read (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help="model-level checks to run: cleanse (Neural Cleanse), mmbd (MM-BD); default both")
     parser.add_argument("--poisoned", help="suspected-poisoned images: their measured attack success is weighed in the verdict")
-    parser.add_argument("--target", type=int, help="the attacker's class for --poisoned (default: its labels)")
+    parser.add_argument("--target", type=count(0), help="the attacker's class for --poisoned (default: its labels)")
     parser.add_argument("--save-triggers", metavar="FILE",
                         help="write Neural Cleanse's reversed triggers of the verdict's target classes to FILE (.npz), "
                              "for `scan --triggers` (reversed-trigger masking)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from core.intake.data import Conversion, DataSource, open_data
 from core.intake.fit import DataFit, check_fit
@@ -38,6 +38,67 @@ def flags_fixing(exc: TrojanScopeError, args: argparse.Namespace) -> list[str]:
         known = [f for f in SETTING_FLAGS.get(setting, ()) if hasattr(args, f.lstrip("-").replace("-", "_"))]
         flags.extend(known[:1])
     return flags
+
+
+# ------------------------------------------------------------ flag types
+# Numeric flags are checked by argparse as they are read, so a wrong value is refused in one line before
+# any model or data is opened (a rate of 3 used to be refused only after the model had loaded).
+
+
+def rate(text: str) -> float:
+    """A rate strictly between 0 and 1 (--frr, --confidence): 3% is written 0.03."""
+    value = _number(text, float)
+    if not 0 < value < 1:
+        hint = f" (write {value:g}% as {value / 100:g})" if 1 <= value < 100 else ""
+        raise argparse.ArgumentTypeError(f"{text} is not a rate: rates lie strictly between 0 and 1{hint}")
+    return value
+
+
+def share(text: str) -> float:
+    """A share in [0, 1) (--holdout: 0 keeps nothing out)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        hint = f" (write {value:g}% as {value / 100:g})" if 1 <= value < 100 else ""
+        raise argparse.ArgumentTypeError(f"{text} is not a share: it lies in [0, 1){hint}")
+    return value
+
+
+def percent(text: str) -> float:
+    """Percentage points between 0 and 100 (--max-acc-drop)."""
+    value = _number(text, float)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of percentage points between 0 and 100")
+    return value
+
+
+def positive(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return value
+
+
+def count(minimum: int) -> Any:
+    """A whole number of at least ``minimum`` (epochs, images, classes...)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be a whole number of at least {minimum}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a{' whole' if kind is int else ''} number") from None
+    if kind is float and value != value:  # NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +202,18 @@ def say(args: argparse.Namespace, text: str) -> None:
     """Human-readable output (stdout) when --json is off."""
     if not getattr(args, "json", False):
         print(text)
+
+
+def reject_class(num_classes: int) -> str:
+    """How the guarded classifier's extra class is shown wherever it appears (the CSAW course's "N+1th class")."""
+    return f"class {num_classes} = N+1, the reject class for inputs flagged as trojaned"
+
+
+def flag_text(flagged: bool, num_classes: int, by: Sequence[str] = ()) -> str:
+    """A scan row's verdict: 'ok', or 'flagged: trojaned (class 10 = N+1, the reject class ...)'."""
+    if not flagged:
+        return "ok"
+    return f"flagged{' by ' + '+'.join(by) if by else ''}: trojaned ({reject_class(num_classes)})"
 
 
 def skipped_list(skipped: list) -> list[dict[str, str]]:

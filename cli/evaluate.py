@@ -6,6 +6,7 @@ import argparse
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_optional, say, say_conversions)
+from cli.common import count
 from core.evaluate import evaluate
 from core.intake.models import LoadedModel
 
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--clean", help="labelled clean data (HDF5, .npz or folder)")
     parser.add_argument("--poisoned", help="suspected-poisoned data; its labels are the target unless --target")
-    parser.add_argument("--target", type=int, help="the attacker's target class")
+    parser.add_argument("--target", type=count(0), help="the attacker's target class")
     add_scale_argument(parser)
     add_output_arguments(parser)
 

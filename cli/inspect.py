@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from cli.common import add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model, say, skipped_list
+from cli.common import count, rate
 from core.errors import DataError
 
 NAME = "inspect"
@@ -21,18 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     parser.add_argument("--image", required=True, help="an image file, or a data set (HDF5, .npz, folder) with --index")
-    parser.add_argument("--index", type=int, default=0, help="which image of a data set --image (default 0)")
+    parser.add_argument("--index", type=count(0), default=0, help="which image of a data set --image (default 0)")
     parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help=f"heat-map method (default {DEFAULT_METHOD})")
     parser.add_argument("--layer", help="conv layer for Grad-CAM (default: the last Conv2D)")
-    parser.add_argument("--class", dest="class_index", type=int, help="class to explain (default: the predicted class)")
-    parser.add_argument("--patch", type=int, help="occlusion patch side in pixels (default: about 1/7 of the image side)")
-    parser.add_argument("--stride", type=int, help="occlusion stride in pixels (default: half the patch)")
+    parser.add_argument("--class", dest="class_index", type=count(0), help="class to explain (default: the predicted class)")
+    parser.add_argument("--patch", type=count(1), help="occlusion patch side in pixels (default: about 1/7 of the image side)")
+    parser.add_argument("--stride", type=count(1), help="occlusion stride in pixels (default: half the patch)")
     parser.add_argument("--fill", choices=FILLS, default="zero", help="what covers an occluded patch (mean needs --clean)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="salient region: pixels above this fraction of the peak")
+    parser.add_argument("--threshold", type=rate, default=DEFAULT_THRESHOLD, help="salient region: pixels above this fraction of the peak")
     parser.add_argument("--out", help="write the image and its overlay side by side to this PNG")
     parser.add_argument("--transplant", action="store_true", help="paste the salient box onto clean images of other classes (needs --clean)")
     parser.add_argument("--clean", help="labelled clean data: transplant recipients, mean fill, --scale auto")
-    parser.add_argument("--transplants", "--m", dest="m", type=int, default=DEFAULT_TRANSPLANTS, help="number of clean recipients")
+    parser.add_argument("--transplants", "--m", dest="m", type=count(1), default=DEFAULT_TRANSPLANTS, help="number of clean recipients")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing recipients and baseline boxes")
     add_scale_argument(parser)
     add_output_arguments(parser)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_optional, say, say_conversions)
+from cli.common import count, percent, positive, rate, share
 from core.intake.data import load_arrays
 from core.errors import DataError
 from core.intake.fit import choose_scale
@@ -29,18 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--clean", required=True, help="labelled clean validation data: ranks channels and fine-tunes")
     parser.add_argument("--poisoned", help="suspected-poisoned data, to report attack success rate (never trained on)")
-    parser.add_argument("--target", type=int, help="the attacker's target class (default: the poisoned data's labels)")
+    parser.add_argument("--target", type=count(0), help="the attacker's target class (default: the poisoned data's labels)")
     parser.add_argument("--layer", help="Conv2D layer to prune (default: the last conv layer feeding the dense head)")
     rule = parser.add_mutually_exclusive_group()
-    rule.add_argument("--max-acc-drop", type=float, default=DEFAULT_MAX_ACC_DROP * 100,
+    rule.add_argument("--max-acc-drop", type=percent, default=DEFAULT_MAX_ACC_DROP * 100,
                       help="prune as far as clean accuracy stays within this many points (default %(default)g)")
-    rule.add_argument("--prune-fraction", type=float, help="prune this fraction of the channels instead (0..1)")
-    rule.add_argument("--prune-count", type=int, help="prune this many channels instead")
-    parser.add_argument("--fine-tune-epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of fine-tuning (default %(default)s; 0: prune only)")
-    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, help="Adam learning rate, cosine-decayed (default %(default)g)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="fine-tuning batch size (default %(default)s)")
+    rule.add_argument("--prune-fraction", type=rate, help="prune this fraction of the channels instead (0..1)")
+    rule.add_argument("--prune-count", type=count(1), help="prune this many channels instead")
+    parser.add_argument("--fine-tune-epochs", type=count(0), default=DEFAULT_EPOCHS, help="epochs of fine-tuning (default %(default)s; 0: prune only)")
+    parser.add_argument("--learning-rate", type=positive, default=DEFAULT_LEARNING_RATE, help="Adam learning rate, cosine-decayed (default %(default)g)")
+    parser.add_argument("--batch-size", type=count(1), default=DEFAULT_BATCH_SIZE, help="fine-tuning batch size (default %(default)s)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=DEFAULT_AUGMENT, help="random shifts while fine-tuning (default on)")
-    parser.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, help="share of clean data kept out of fine-tuning to measure the result (default %(default)g)")
+    parser.add_argument("--holdout", type=share, default=DEFAULT_HOLDOUT, help="share of clean data kept out of fine-tuning to measure the result (default %(default)g)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="repaired model to write (.keras, or .h5); a JSON record goes to OUT.json")
     add_scale_argument(parser)

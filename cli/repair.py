@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_optional, say, say_conversions)
+from cli.common import count, positive, rate, share
 from core.detect.model_level.cleanse import CleanseSettings
 from core.intake.data import load_arrays
 from core.errors import DataError
@@ -32,17 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean", required=True, help="labelled clean validation data (trained on, except a held-out share)")
     parser.add_argument("--method", choices=METHODS, default="unlearn", help="default %(default)s; both = fine-prune, then unlearn")
     parser.add_argument("--poisoned", help="suspected-poisoned data, to report attack success rate (never trained on)")
-    parser.add_argument("--target", type=int, help="the attacker's target class for --poisoned (default: its labels)")
-    parser.add_argument("--target-class", type=int, nargs="+", metavar="CLASS",
+    parser.add_argument("--target", type=count(0), help="the attacker's target class for --poisoned (default: its labels)")
+    parser.add_argument("--target-class", type=count(0), nargs="+", metavar="CLASS",
                         help="unlearn these classes' reversed triggers instead of the classes Neural Cleanse flags")
-    parser.add_argument("--classes", type=int, default=CleanseSettings().candidates, help="Neural Cleanse candidate classes K (default %(default)s)")
-    parser.add_argument("--fraction", type=float, default=DEFAULT_FRACTION, help="share of each batch stamped with the trigger (default %(default)g)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="unlearning epochs (default %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, help="Adam rate, cosine-decayed (default %(default)g)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default %(default)s")
-    parser.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS,
+    parser.add_argument("--classes", type=count(1), default=CleanseSettings().candidates, help="Neural Cleanse candidate classes K (default %(default)s)")
+    parser.add_argument("--fraction", type=rate, default=DEFAULT_FRACTION, help="share of each batch stamped with the trigger (default %(default)g)")
+    parser.add_argument("--epochs", type=count(0), default=DEFAULT_EPOCHS, help="unlearning epochs (default %(default)s)")
+    parser.add_argument("--learning-rate", type=positive, default=DEFAULT_LEARNING_RATE, help="Adam rate, cosine-decayed (default %(default)g)")
+    parser.add_argument("--batch-size", type=count(1), default=DEFAULT_BATCH_SIZE, help="default %(default)s")
+    parser.add_argument("--restarts", type=count(0), default=DEFAULT_RESTARTS,
                         help="extra reversed triggers per flagged class (other seeds) to unlearn as well (default %(default)s)")
-    parser.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT, help="share of clean data kept out of training to measure the result (default %(default)g)")
+    parser.add_argument("--holdout", type=share, default=DEFAULT_HOLDOUT, help="share of clean data kept out of training to measure the result (default %(default)g)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="repaired model to write (.keras or .h5); a JSON record goes to OUT.json")
     add_scale_argument(parser)

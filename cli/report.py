@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_optional, say, say_conversions)
+from cli.common import count
 from core.errors import DataError, TrojanScopeError
 from core.report import QUICK_FINE_TUNE_EPOCHS, QUICK_OVERLAYS, TOP_INSPECTED, json_path_for, quick_findings, write_report
 
@@ -20,13 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean", required=True, help="labelled clean data: evaluation, pruning, STRIP calibration")
     parser.add_argument("--poisoned", help="suspected-poisoned data: attack success rate (and scanned when --scan is absent)")
     parser.add_argument("--scan", help="data or folder to scan with STRIP; its flagged images get heat-maps")
-    parser.add_argument("--target", type=int, help="the attacker's target class (default: the poisoned data's labels)")
-    parser.add_argument("--fine-tune-epochs", type=int, default=QUICK_FINE_TUNE_EPOCHS,
+    parser.add_argument("--target", type=count(0), help="the attacker's target class (default: the poisoned data's labels)")
+    parser.add_argument("--fine-tune-epochs", type=count(0), default=QUICK_FINE_TUNE_EPOCHS,
                         help="fine-tuning epochs after pruning (default %(default)s; 0: prune only)")
-    parser.add_argument("--overlays", type=int, default=QUICK_OVERLAYS, help="STRIP overlays (default %(default)s)")
-    parser.add_argument("--top", type=int, default=TOP_INSPECTED, help="flagged images to inspect (default %(default)s)")
+    parser.add_argument("--overlays", type=count(1), default=QUICK_OVERLAYS, help="STRIP overlays (default %(default)s)")
+    parser.add_argument("--top", type=count(0), default=TOP_INSPECTED, help="flagged images to inspect (default %(default)s)")
     parser.add_argument("--cleanse", action="store_true", help="also run Neural Cleanse (minutes; off by default)")
-    parser.add_argument("--cleanse-classes", type=int, default=10,
+    parser.add_argument("--cleanse-classes", type=count(1), default=10,
                         help="with --cleanse: classes fully optimised after screening (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the HTML report to write; the JSON goes beside it (OUT.json)")

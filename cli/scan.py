@@ -7,6 +7,7 @@ import sys
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_scan_target, say, say_conversions, skipped_list)
+from cli.common import count, flag_text, positive, rate, reject_class
 from core.detect.input_level import masking
 from core.detect.input_level import scaleup
 from core.detect.input_level import scanner
@@ -30,17 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model), alone (--method masking|target_features|reference) or within combined")
     parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
     parser.add_argument("--profile", help="use a saved profile (any method) instead of calibrating")
-    parser.add_argument("--frr", type=float, default=None,
+    parser.add_argument("--frr", type=rate, default=None,
                         help="false rejection rate allowed on clean inputs calibration never saw "
                              f"(default {scanner.DEFAULT_FRR_PER_DETECTOR} per detector: {scanner.DEFAULT_FRR} for combined, "
                              f"{scanner.default_frr('combined', True)} with --triggers)")
-    parser.add_argument("--confidence", type=float, default=scanner.DEFAULT_CONFIDENCE,
+    parser.add_argument("--confidence", type=rate, default=scanner.DEFAULT_CONFIDENCE,
                         help="probability that the false rejection rate holds (default %(default)s)")
-    parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="STRIP: clean images superimposed on each input (default %(default)s)")
-    parser.add_argument("--factors", type=float, nargs="+", default=list(scaleup.DEFAULT_FACTORS),
+    parser.add_argument("--overlays", type=count(1), default=strip.DEFAULT_OVERLAYS, help="STRIP: clean images superimposed on each input (default %(default)s)")
+    parser.add_argument("--factors", type=positive, nargs="+", default=list(scaleup.DEFAULT_FACTORS),
                         help="SCALE-UP: pixel amplification factors (default %(default)s)")
     parser.add_argument("--seed", type=int, default=strip.DEFAULT_SEED, help="seed of the clean split and overlays (default 0)")
-    parser.add_argument("--max-clean", type=int, default=strip.DEFAULT_MAX_CLEAN, help="clean images to calibrate on at most (default %(default)s)")
+    parser.add_argument("--max-clean", type=count(2), default=strip.DEFAULT_MAX_CLEAN, help="clean images to calibrate on at most (default %(default)s)")
     parser.add_argument("--scan", help="data to scan: a folder of images (recursive), HDF5 or .npz")
     parser.add_argument("--save-profile", metavar="PROF", help="save the calibration (method, thresholds, model hash) to PROF (.npz)")
     add_scale_argument(parser)
@@ -80,12 +81,13 @@ def run(args: argparse.Namespace) -> dict:
     out["calibration"] = {"n_clean": int(len(profile.first.scores)), "skipped": skipped_list(profile.skipped), "notes": list(profile.notes)}
     out["saved_profile"] = saved
     out["conversions"] = conversions(fits)
-    say(args, f"{scanner.LABELS[profile.method]}: thresholds {profile.thresholds()} for FRR {profile.frr:.2%}; {profile.frr_estimate().describe()}")
+    say(args, f"{scanner.LABELS[profile.method]}: thresholds {scanner.describe_thresholds(profile)}, for a false-rejection "
+              f"rate of at most {profile.frr:.2%}; {profile.frr_estimate().describe()}")
     if target is not None:
-        say(args, f"scanned {len(result.rows)}, flagged {result.flagged} (guarded label {profile.num_classes})")
+        say(args, f"scanned {len(result.rows)}, flagged {result.flagged}; a flagged input gets {reject_class(profile.num_classes)}")
         for row in result.rows:
             scores = " ".join(f"{k}={v:.4f}" for k, v in row.scores.items())
-            say(args, f"{row.source}#{row.index}\t{scores}\t{'FLAGGED by ' + '+'.join(row.flagged_by) if row.flagged else 'ok'}\t{row.label}")
+            say(args, f"{row.source}#{row.index}\t{scores}\t{flag_text(row.flagged, profile.num_classes, row.flagged_by)}\t{row.label}")
     for item in out["skipped"]:
         say(args, f"skipped {item['source']}: {item['reason']}")
     if saved:

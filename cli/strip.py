@@ -7,6 +7,7 @@ import sys
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_scan_target, say, say_conversions, skipped_list)
+from cli.common import count, flag_text, positive, rate, reject_class
 from core.detect.input_level import strip
 from core.intake.data import open_data
 
@@ -18,15 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--clean", help="clean validation data to calibrate on (HDF5, .npz or folder)")
     parser.add_argument("--profile", help="use a saved profile instead of calibrating (no --clean needed)")
-    parser.add_argument("--frr", type=float, default=strip.DEFAULT_FRR, help="false rejection rate allowed on clean inputs calibration never saw (default %(default)s)")
-    parser.add_argument("--confidence", type=float, default=strip.DEFAULT_CONFIDENCE,
+    parser.add_argument("--frr", type=rate, default=strip.DEFAULT_FRR, help="false rejection rate allowed on clean inputs calibration never saw (default %(default)s)")
+    parser.add_argument("--confidence", type=rate, default=strip.DEFAULT_CONFIDENCE,
                         help="probability that the false rejection rate holds on unseen clean inputs (default %(default)s)")
-    parser.add_argument("--overlays", type=int, default=strip.DEFAULT_OVERLAYS, help="clean images superimposed on each input (default 100)")
+    parser.add_argument("--overlays", type=count(1), default=strip.DEFAULT_OVERLAYS, help="clean images superimposed on each input (default 100)")
     parser.add_argument("--seed", type=int, default=strip.DEFAULT_SEED, help="seed for drawing the overlays (default 0)")
-    parser.add_argument("--input-weight", type=float, default=strip.DEFAULT_INPUT_WEIGHT, help="weight of the scanned input in a blend (default %(default)s)")
-    parser.add_argument("--overlay-weight", type=float, default=strip.DEFAULT_OVERLAY_WEIGHT, help="weight of the overlay in a blend (default %(default)s)")
-    parser.add_argument("--max-clean", type=int, default=strip.DEFAULT_MAX_CLEAN, help="clean images to calibrate on at most (default %(default)s)")
-    parser.add_argument("--chunk", type=int, help="blended images per model call (memory bound; default from the input size)")
+    parser.add_argument("--input-weight", type=positive, default=strip.DEFAULT_INPUT_WEIGHT, help="weight of the scanned input in a blend (default %(default)s)")
+    parser.add_argument("--overlay-weight", type=positive, default=strip.DEFAULT_OVERLAY_WEIGHT, help="weight of the overlay in a blend (default %(default)s)")
+    parser.add_argument("--max-clean", type=count(2), default=strip.DEFAULT_MAX_CLEAN, help="clean images to calibrate on at most (default %(default)s)")
+    parser.add_argument("--chunk", type=count(1), help="blended images per model call (memory bound; default from the input size)")
     parser.add_argument("--scan", help="data to scan: a folder of images (recursive), HDF5 or .npz")
     parser.add_argument("--save-profile", metavar="PROF", help="save the calibration (overlays, threshold, model hash) to PROF (.npz)")
     add_scale_argument(parser)
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> dict:
     say(args, f"threshold {profile.threshold:.4f} bits for FRR {profile.frr:.2%}: {profile.frr_estimate().describe()}, "
               f"{profile.n_overlays} overlays, weights {profile.weights.input:g}/{profile.weights.overlay:g}, scale {profile.scale}")
     if target is not None:
-        say(args, f"scanned {len(result.rows)}, flagged {result.flagged} (guarded label {profile.num_classes})")
+        say(args, f"scanned {len(result.rows)}, flagged {result.flagged}; a flagged input gets {reject_class(profile.num_classes)}")
         for row in result.rows:
-            say(args, f"{row.source}#{row.index}\t{row.entropy:.4f}\t{'FLAGGED' if row.flagged else 'ok'}\t{row.label}")
+            say(args, f"{row.source}#{row.index}\t{row.entropy:.4f}\t{flag_text(row.flagged, profile.num_classes)}\t{row.label}")
     for item in out["skipped"]:
         say(args, f"skipped {item['source']}: {item['reason']}")
     if saved:

@@ -74,6 +74,7 @@ class Findings:
     inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
     notes: list[str] = field(default_factory=list)
     conversions: list[str] = field(default_factory=list)  # data converted to fit the model, allowed by the analyst (issue 23)
+    origin: str = "gui"  # "gui": the panels' results; "cli": the report command's quick runs (the text names what ran them)
     # A GUI session keeps every result, not just the last (issue 13):
     prunes: list[Any] = field(default_factory=list)  # every core.repair.pruning.PruneResult (Fine-Pruning), oldest first
     repairs: list[Any] = field(default_factory=list)  # every core.repair.repair.RepairResult (unlearn / fine-prune / both)
@@ -89,7 +90,8 @@ class Findings:
 
     def all_prunes(self) -> list[tuple[str, Any]]:
         """(where it came from, PruneResult) for Fine-Pruning runs and the fine-prune step of repairs."""
-        out = [("Fine-Pruning panel", p) for p in (self.prunes or ([self.prune] if self.prune is not None else []))]
+        where = "Fine-Pruning panel" if self.origin == "gui" else "the report command's quick Fine-Pruning (as the prune command)"
+        out = [(where, p) for p in (self.prunes or ([self.prune] if self.prune is not None else []))]
         out += [(f"repair ({r.method})", r.prune) for r in self.repairs if getattr(r, "prune", None) is not None]
         return out
 
@@ -157,7 +159,7 @@ def quick_findings(
     from core.repair.pruning import PruneSettings, repair, sweep
     from core.detect.input_level.strip import StripSettings, calibrate, scan
 
-    findings = Findings(summary=loaded.summary)
+    findings = Findings(summary=loaded.summary, origin="cli")
     yield Progress(0.0, "Evaluating")
     ev = yield from rescaled(evaluate(loaded, clean, poisoned, target, scale), 0.0, 0.1)
     findings.evaluation = ev
@@ -233,7 +235,8 @@ def render(findings: Findings) -> tuple[str, dict[str, Any]]:
         body, data = _SECTION_RENDERERS[section](findings)
         record["sections"][section] = "run" if data is not None else "not run"
         record[section] = data
-        parts.append(f'<section id="{section}"><h2>{_TITLES[section]}</h2>\n{body}\n</section>')
+        title = _TITLES[section] if findings.origin == "gui" else _CLI_TITLES.get(section, _TITLES[section])
+        parts.append(f'<section id="{section}"><h2>{title}</h2>\n{body}\n</section>')
     page = _PAGE.format(
         css=_CSS, generated=html.escape(generated), key=_key_findings(findings),
         model=html.escape(Path(findings.summary.path).name if findings.summary else "no model"),
@@ -251,6 +254,7 @@ _TITLES = {
     "cleanse": "Neural Cleanse",
     "repair": "Repair (Verdict panel): unlearning and fine-pruning",
 }
+_CLI_TITLES = {"repair": "Repair (the repair command): unlearning and fine-pruning"}
 
 
 def _not_run(what: str, how: str) -> str:
@@ -519,6 +523,8 @@ def _cleanse(f: Findings) -> tuple[str, Optional[dict]]:
 
 def _repair(f: Findings) -> tuple[str, Optional[dict]]:
     if not f.repairs:
+        if f.origin == "cli":
+            return _not_run("the report command does not repair a model", "Run the repair command, or Verdict & Unlearning > Repair."), None
         return _not_run("no repair by unlearning or fine-pruning was run from the Verdict panel",
                         "Verdict & Unlearning > Repair, or the repair command."), None
     names = {"before": "Before", "after_prune": "After pruning (channels zeroed, not yet fine-tuned)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,7 +11,22 @@ RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 SCREENSHOT_SIZE = (1280, 720)
 
 
+NO_DISPLAY = ("error: no display to open the window on (neither DISPLAY nor WAYLAND_DISPLAY is set). "
+              "Run the analyses from the command line instead (python main.py --help), or render the panels "
+              "headless with QT_QPA_PLATFORM=offscreen python main.py --screenshot DIR")
+
+
+def no_display() -> bool:
+    """Whether Qt would abort for want of a screen: Linux/BSD with no X11 or Wayland display and no platform chosen."""
+    if not sys.platform.startswith(("linux", "freebsd", "openbsd")) or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run_gui(demo: bool = False, screenshot_dir: Optional[str] = None) -> int:
+    if no_display():  # Qt would print its xcb plugin error and abort (exit 134): say it in one line instead
+        print(NO_DISPLAY, file=sys.stderr)
+        return 2
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 

@@ -10,6 +10,7 @@ as ``Panel(window)`` that reads ``window.state`` and starts jobs through
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -373,7 +374,9 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentWidget(panel)
 
             def save() -> None:
-                self.grab().save(str(out_dir / f"{_snake(key)}.png"))
+                path = out_dir / f"{_snake(key)}.png"
+                saved = self.grab().save(str(path))
+                print(f"wrote {path}" if saved else f"error: could not write {path}", file=sys.stderr, flush=True)
                 QTimer.singleShot(0, next_panel)
 
             runner = getattr(panel, "run_default", None)

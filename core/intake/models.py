@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,9 +294,32 @@ def _load_weights(model: Any, scanned: _Scanned, path: Path, arch: Path) -> None
         with tmpdir:
             model.load_weights(copy)
     except Exception as exc:  # noqa: BLE001 -- as above: any Keras error means a mismatch
-        raise ModelError(
-            f"the weights in {path} do not fit the architecture of {arch}: {_first_line(exc)}"
-        ) from None
+        raise ModelError(f"the weights in {path} do not fit the architecture of {arch}: {_weights_mismatch(exc)}") from None
+
+
+def _weights_mismatch(exc: BaseException) -> str:
+    """Keras's multi-line loading error as one complete clause: the first layer that does not fit, and why.
+
+    Keras 3 says "A total of 2 objects could not be loaded. Example error message for object <Conv2D name=c1,
+    built=True>:" and puts the reason, the variable's values and the list of layers on the lines after it.
+    """
+    text = str(exc)
+    layer = re.search(r"object <(\w+) name=([^,>]+)", text)
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    listed = re.search(r"List of objects that could not be loaded:\s*\[(.*)\]", text, re.S)
+    if layer is None:
+        return _first_line(exc).rstrip(":")
+    kind, name = layer.groups()
+    clause = f"layer '{name}' ({kind})"
+    if shapes:
+        clause += f" has weights shaped {shapes.group(1)} in the architecture but {shapes.group(2)} in the weights file"
+    else:
+        reason = next((line.strip() for line in text.splitlines()[1:] if line.strip()), "")
+        clause += f" does not fit ({reason.split('. ')[0]})" if reason else " does not fit"
+    others = re.findall(r"name=([^,>]+)", listed.group(1)) if listed else []
+    if len(others) > 1:
+        clause += f"; {len(others)} layers in all do not fit ({', '.join(others)})"
+    return clause
 
 
 def _first_line(exc: BaseException) -> str:

@@ -221,12 +221,16 @@ def repair(
     if x_poisoned is not None and len(x_poisoned) and target is None and yp is None:
         raise DataError("the poisoned data has no labels: give the attacker's target class", fixed_by=("target",))
 
-    # 1. the verdict: which classes, which triggers (named classes are reverse-engineered alone)
+    # 1. the verdict: which classes, which triggers (named classes are reverse-engineered alone). Neural Cleanse
+    # reads every clean image, as the cleanse command does, so the same settings give the same triggers and
+    # figures there and here; it changes no weight, so the hold-out stays unseen by the training that follows.
     wants_triggers = method != "fine-prune" or targets or x_poisoned is None
     lacks_triggers = verdict is None or (targets and not set(targets) <= set(verdict.triggers))
+    cap = settings.cleanse_settings().max_images
+    every_image = Arrays(x_clean[:cap], y_clean[:cap], [], [])
     if wants_triggers and lacks_triggers:
         verdict = yield from rescaled(
-            cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, settings.cleanse_settings(), classes=targets),
+            cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=targets),
             0.0, 0.5,
         )
     flagged = list(targets) if targets else ([] if verdict is None else list(verdict.flagged_classes))
@@ -249,8 +253,7 @@ def repair(
         base = settings.cleanse_settings()
         for i in range(restarts):
             extra = yield from rescaled(
-                cleanse(loaded, Arrays(x_fit, y_fit, [], []), scale, replace(base, seed=base.seed + 1000 * (i + 1)),
-                        classes=flagged),
+                cleanse(loaded, every_image, scale, replace(base, seed=base.seed + 1000 * (i + 1)), classes=flagged),
                 0.5 + 0.1 * i / restarts, 0.5 + 0.1 * (i + 1) / restarts,
             )
             unlearn_triggers.extend(extra.triggers[c] for c in flagged)

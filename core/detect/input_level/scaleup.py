@@ -67,6 +67,7 @@ class ScaleUpProfile(ThresholdedScores):
 
     method = "scaleup"
     tail = "high"
+    score_bounds = (0.0, 1.0)  # a mean of probabilities: a threshold at 1 flags nothing
 
     def score_fn(self, loaded: LoadedModel) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         return lambda x: spc_scores(loaded, x, self.factors, self.scale, self.pixel_max)

@@ -171,6 +171,29 @@ class ScanProfile:
         return ScanProfile(self.method, dets, self.frr, self.confidence, list(self.notes), list(self.skipped))
 
 
+def inactive(profile: Any) -> bool:
+    """Whether a detector's threshold lies where its scores can never cross it (it flags nothing, whatever the input).
+
+    SCALE-UP's score is a mean of probabilities: calibrated at 1.0 (every clean image kept its class at every
+    amplification), no input can exceed it. Saying so beats listing a threshold that silently does nothing.
+    """
+    bounds = getattr(profile, "score_bounds", None)
+    if bounds is None:
+        return False
+    return profile.threshold <= bounds[0] if profile.tail == "low" else profile.threshold >= bounds[1]
+
+
+def describe_thresholds(profile: "ScanProfile") -> str:
+    """'STRIP 0.0412, feature space 31.2 and SCALE-UP 1 (inactive: its scores never pass 1)', for the analyst."""
+    parts = []
+    for name, p in profile.detectors.items():
+        text = f"{LABELS[name]} {p.threshold:.4g}"
+        if inactive(p):
+            text += f" (inactive: its scores never pass {p.threshold:.4g}, so it flags nothing on this model)"
+        parts.append(text)
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def is_flagged(scores: np.ndarray, profile: Any) -> np.ndarray:
     s = np.asarray(scores, np.float64)
     return s < profile.threshold if profile.tail == "low" else s > profile.threshold
@@ -281,6 +304,7 @@ class ScannerResult:
             "threshold": thresholds[next(iter(thresholds))] if len(thresholds) == 1 else thresholds,
             "thresholds": thresholds,
             "tails": {k: d.tail for k, d in p.detectors.items()},
+            "inactive": [k for k, d in p.detectors.items() if inactive(d)],
             "frr": p.frr,
             "confidence": p.confidence,
             "frr_estimate": p.frr_estimate().as_dict(),
