@@ -19,6 +19,7 @@ import io
 import json
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -291,7 +292,8 @@ def _load_weights(model: Any, scanned: _Scanned, path: Path, arch: Path) -> None
         suffix = ".h5"  # legacy weights, or the weights of a full legacy model
     tmpdir, copy = _private_copy(scanned.data, suffix)
     try:
-        with tmpdir:
+        with tmpdir, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras's "Skipping nested container ..." lines: a mismatch is reported below
             model.load_weights(copy)
     except Exception as exc:  # noqa: BLE001 -- as above: any Keras error means a mismatch
         raise ModelError(f"the weights in {path} do not fit the architecture of {arch}: {_weights_mismatch(exc)}") from None
