@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cli.common import add_output_arguments, drive
-from core.demo import export_demo
+from core.demo import DemoSettings, export_demo
 
 NAME = "demo"
 HELP = "write the demo BadNet and its clean/poisoned data sets to a folder"
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    bundle = drive(export_demo(Path(args.out)), args)
+    bundle = drive(export_demo(Path(args.out), DemoSettings.from_environment()), args)
     paths = bundle.paths()
     if not args.json:
         for key, value in paths.items():

@@ -70,6 +70,18 @@ class DemoSettings:
     def key(self) -> str:
         return f"demo-v{DEMO_VERSION}-s{self.seed}-e{self.epochs}-n{self.per_class_train}"
 
+    @classmethod
+    def from_environment(cls) -> "DemoSettings":
+        """The defaults, or the fields ``TROJANSCOPE_DEMO_SETTINGS`` (JSON) changes: the test suite's smaller demo,
+        which lets it run the README's commands verbatim without training the full one."""
+        text = os.environ.get("TROJANSCOPE_DEMO_SETTINGS")
+        if not text:
+            return cls()
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise TrojanScopeError(f"TROJANSCOPE_DEMO_SETTINGS is not a JSON object of demo settings: {exc}") from None
+
 
 @dataclass(frozen=True)
 class DemoBundle:
