@@ -78,7 +78,7 @@ class PrunePanel(QWidget):
     # --------------------------------------------------------------- layout
 
     def _controls(self) -> QWidget:
-        from core.repair.repair import pruning
+        from core.repair import pruning
 
         box = QWidget()
         box.setMaximumWidth(340)

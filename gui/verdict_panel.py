@@ -147,7 +147,7 @@ class VerdictPanel(QWidget):
 
     def _controls(self) -> QWidget:
         from core.detect.model_level.cleanse import CleanseSettings
-        from core.repair.repair import repair
+        from core.repair import repair
 
         defaults = CleanseSettings()
         box = QWidget()
