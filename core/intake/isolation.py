@@ -37,7 +37,7 @@ from core.errors import TrojanScopeError
 # h5py and libhdf5 map ~0.5 GB of virtual memory before reading anything.
 INTERPRETER_ALLOWANCE = 1 * GB
 CHILD_FILE_BYTES = 1 << 20  # the scan writes nothing; Python may try a .pyc
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (core/intake/isolation.py): core/ first on the path would shadow the standard library's inspect
 
 
 def isolation_enabled() -> bool:
