@@ -5,6 +5,10 @@ another panel through :meth:`InspectorPanel.inspect_image`); the panel shows
 it beside its Grad-CAM and occlusion overlays with the salient box on each,
 and runs the transplant test on request. Engine: core/inspect/gradcam.py,
 core/inspect/occlusion.py, core/inspect/trigger.py.
+
+The panel lists images and runs the jobs; its parts: gui/inspector_settings.py
+(how to inspect), gui/inspector_views.py (the heat maps), gui/inspector_transplant.py
+(the transplant box), gui/inspector_reads.py (scale and clean images, read once).
 """
 
 from __future__ import annotations
@@ -13,38 +17,30 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-import pyqtgraph as pg
-from PySide6.QtCore import QRectF, QSize, Qt, Slot
-from PySide6.QtGui import QColor, QIcon, QPen
+from PySide6.QtCore import QSize, Qt, Slot
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QGraphicsRectItem,
-    QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QScrollArea,
-    QSlider,
-    QSpinBox,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
 from gui.images import to_pixmap
+from gui.inspector_reads import CachedReads
+from gui.inspector_transplant import TransplantBox
+from gui.inspector_transplant import FIRST_LINE as TRANSPLANT_LINE
+from gui.inspector_settings import InspectSettings
+from gui.inspector_views import HeatMapView, draw_box
 from gui.state import ROLES, Kind
 
 THUMBNAILS = 200  # images listed from a source
-CLEAN_LIMIT = 5000  # clean images read for the transplant test and the mean fill
-GRID_COLUMNS = 12
-CELL = 56  # thumbnail side in the transplant grid
-COLOUR_MAPS = ["inferno", "viridis", "turbo", "CET-L3"]
-TITLES = {"image": "Image", "gradcam": "Grad-CAM", "occlusion": "Occlusion"}
 FOLDER = "__folder__"
 
 
@@ -69,8 +65,7 @@ class InspectorPanel(QWidget):
         self._labels: Optional[np.ndarray] = None
         self._names: list[str] = []
         self._folder_source: Any = None
-        self._clean_cache: tuple[Any, Any] = (None, None)  # (source, Arrays)
-        self._scale_cache: tuple[Any, Any, str] = (None, None, "")  # (model, source, scale)
+        self._reads = CachedReads(self.state)  # the pixel scale and the clean images, read once
 
         layout = QVBoxLayout(self)
         layout.addLayout(self._controls())
@@ -81,7 +76,12 @@ class InspectorPanel(QWidget):
         splitter.setStretchFactor(1, 4)
         splitter.setSizes([220, 1000])
         layout.addWidget(splitter, 3)
-        layout.addWidget(self._transplant_box(), 2)
+        self._transplant = TransplantBox()
+        self.transplant_button, self.m_spin, self.transplant_label = (
+            self._transplant.transplant_button, self._transplant.m_spin, self._transplant.transplant_label)
+        self.grid_host, self.grid = self._transplant.grid_host, self._transplant.grid
+        self.transplant_button.clicked.connect(lambda: self.run_transplant())
+        layout.addWidget(self._transplant, 2)
         self.state.model_changed.connect(self._on_model)
         self.state.data_changed.connect(self._refresh_sources)
         self._refresh_sources()
@@ -91,9 +91,6 @@ class InspectorPanel(QWidget):
 
     def _controls(self) -> QVBoxLayout:
         """Two rows (what to inspect; how), so the panel fits a 1,280 px screen."""
-        from core.inspect.occlusion import FILLS
-        from core.inspect.trigger import DEFAULT_METHOD, METHODS
-
         rows = QVBoxLayout()
         row = QHBoxLayout()
         rows.addLayout(row)
@@ -109,49 +106,11 @@ class InspectorPanel(QWidget):
         self.inspect_button.clicked.connect(self.inspect_selected)
         row.addWidget(self.inspect_button)
         row.addStretch(1)
-        row = QHBoxLayout()
-        rows.addLayout(row)
-        row.addWidget(QLabel("Box from"))
-        self.method_combo = QComboBox()
-        for m in METHODS:
-            self.method_combo.addItem(TITLES[m], m)
-        self.method_combo.setCurrentIndex(METHODS.index(DEFAULT_METHOD))
-        self.method_combo.setToolTip("Which map's box is transplanted and covered. Occlusion (default) resolves small triggers to the stride; Grad-CAM to the last conv layer's cells.")
-        row.addWidget(self.method_combo)
-        row.addWidget(QLabel("Class"))
-        self.class_spin = QSpinBox()
-        self.class_spin.setRange(-1, 100000)
-        self.class_spin.setSpecialValueText("predicted")
-        self.class_spin.setValue(-1)
-        row.addWidget(self.class_spin)
-        row.addWidget(QLabel("Layer"))
-        self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("Conv layer for Grad-CAM (default: the last)")
-        row.addWidget(self.layer_combo)
-        row.addWidget(QLabel("Patch"))
-        self.patch_spin = QSpinBox()
-        self.patch_spin.setRange(0, 512)
-        self.patch_spin.setSpecialValueText("auto")
-        self.patch_spin.setToolTip("Occlusion patch side; auto tries about 1/7, 1/4 and 1/2.5 of the image side "
-                                   "and keeps the smallest whose box, covered, changes the prediction")
-        row.addWidget(self.patch_spin)
-        row.addWidget(QLabel("Stride"))
-        self.stride_spin = QSpinBox()
-        self.stride_spin.setRange(0, 512)
-        self.stride_spin.setSpecialValueText("auto")
-        row.addWidget(self.stride_spin)
-        row.addWidget(QLabel("Fill"))
-        self.fill_combo = QComboBox()
-        self.fill_combo.addItems(list(FILLS))
-        row.addWidget(self.fill_combo)
-        row.addWidget(QLabel("Threshold"))
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.05, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(0.5)
-        self.threshold_spin.setToolTip("Salient region: pixels above this fraction of the map's peak")
-        row.addWidget(self.threshold_spin)
-        row.addStretch(1)
+        self._settings = InspectSettings()
+        rows.addWidget(self._settings)
+        st = self._settings
+        self.method_combo, self.class_spin, self.layer_combo = st.method_combo, st.class_spin, st.layer_combo
+        self.patch_spin, self.stride_spin, self.fill_combo, self.threshold_spin = st.patch_spin, st.stride_spin, st.fill_combo, st.threshold_spin
         return rows
 
     def _picker(self) -> QWidget:
@@ -166,81 +125,12 @@ class InspectorPanel(QWidget):
         return self.image_list
 
     def _viewer(self) -> QWidget:
-        host = QWidget()
-        column = QVBoxLayout(host)
-        column.setContentsMargins(0, 0, 0, 0)
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.setBackground("w")
-        self.views: dict[str, dict[str, Any]] = {}
-        for col, key in enumerate(("image", "gradcam", "occlusion")):
-            title = self.graphics.addLabel(TITLES[key], row=0, col=col, color="#222", size="11pt")
-            view = self.graphics.addViewBox(row=1, col=col, lockAspect=True, invertY=True, enableMouse=True)
-            base = pg.ImageItem(axisOrder="row-major")
-            heat = pg.ImageItem(axisOrder="row-major")
-            heat.setZValue(1)
-            box = QGraphicsRectItem()
-            pen = QPen(QColor("#00e676"))
-            pen.setWidthF(2.5)
-            pen.setCosmetic(True)
-            box.setPen(pen)
-            box.setZValue(2)
-            box.hide()
-            view.addItem(base)
-            view.addItem(heat)
-            view.addItem(box)
-            self.views[key] = {"title": title, "view": view, "base": base, "heat": heat, "box": box}
-        column.addWidget(self.graphics, 1)
-
-        bar = QHBoxLayout()
-        bar.addWidget(QLabel("Overlay opacity"))
-        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
-        self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(55)
-        self.opacity_slider.setMaximumWidth(220)
-        self.opacity_slider.valueChanged.connect(self._apply_opacity)
-        bar.addWidget(self.opacity_slider)
-        bar.addWidget(QLabel("Colour map"))
-        self.cmap_combo = QComboBox()
-        self.cmap_combo.addItems(COLOUR_MAPS)
-        self.cmap_combo.currentTextChanged.connect(self._apply_colour_map)
-        bar.addWidget(self.cmap_combo)
-        self.export_button = QPushButton("Export overlays as PNG…")
+        self._heat = HeatMapView()
+        self.graphics, self.views, self.opacity_slider, self.cmap_combo = (
+            self._heat.graphics, self._heat.views, self._heat.opacity_slider, self._heat.cmap_combo)
+        self.export_button, self.result_label = self._heat.export_button, self._heat.result_label
         self.export_button.clicked.connect(self.choose_export)
-        bar.addWidget(self.export_button)
-        bar.addStretch(1)
-        column.addLayout(bar)
-        self.result_label = QLabel("Choose an image on the left, open one, or send one here from another panel.")
-        self.result_label.setWordWrap(True)
-        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        column.addWidget(self.result_label)
-        self._apply_colour_map(self.cmap_combo.currentText())
-        self._apply_opacity(self.opacity_slider.value())
-        return host
-
-    def _transplant_box(self) -> QGroupBox:
-        box = QGroupBox("Transplant test: paste the salient box onto clean images of other classes")
-        column = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.transplant_button = QPushButton("Transplant test")
-        self.transplant_button.clicked.connect(lambda: self.run_transplant())
-        row.addWidget(self.transplant_button)
-        row.addWidget(QLabel("Clean images"))
-        self.m_spin = QSpinBox()
-        self.m_spin.setRange(1, 10000)
-        self.m_spin.setValue(100)
-        row.addWidget(self.m_spin)
-        self.transplant_label = QLabel("A trigger flips most of them to the suspect's class; a random clean box of the same size (baseline) does not.")
-        self.transplant_label.setWordWrap(True)
-        row.addWidget(self.transplant_label, 1)
-        column.addLayout(row)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        self.grid_host = QWidget()
-        self.grid = QGridLayout(self.grid_host)
-        self.grid.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        scroll.setWidget(self.grid_host)
-        column.addWidget(scroll, 1)
-        return box
+        return self._heat
 
     # ------------------------------------------------------------- sources
 
@@ -411,10 +301,10 @@ class InspectorPanel(QWidget):
         threshold = self.threshold_spin.value()
 
         def job():
-            scale = yield from self._scale_job()
+            scale = yield from self._reads.scale_job()
             value = None
             if fill == "mean":
-                clean = yield from self._clean_job()
+                clean = yield from self._reads.clean_job()
                 value = clean_mean(clean.x)
             settings = OcclusionSettings(patch or None, stride or None, fill, value)
             result = yield from inspect(loaded, image, scale, method, METHODS, layer, None if cls < 0 else cls, settings, threshold)
@@ -423,114 +313,15 @@ class InspectorPanel(QWidget):
 
         return job
 
-    def _scale_job(self):
-        """The pixel scale: the analyst's choice, or measured once on clean data for ``auto``."""
-        from core.evaluate import choose_scale
-        from core.jobs import Progress
-
-        loaded, clean = self.state.loaded, self.state.clean_for_calibration()
-        if self.state.scale != "auto":
-            return self.state.scale
-        model, source, scale = self._scale_cache
-        if model is loaded and source is clean and scale:
-            return scale
-        yield Progress(None, "Choosing the input scale")
-        scale, _note = choose_scale(loaded, clean, "auto")
-        self._scale_cache = (loaded, clean, scale)
-        return scale
-
-    def _clean_job(self):
-        """Clean images (up to :data:`CLEAN_LIMIT`), read once per source."""
-        from core.intake.data import load_arrays
-        from core.errors import DataError
-        from core.jobs import Progress
-
-        clean = self.state.data.get("clean_test") or self.state.clean_for_calibration()
-        if clean is None:
-            raise DataError("the transplant test and the mean fill need clean data: open clean test or validation data first")
-        source, arrays = self._clean_cache
-        if source is clean:
-            return arrays
-        yield Progress(None, f"Reading clean images from {clean.path.name}")
-        arrays = load_arrays(clean, self.state.loaded.input_shape, CLEAN_LIMIT)
-        if len(arrays) == 0:
-            raise DataError(f"{clean.path}: no readable clean images")
-        self._clean_cache = (clean, arrays)
-        return arrays
-
     def _show_inspection(self, result: Any) -> None:
         self.inspection = result
         self.transplant_result = None
         self._inspection_entry = self.state.publish(Kind.INSPECTION, result, note=f"one image: {result.source}")
-        self._clear_grid()
-        image = np.clip(result.image, 0, 255).astype(np.uint8)
-        if image.shape[2] == 1:
-            image = image[:, :, 0]
-        h, w = result.image.shape[:2]
-        for key, parts in self.views.items():
-            parts["base"].setImage(image, levels=(0, 255))
-            smap = result.maps.get(key)
-            if key == "image":
-                smap_box = result.primary.box
-                parts["heat"].clear()
-                title = f"Image — predicted {result.predicted} ({result.confidence:.1%})"
-                if result.label is not None:
-                    title += f", label {result.label}"
-            elif smap is None:
-                smap_box = None
-                parts["heat"].clear()
-                title = f"{TITLES[key]} — unavailable"
-            else:
-                smap_box = smap.box
-                heat = np.maximum(np.asarray(smap.heat, np.float32), 0.0)
-                parts["heat"].setImage(heat, levels=(0.0, max(float(heat.max()), 1e-6)))
-                title = f"{TITLES[key]} — {smap.detail}"
-            parts["title"].setText(title, color="#222", size="11pt")
-            self._draw_box(parts["box"], smap_box)
-            parts["view"].setRange(QRectF(0, 0, w, h), padding=0.02)
-        self._apply_colour_map(self.cmap_combo.currentText())
-        self._apply_opacity(self.opacity_slider.value())
-        self.result_label.setText(self._describe(result))
+        self._transplant.clear()
+        self._heat.show_inspection(result)
         self.transplant_label.setText("Press Transplant test to paste the box onto clean images of other classes.")
         self._refresh_buttons()
         self.window.status.setText(f"Inspected {result.source}: class {result.predicted} ({result.confidence:.1%})")
-
-    @staticmethod
-    def _draw_box(item: QGraphicsRectItem, box: Optional[tuple]) -> None:
-        if box is None:
-            item.hide()
-            return
-        r0, c0, r1, c1 = box
-        item.setRect(QRectF(c0, r0, c1 - c0, r1 - r0))
-        item.show()
-
-    @staticmethod
-    def _describe(result: Any) -> str:
-        lines = [f"<b>{result.source}</b>: predicted class <b>{result.predicted}</b> ({result.confidence:.2%})"
-                 + (f", explaining class {result.explained_class}" if result.explained_class != result.predicted else "")]
-        for key, smap in result.maps.items():
-            marker = " (box used below)" if key == result.method else ""
-            box = "none (empty map)" if smap.box is None else f"rows {smap.box[0]}–{smap.box[2] - 1}, cols {smap.box[1]}–{smap.box[3] - 1}"
-            lines.append(f"{TITLES[key]}{marker}: peak {smap.peak}, salient box {box}")
-        if result.repair is not None:
-            r = result.repair
-            verdict = "<b>left</b>" if r.left_class else "stayed in"
-            lines.append(f"Covering the box: class {r.predicted} ({r.confidence:.1%}); {verdict} class {r.suspect_class} "
-                         f"(its probability now {r.suspect_probability:.1%})")
-        lines.extend(result.notes)
-        return "<br>".join(lines)
-
-    def _apply_opacity(self, value: int) -> None:
-        for parts in self.views.values():
-            parts["heat"].setOpacity(value / 100.0)
-
-    def _apply_colour_map(self, name: str) -> None:
-        try:
-            cmap = pg.colormap.get(name)
-        except Exception:  # noqa: BLE001 -- a map missing from this pyqtgraph build
-            cmap = pg.colormap.get("viridis")
-        for parts in self.views.values():
-            parts["heat"].setColorMap(cmap)
 
     # ------------------------------------------------------------ transplant
 
@@ -551,7 +342,7 @@ class InspectorPanel(QWidget):
         parent = self._inspection_entry
 
         def job():
-            clean = yield from self._clean_job()
+            clean = yield from self._reads.clean_job()
             if clean.x.shape[1:] != result.image.shape:
                 raise DataError("the clean data does not match the model's input: reopen it")
             return (yield from transplant_search(loaded, result, clean.x, clean.y, m))
@@ -570,47 +361,8 @@ class InspectorPanel(QWidget):
 
     def _show_transplant(self, tr: Any) -> None:
         self.transplant_result = tr
-        verdict = "looks like a trigger" if tr.looks_like_trigger else "does not behave like a trigger"
-        r0, c0, r1, c1 = tr.box
-        others = [t for t in tr.tried if t["box_from"] != tr.box_from]
-        tried = ("" if not others else "<br>Also tried: " + "; ".join(
-            f"{t['box_from'].split(',')[1].strip() if ',' in t['box_from'] else t['box_from']}: {t['flip_rate']:.0%} "
-            f"(baseline {t['baseline']:.0%})" for t in others))
-        self.transplant_label.setText(
-            f"<b>{tr.flip_rate:.0%}</b> of {tr.n} clean images flipped to class {tr.suspect_class} "
-            f"(baseline: random clean box {tr.baseline:.0%}, same region of clean images {tr.baseline_same_place:.0%}) — the box {verdict}."
-            f"<br>Box pasted: rows {r0}–{r1 - 1}, cols {c0}–{c1 - 1}, from the {tr.box_from} map.{tried}"
-        )
-        self._draw_box(self.views["image"]["box"], tr.box)
-        self._clear_grid()
-        self.grid.addWidget(QLabel("Suspect box\npasted:"), 0, 0)
-        for k in range(min(len(tr.examples), GRID_COLUMNS)):
-            self._add_cell(0, k + 1, tr.examples[k], int(tr.before[k]), int(tr.predicted[k]), tr.suspect_class)
-        self.grid.addWidget(QLabel("Baseline\n(random\nclean box):"), 1, 0)
-        for k in range(min(len(tr.baseline_examples), GRID_COLUMNS)):
-            self._add_cell(1, k + 1, tr.baseline_examples[k], int(tr.before[k]), int(tr.baseline_predicted[k]), tr.suspect_class)
-
-    def _add_cell(self, row: int, col: int, image: np.ndarray, before: int, after: int, suspect: int) -> None:
-        cell = QWidget()
-        v = QVBoxLayout(cell)
-        v.setContentsMargins(2, 2, 2, 2)
-        v.setSpacing(1)
-        picture = QLabel()
-        picture.setPixmap(to_pixmap(image, CELL))
-        picture.setFixedSize(CELL, CELL)
-        flipped = after == suspect
-        caption = QLabel(f"{before} → {after}")
-        caption.setStyleSheet(f"color: {'#b3261e' if flipped else '#1b7f3a'}; font-size: 10px; font-weight: {'bold' if flipped else 'normal'}")
-        caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        v.addWidget(picture)
-        v.addWidget(caption)
-        self.grid.addWidget(cell, row, col)
-
-    def _clear_grid(self) -> None:
-        while self.grid.count():
-            item = self.grid.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+        self._transplant.show_transplant(tr)
+        draw_box(self.views["image"]["box"], tr.box)
 
     # --------------------------------------------------------------- export
 
@@ -641,24 +393,13 @@ class InspectorPanel(QWidget):
     def _on_model(self) -> None:
         """Another model: nothing of the old one's heat-maps, boxes or transplant may stay on screen."""
         loaded = self.state.loaded
-        self.layer_combo.clear()
-        self.layer_combo.addItem("last conv", None)
-        for conv in loaded.summary.conv_layers:
-            self.layer_combo.addItem(conv.name, conv.name)
-        self.class_spin.setMaximum(loaded.num_classes - 1)
+        self._settings.set_model(loaded)
         self.inspection = self.transplant_result = self._inspection_entry = None
         self._images = None
         self.image_list.clear()
-        self._clean_cache = (None, None)
-        self._scale_cache = (None, None, "")
-        for key, parts in self.views.items():
-            parts["base"].clear()
-            parts["heat"].clear()
-            parts["box"].hide()
-            parts["title"].setText(TITLES[key], color="#222", size="11pt")
-        self._clear_grid()
-        self.result_label.setText("Model changed: choose an image on the left, open one, or send one here from another panel.")
-        self.transplant_label.setText("A trigger flips most of them to the suspect's class; a random clean box of the same size (baseline) does not.")
+        self._reads.forget()
+        self._heat.clear("Model changed: choose an image on the left, open one, or send one here from another panel.")
+        self._transplant.clear(TRANSPLANT_LINE)
         self._refresh_buttons()
 
     def _refresh_buttons(self) -> None:
@@ -683,7 +424,7 @@ class InspectorPanel(QWidget):
         target = self.state.target
 
         def job():
-            scale = yield from self._scale_job()
+            scale = yield from self._reads.scale_job()
             yield Progress(None, f"Reading {source.path.name}")
             arrays = load_arrays(source, loaded.input_shape, THUMBNAILS)
             return arrays, predict_labels(loaded, arrays.x, scale)

@@ -1,0 +1,124 @@
+"""The Verdict panel's headline: the combined verdict in its level's colour, the line of reasons, one evidence row per method."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+
+ASK = "Run Neural Cleanse to ask: is this model backdoored, and towards which class?"
+# The combined verdict's colours: red, amber, neutral grey -- never a green "clean".
+LEVEL_COLOURS = {"backdoored": "#b3261e", "suspicious": "#b26a00", "no evidence": "#5f6368"}
+NEUTRAL = "#333333"
+EVIDENCE_COLUMNS = ["Method", "Says", "Classes", "Evidence"]
+
+
+class VerdictHeadline(QWidget):
+    """The three rows above the Verdict panel's controls; they show a verdict, never decide one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        self.verdict_label = QLabel(ASK)
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.style_verdict(None)
+        column.addWidget(self.verdict_label)
+        self.reason_label = QLabel("")
+        self.reason_label.setWordWrap(True)
+        self.reason_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.reason_label.setStyleSheet("font-size: 11px; color: #333; padding: 0 4px")
+        self.reason_label.setVisible(False)
+        column.addWidget(self.reason_label)
+        self.evidence_table = _evidence_table()
+        column.addWidget(self.evidence_table)
+
+    def style_verdict(self, level: Optional[str]) -> None:
+        colour = LEVEL_COLOURS.get(level or "", NEUTRAL)
+        self.verdict_label.setStyleSheet(f"font-size: 15px; font-weight: bold; color: {colour}; padding: 4px")
+
+    def show_verdict(self, verdict: Any) -> None:
+        """Headline in the level's colour, the reason, one row per method; ``None``: the question again."""
+        if verdict is None:
+            self.verdict_label.setText(ASK)
+            self.style_verdict(None)
+            self.reason_label.setVisible(False)
+            self.evidence_table.setVisible(False)
+            self.evidence_table.setRowCount(0)
+            return
+        ran_detectors = any(e.method != "measured attack success" for e in verdict.evidence)
+        self.verdict_label.setText(verdict.summary + ("" if ran_detectors else " -- run the detectors too"))
+        self.style_verdict(verdict.level)
+        self.reason_label.setText(verdict.reason)
+        self.reason_label.setVisible(True)
+        table = self.evidence_table
+        table.setRowCount(len(verdict.evidence))
+        for row, e in enumerate(verdict.evidence):
+            cells = [e.method, e.level, ", ".join(map(str, e.classes)) or "-", evidence_text(e)]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(e.summary)
+                if col == 1:
+                    item.setForeground(pg.mkColor(LEVEL_COLOURS.get(e.level, NEUTRAL)))
+                table.setItem(row, col, item)
+        table.resizeRowsToContents()
+        height = table.horizontalHeader().height() + sum(table.rowHeight(r) for r in range(table.rowCount())) + 4
+        table.setFixedHeight(min(height, 140))
+        table.setVisible(True)
+
+
+def _evidence_table() -> QTableWidget:
+    table = QTableWidget(0, len(EVIDENCE_COLUMNS))
+    table.setHorizontalHeaderLabels(EVIDENCE_COLUMNS)
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+    table.setWordWrap(True)
+    header = table.horizontalHeader()
+    for col in range(3):
+        header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+    header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+    table.setStyleSheet("font-size: 11px")
+    table.setVisible(False)
+    return table
+
+
+def evidence_text(e: Any) -> str:
+    """The figures behind one method's say, short enough for one table row."""
+    from core.detect.model_level.verdict import (
+        ASR_BACKDOORED,
+        ASR_SUSPICIOUS,
+        BLIND_SPOT,
+        LABEL_SPECIFIC,
+        LABEL_SPECIFIC_RATIO,
+        MMBD_BACKDOORED_P,
+        MMBD_SUSPICIOUS_P,
+        mapping,
+    )
+
+    d = e.details
+    if e.method == "Neural Cleanse" and d.get("norms"):
+        idx = {c: v for c, v in d.get("anomaly_index", {}).items() if v is not None}
+        smallest = sorted(d["norms"], key=lambda c: d["norms"][c])[:3]
+        parts = ", ".join(f"{c}: {d['norms'][c]:.0f} px (index {idx.get(c, float('nan')):.2f})" for c in smallest)
+        return f"median mask {d.get('median_norm', 0):.0f} px; smallest {parts}; flagged at index > 2"
+    if e.method == "MM-BD" and d.get("p_values"):
+        ranked = sorted(d["p_values"], key=lambda c: d["p_values"][c])[:3]
+        parts = ", ".join(f"{c}: margin {d['margins'][c]:.0f}, p = {d['p_values'][c]:.2g}" for c in ranked)
+        return f"{parts}; suspicious at p < {MMBD_SUSPICIOUS_P:g}, backdoored at p < {MMBD_BACKDOORED_P:g}"
+    if e.method == "measured attack success":
+        target = "" if d.get("target") is None else f" to class {d['target']}"
+        return (f"attack success {d['attack_success_rate']:.1%}{target} on {d['n_poisoned']} suspected-poisoned images "
+                f"(Evaluate); suspicious from {ASR_SUSPICIOUS:.0%}, backdoored from {ASR_BACKDOORED:.0%}")
+    if e.method == LABEL_SPECIFIC and "ratio" in d:
+        sends = mapping({int(k): v for k, v in d["destinations"].items()}, 5)
+        return (f"untargeted trigger {d['norm']:.0f} px = {d['ratio']:.2f} x the smallest one-class trigger "
+                f"({d['smallest_targeted_norm']:.0f} px; label-specific below {LABEL_SPECIFIC_RATIO:g} x); sends {sends}")
+    if e.method == BLIND_SPOT and "median_margin_over_clean_margin" in d:
+        return (f"median class pushed to {d['median_margin_over_clean_margin']:.1f} x the clean margin (the detectors "
+                f"discriminate below {d['threshold']:g} x): silence proves nothing; easiest to reach: "
+                f"{', '.join(map(str, d['easiest_classes']))}")
+    return e.summary
