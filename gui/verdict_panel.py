@@ -69,7 +69,7 @@ class VerdictPanel(QWidget):
         self._example: Optional[np.ndarray] = None  # one clean image, for the stamped thumbnails
         self._pixel_max = 255.0
         self._bars: dict[int, float] = {}
-        self._current_target: Optional[int] = None
+        self._norm_keys: dict[int, str] = {}  # class -> its live mask-norm curve, made at its first round
         self._repairing = False  # the repair's extra trigger searches must not redraw the verdict's chart
 
         outer = QVBoxLayout(self)
@@ -89,8 +89,7 @@ class VerdictPanel(QWidget):
         outer.addLayout(body, 1)
 
         self.curves = LiveCurves(self)
-        for key, curve in (("norm", self.norm_curve), ("loss", self.loss_curve),
-                           ("ep_clean", self.ep_clean_curve), ("ep_asr", self.ep_asr_curve)):
+        for key, curve in (("loss", self.loss_curve), ("ep_clean", self.ep_clean_curve), ("ep_asr", self.ep_asr_curve)):
             self.curves.add(key, curve)
         self._buffers = self.curves  # buffers by key (tests read their fill)
         self.state.model_changed.connect(self._model_changed)
@@ -140,8 +139,7 @@ class VerdictPanel(QWidget):
         self.trigger_host, self.trigger_grid = self._gallery.trigger_host, self._gallery.trigger_grid
 
         self.live_plot = titled_plot("Optimisation: mask norm per round", "round", "mask norm (pixels)")
-        self.norm_curve = self.live_plot.plot([], [], pen=pg.mkPen("#2ca02c", width=2), name="current class")
-        self.loss_curve = self.live_plot.plot([], [], pen=pg.mkPen("#555555", width=1), name="unlearning loss per batch")
+        self.loss_curve = self.live_plot.plot([], [], pen=pg.mkPen("#555555", width=1))
         self.epoch_plot = titled_plot("Unlearning (held-out data)", "epoch", "rate")
         self.epoch_plot.setYRange(0, 1.02)
         self.ep_clean_curve = self.epoch_plot.plot([], [], pen=CLEAN_PEN, symbol="o", symbolSize=6, symbolBrush="#1f77b4", name="clean accuracy")
@@ -294,7 +292,6 @@ class VerdictPanel(QWidget):
 
         self.result = self.repair_result = self.judgement = None
         self._repairing = False
-        self._current_target = None
         self.live_plot.setLabel("bottom", "round")
         self.live_plot.setLabel("left", "mask norm (pixels)")
         self._clear_views()
@@ -305,24 +302,21 @@ class VerdictPanel(QWidget):
         return self.window.start_job("Neural Cleanse + MM-BD" if self.use_mmbd.isChecked() else "Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
 
     def _on_event(self, event: Any) -> None:
-        from core.detect.model_level.cleanse import ClassDone, CleanseStep
+        from core.detect.model_level.cleanse import ClassDone, CleanseRound
         from core.repair.finetune import BatchLoss, EpochMetrics
         from core.repair.repair import RepairStage
 
-        if isinstance(event, (CleanseStep, ClassDone)) and self._repairing:
-            if isinstance(event, CleanseStep):
-                self.window.status.setText(f"Extra reversed trigger for class {event.target} (unlearned too), round {event.round}")
+        if isinstance(event, (CleanseRound, ClassDone)) and self._repairing:
+            if isinstance(event, CleanseRound):
+                self.window.status.setText(f"Extra reversed triggers (unlearned too), round {event.round}")
             return
-        if isinstance(event, CleanseStep):
-            if event.round == 1:  # a new class, or another random start of the same class
-                self.curves["norm"].clear()
-            if event.target != self._current_target:
-                self._current_target = event.target
-                self.curves["norm"].clear()
-                title = (f"Optimisation: mask norm per round, class {event.target}" if event.target >= 0
-                         else "Untargeted trigger: mask norm per round")
-                self.live_plot.setTitle(f"{title} ({event.position + 1}/{event.candidates})", color="k")
-            self.curves.append("norm", event.round, event.norm)
+        if isinstance(event, CleanseRound):
+            if event.round == 1:  # every class starts at once; the untargeted trigger (class -1) after them
+                self.curves.clear(*self._norm_keys.values())
+                self.live_plot.setTitle("Optimisation: mask norm per round, one line per class"
+                                        if -1 not in event.norms else "Untargeted trigger: mask norm per round", color="k")
+            for target, norm in event.norms.items():
+                self.curves.append(self._norm_key(target), event.round, norm)
         elif isinstance(event, ClassDone):
             self._bars[event.target] = event.norm
             self._draw_bars()
@@ -338,6 +332,15 @@ class VerdictPanel(QWidget):
             row = STAGE_ROWS.get(event.stage)
             if row is not None:
                 self.table.set_row(row, event.metrics)
+
+    def _norm_key(self, target: int) -> str:
+        """The live curve of one class's mask norm (the untargeted trigger, -1, in black), made when first needed."""
+        key = self._norm_keys.get(target)
+        if key is None:
+            key = self._norm_keys[target] = f"norm {target}"
+            colour = pg.mkPen("k", width=2) if target < 0 else pg.mkPen(pg.intColor(target, hues=max(10, len(self._norm_keys))), width=1.5)
+            self.curves.add(key, self.live_plot.plot([], [], pen=colour))
+        return key
 
     def _draw_bars(self) -> None:
         self._norms.draw_bars(self._bars, set(self.result.flagged_classes) if self.result is not None else set())
@@ -383,7 +386,7 @@ class VerdictPanel(QWidget):
         self.repair_result = None
         self._refresh_buttons()
         self._repairing = True
-        self.curves.clear("loss", "ep_clean", "ep_asr", "norm")
+        self.curves.clear("loss", "ep_clean", "ep_asr", *self._norm_keys.values())
         doing = {"unlearn": "Unlearning", "both": "Fine-pruning, then unlearning", "fine-prune": "Fine-pruning"}[method]
         self.live_plot.setTitle(f"{doing}: training loss per batch", color="k")
         self.epoch_plot.setTitle(f"{doing} (held-out clean data)", color="k")
