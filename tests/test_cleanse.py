@@ -32,8 +32,20 @@ def test_anomaly_index_matches_hand_computation():
 
 def test_anomaly_index_with_equal_norms_flags_nothing():
     indices, median, mad = anomaly_indices({0: 5.0, 1: 5.0, 2: 5.0})
-    assert mad == 0 and set(indices.values()) == {0.0}
+    assert mad == pytest.approx(0.25) and set(indices.values()) == {0.0}  # the spread floor: 5% of the median
     assert flag_classes({0: 5.0, 1: 5.0, 2: 5.0}, indices, median) == []
+
+
+def test_nearly_equal_norms_are_not_an_outlier():
+    """Six one-class triggers of 12.1-12.7 px (a label-specific backdoor): the raw MAD is 0.07 px and would
+    put the smallest 4.4 deviations out; the spread floor (5% of the median) keeps it within 2."""
+    norms = {0: 12.42, 1: 12.48, 2: 12.41, 3: 12.39, 4: 12.68, 5: 12.11}
+    # median = (12.41 + 12.42) / 2 = 12.415; |deviations| 0.005 ... 0.305, their median 0.045;
+    # 1.4826 * 0.045 = 0.0667 < 0.05 * 12.415 = 0.62075, the floor
+    indices, median, mad = anomaly_indices(norms)
+    assert median == pytest.approx(12.415) and mad == pytest.approx(0.62075)
+    assert indices[5] == pytest.approx(0.305 / 0.62075)
+    assert flag_classes(norms, indices, median) == []
 
 
 def _planted_images(n: int, seed: int = 0) -> Arrays:

@@ -64,6 +64,11 @@ MAD_CONSISTENCY = 1.4826
 # Index > 2 means a norm this far from the median has < 5% probability under
 # the normal assumption (the paper's threshold, ~95% confidence).
 ANOMALY_THRESHOLD = 2.0
+# The spread never counts as less than 5% of the median norm. When every class needs about the same
+# mask (a label-specific backdoor makes every one-class trigger repaint the same rows: norms 12.1-12.7 px),
+# the MAD shrinks to a tenth of a pixel and a class 0.3 px below the others reads as 4 deviations out.
+# Norms within a few percent of each other are not an outlier; on real models the MAD is 10-20% of the median.
+MIN_RELATIVE_SPREAD = 0.05
 _EPS = 1e-7
 
 
@@ -256,12 +261,12 @@ class CleanseResult:
 def anomaly_indices(norms: dict[int, float]) -> tuple[dict[int, float], float, float]:
     """Anomaly index of each class's mask norm: |norm - median| / (1.4826 * MAD).
 
-    Returns (indices, median, consistency-scaled MAD). When every norm is the
-    same the MAD is 0: equal norms get index 0, any other infinity.
+    Returns (indices, median, consistency-scaled MAD, floored at 5% of the median: MIN_RELATIVE_SPREAD).
+    Only when every norm is 0 is the spread 0: then equal norms get index 0, any other infinity.
     """
     values = np.array(list(norms.values()), np.float64)
     median = float(np.median(values))
-    mad = MAD_CONSISTENCY * float(np.median(np.abs(values - median)))
+    mad = max(MAD_CONSISTENCY * float(np.median(np.abs(values - median))), MIN_RELATIVE_SPREAD * abs(median))
     out = {}
     for cls, norm in norms.items():
         deviation = abs(norm - median)
