@@ -38,46 +38,42 @@ if str(ROOT) not in sys.path:
 
 from bench.zoo import ZooEntry, build_zoo  # noqa: E402
 
-RESULTS_VERSION = 3  # 2: TensorFlow with oneDNN kernels (core.intake.tf_env), all models re-timed; 3: Neural Cleanse's label-specific step
+RESULTS_VERSION = 4  # 2: oneDNN kernels; 3: Neural Cleanse's label-specific step; 4: batched Neural Cleanse + warp inversion (issue 22)
 
 
 def run_detectors(entry: ZooEntry) -> dict[str, Any]:
-    """Neural Cleanse and MM-BD on one model with default settings and clean_valid only."""
+    """Every model-level detector on one model, default settings, clean_valid only: the raw statistics."""
     from core.detect.model_level.cleanse import CleanseSettings, cleanse
-    from core.intake.data import load_arrays, open_data
-    from core.intake.fit import choose_scale
-    from core.jobs import run_job
     from core.detect.model_level.mmbd import mmbd
+    from core.detect.model_level.warp import warp_inversion
+    from core.intake.data import load_arrays, open_data
+    from core.intake.fit import pair
     from core.intake.models import load_model
+    from core.jobs import run_job
 
     loaded = load_model(entry.model)
     clean = open_data(entry.clean_valid)
-    scale, _note = choose_scale(loaded, clean, "auto")
     arrays = load_arrays(clean, loaded.input_shape, limit=CleanseSettings().max_images)
-    started, cpu = time.perf_counter(), time.process_time()
-    nc = run_job(cleanse(loaded, arrays, scale))
-    nc_seconds, nc_cpu = time.perf_counter() - started, time.process_time() - cpu
-    started, cpu = time.perf_counter(), time.process_time()
-    mm = run_job(mmbd(loaded, arrays, scale))
-    mm_seconds, mm_cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {
-        "version": RESULTS_VERSION,
-        "key": _key(entry),
-        "scale": scale,
-        "cleanse": {k: v for k, v in nc.as_dict().items() if k != "settings"},
-        "cleanse_seconds": nc_seconds,
-        "cleanse_cpu_seconds": nc_cpu,
-        "mmbd": {k: v for k, v in mm.as_dict().items() if k != "settings"},
-        "mmbd_seconds": mm_seconds,
-        "mmbd_cpu_seconds": mm_cpu,
-    }
+    pairing = pair(loaded, arrays, "auto")
+    record: dict[str, Any] = {"version": RESULTS_VERSION, "key": _key(entry), "scale": pairing.scale}
+    for name, job in (("cleanse", lambda: cleanse(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max)),
+                      ("mmbd", lambda: mmbd(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max)),
+                      ("warp", lambda: warp_inversion(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max))):
+        started, cpu = time.perf_counter(), time.process_time()
+        result = run_job(job())
+        record[name] = {k: v for k, v in result.as_dict().items() if k != "settings"}
+        record[f"{name}_seconds"] = time.perf_counter() - started
+        record[f"{name}_cpu_seconds"] = time.process_time() - cpu
+    return record
 
 
 def _key(entry: ZooEntry) -> str:
     from core.detect.model_level.cleanse import CleanseSettings
     from core.detect.model_level.mmbd import MMBDSettings
+    from core.detect.model_level.warp import WarpSettings
 
-    return json.dumps([entry.spec.key(), dataclasses.asdict(CleanseSettings()), dataclasses.asdict(MMBDSettings())], sort_keys=True)
+    settings = [dataclasses.asdict(s()) for s in (CleanseSettings, MMBDSettings, WarpSettings)]
+    return json.dumps([entry.spec.key(), *settings], sort_keys=True)
 
 
 def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:

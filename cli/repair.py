@@ -85,5 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         asr = "n/a" if m.attack_success_rate is None else f"{m.attack_success_rate:.4f}"
         say(args, f"{stage.stage:>12}: clean accuracy {acc}, attack success rate {asr}")
     say(args, f"attack success measured on {result.asr_source}")
+    if result.note:
+        say(args, result.note)
     say(args, f"saved {result.saved} (record {result.record_path})")
     return out

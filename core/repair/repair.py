@@ -55,6 +55,7 @@ DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_HOLDOUT = 0.2
 DEFAULT_RESTARTS = 2  # extra reversed triggers per flagged class: one optimisation can land on a look-alike
+SUSPECTS_UNLEARNED = 2  # classes unlearned when none was flagged: the verdict's first suspects
 DEFAULT_SCHEDULE = "cosine"  # decays to 0: unlearns fully, then settles clean accuracy
 
 
@@ -82,6 +83,9 @@ class RepairSettings:
     restarts: int = DEFAULT_RESTARTS
     seed: int = 0
     cleanse: Optional[CleanseSettings] = None
+    # The classes the combined verdict suspects, most suspected first (Neural Cleanse, MM-BD, warp inversion):
+    # unlearned when Neural Cleanse flags none, so that a "suspicious" verdict never leaves repair with nothing to do.
+    suspects: Optional[tuple[int, ...]] = None
 
     def fine_tuning(self) -> FineTuneSettings:
         return FineTuneSettings(epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
@@ -116,6 +120,7 @@ class RepairResult:
     saved: Optional[str] = None
     record_path: Optional[str] = None
     prune: Any = None  # core.repair.pruning.PruneResult of methods fine-prune and both (sweep, channels, stages)
+    note: str = ""  # what the repair chose to do when the request could not be followed as given, in words
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +137,7 @@ class RepairResult:
             "seconds": round(self.seconds, 2),
             "saved": self.saved,
             "record": self.record_path,
+            "note": self.note,
         }
 
 
@@ -160,6 +166,11 @@ def stamp_transform(triggers: list[ReversedTrigger], fraction: float):  # noqa: 
 
 def _predict(loaded: LoadedModel, model: Any, x: np.ndarray, scale: str) -> np.ndarray:
     return predict_labels(LoadedModel(model, loaded.summary), x, scale) if len(x) else np.zeros(0, np.int64)
+
+
+def _easiest(verdict: CleanseResult) -> list[int]:
+    """The classes Neural Cleanse found easiest to reach (smallest masks), the first suspects when none was flagged."""
+    return sorted(verdict.norms, key=lambda c: verdict.norms[c])[:SUSPECTS_UNLEARNED]
 
 
 def _trigger_asr_set(triggers: list[ReversedTrigger], x: np.ndarray, y: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -237,12 +248,22 @@ def repair(
     triggers = [verdict.triggers[c] for c in flagged] if verdict is not None else []
     if not targets and verdict is not None and is_label_specific_backdoor(verdict.label_specific):
         triggers.append(verdict.label_specific.trigger)  # all-to-all: unlearn the untargeted trigger (target -1)
+    note = ""
     if method != "fine-prune" and not triggers:
-        raise TrojanScopeError(
-            "Neural Cleanse flagged no class (verdict: clean), so there is no trigger to unlearn; "
-            "repair by fine-pruning only, or name the classes to unlearn",
-            fixed_by=("method", "classes"),
-        )
+        # Never a dead end (issue 22): with no class flagged, unlearn the classes the verdict suspects most (or, without
+        # a verdict's word, the two Neural Cleanse found easiest to reach) and fine-prune as well, and say so.
+        flagged = list(settings.suspects or ())[:SUSPECTS_UNLEARNED] or _easiest(verdict)
+        missing = [c for c in flagged if c not in verdict.triggers]
+        if missing:  # a suspect Neural Cleanse screened out (many-class model): reverse its trigger now
+            extra = yield from rescaled(cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=missing), 0.45, 0.5)
+            verdict.triggers.update(extra.triggers)
+        triggers = [verdict.triggers[c] for c in flagged]
+        can_prune = bool(loaded.summary.conv_layers)
+        note = (f"Neural Cleanse flagged no class, so the repair unlearned the {len(flagged)} most suspected "
+                f"class{'es' if len(flagged) > 1 else ''} ({', '.join(map(str, flagged))}: "
+                f"{'named by the verdict' if settings.suspects else 'the easiest to reach'})"
+                + (" and fine-pruned as well" if can_prune else "; no conv layer to fine-prune"))
+        method = "both" if can_prune else method
 
     # Neural Cleanse's optimisation is not convex: on the demo BadNet one seed
     # recovers the sticker, another a 7-shaped stroke that also triggers the
@@ -325,7 +346,7 @@ def repair(
 
     result = RepairResult(
         method=method, flagged_classes=flagged, before=stages[0].metrics, after=after.metrics, model=model,
-        asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx), prune=pruned,
+        asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx), prune=pruned, note=note,
         settings={"method": method, "fraction": fraction, "epochs": settings.epochs, "learning_rate": settings.learning_rate,
                   "batch_size": settings.batch_size, "schedule": settings.schedule, "holdout": holdout, "seed": seed, "scale": scale,
                   "targets": flagged, "restarts": restarts,
