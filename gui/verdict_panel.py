@@ -245,7 +245,7 @@ class VerdictPanel(QWidget):
         """Run the detectors (core.detect.model_level.judge: Neural Cleanse, MM-BD) on the loaded model and clean validation data."""
         from core.detect.model_level.cleanse import CleanseSettings
         from core.intake.data import load_arrays
-        from core.evaluate import choose_scale
+        from core.intake.fit import pair
         from core.detect.model_level.judge import judge
         from core.detect.model_level.mmbd import MMBDSettings
 
@@ -255,15 +255,15 @@ class VerdictPanel(QWidget):
             return False
         settings = CleanseSettings(candidates=self.candidates.value(), max_rounds=self.rounds.value(), seed=self.seed.value())
         mmbd_settings = MMBDSettings(seed=self.seed.value())
-        methods = ("cleanse", "mmbd") if self.use_mmbd.isChecked() else ("cleanse",)
+        methods = ("cleanse", "mmbd", "warp") if self.use_mmbd.isChecked() else ("cleanse",)
         requested = self.state.scale
 
         def job():
             yield Progress(None, f"Reading {clean.path.name}")
-            scale, _note = choose_scale(loaded, clean, requested)
             arrays = load_arrays(clean, loaded.input_shape, limit=settings.max_images)
-            judgement = yield from judge(loaded, arrays, scale, methods=methods,
-                                         cleanse_settings=settings, mmbd_settings=mmbd_settings)
+            pairing = pair(loaded, arrays, requested)  # scale and pixel range decided once, for every detector
+            judgement = yield from judge(loaded, arrays, pairing.scale, methods=methods, cleanse_settings=settings,
+                                         mmbd_settings=mmbd_settings, pixel_max=pairing.pixel_max)
             return judgement, arrays
 
         roles = [self.state.calibration_role()]
@@ -297,9 +297,11 @@ class VerdictPanel(QWidget):
         self._clear_views()
         self._show_verdict(None)
         self.verdict_label.setText("The detectors are running: Neural Cleanse reverse-engineers a trigger per candidate class"
-                                   + (", then MM-BD measures each class's maximum margin…" if self.use_mmbd.isChecked() else "…"))
+                                   + (", then MM-BD measures each class's maximum margin and warp inversion the smallest "
+                                      "warp that reaches it…" if self.use_mmbd.isChecked() else "…"))
         self._refresh_buttons()
-        return self.window.start_job("Neural Cleanse + MM-BD" if self.use_mmbd.isChecked() else "Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
+        name = "Neural Cleanse + MM-BD + warp inversion" if self.use_mmbd.isChecked() else "Neural Cleanse"
+        return self.window.start_job(name, job, finished, self._on_event, live=self.curves, on_end=stopped)
 
     def _on_event(self, event: Any) -> None:
         from core.detect.model_level.cleanse import ClassDone, CleanseRound
@@ -395,9 +397,10 @@ class VerdictPanel(QWidget):
         self.live_plot.enableAutoRange()
 
         requested = self.state.scale
+        suspects = tuple(self.verdict.targets) if self.verdict is not None and self.verdict.targets else None  # if none is flagged
 
         def job():
-            from core.evaluate import choose_scale
+            from core.intake.fit import choose_scale
 
             yield Progress(None, f"Reading {clean.path.name}")
             scale = verdict.scale if verdict is not None else choose_scale(loaded, clean, requested)[0]
@@ -405,7 +408,7 @@ class VerdictPanel(QWidget):
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
             return (yield from repair(
                 loaded, cx.x, cx.y, scale, RepairSettings(method=method, classes=classes, fraction=fraction, epochs=epochs,
-                                                          learning_rate=lr, seed=seed),
+                                                          learning_rate=lr, seed=seed, suspects=suspects),
                 verdict=verdict, x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
             ))
 
@@ -420,7 +423,7 @@ class VerdictPanel(QWidget):
             measured = measured_on(result.n_holdout, self.state)
             self.note.setText(
                 f"{self.note.text()}\n\nRepair ({result.method}): every row's clean accuracy on {measured}; "
-                f"attack success on {result.asr_source}."
+                f"attack success on {result.asr_source}." + (f" {result.note}." if result.note else "")
             )
             self.state.publish(Kind.REPAIR, result, roles, note=f"clean accuracy on {measured}")
             self._refresh_buttons()
