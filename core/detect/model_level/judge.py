@@ -35,9 +35,9 @@ class Judgement:
     cleanse: Optional[CleanseResult]
     mmbd: Optional[MMBDResult]
     evaluation: Optional[EvalResult]
-    warp: Optional[WarpResult] = None
     scale: str
     seconds: float
+    warp: Optional[WarpResult] = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.verdict.as_dict(), "scale": self.scale, "seconds": round(self.seconds, 2),
