@@ -238,6 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="recompute cached detector statistics")
     parser.add_argument("--markdown", action="store_true", help="print the summary as Markdown")
     parser.add_argument("--rows", action="store_true", help="print one line per model too")
+    parser.add_argument("--demo", action="store_true", help="judge the demo's BadNet and its clean control as well")
     args = parser.parse_args(argv)
     halves = ("dev", "test") if args.half == "both" else (args.half,)
     by_half: dict[str, list[Row]] = {h: [] for h in halves}
@@ -253,7 +254,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     for h, s in summaries.items():
         print(f"{h}: missed {s['missed'] or 'none'}; clean flagged {s['clean_flagged'] or 'none'}; "
               f"failed implants (ASR < {WORKING_ASR:.0%}, not counted) {s['failed_implants'] or 'none'}")
+    if args.demo:
+        for line in demo_lines():
+            print(line)
     return 0
+
+
+def demo_lines() -> list[str]:
+    """The demo's two models (python main.py demo), judged as the cleanse command judges them."""
+    from core.demo import cached_demo
+    from core.detect.model_level.judge import judge
+    from core.intake.data import load_arrays, open_data
+    from core.intake.fit import pair
+    from core.intake.models import load_model
+    from core.jobs import run_job
+
+    bundle = run_job(cached_demo())
+    lines = []
+    for name, path in (("demo BadNet (target 7)", bundle.model), ("demo clean control", bundle.clean_model)):
+        loaded = load_model(path)
+        arrays = load_arrays(open_data(bundle.clean_valid), loaded.input_shape, limit=2000)
+        pairing = pair(loaded, arrays, "auto")
+        j = run_job(judge(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max))
+        lines.append(f"{name:24s} {j.verdict.summary} (p {j.verdict.p:.3g}; {j.seconds:.0f} s)")
+    return lines
 
 
 def _row_line(row: Row) -> str:
