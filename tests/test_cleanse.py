@@ -202,7 +202,7 @@ def test_repair_refuses_to_write_over_its_input(demo_model, demo_arrays, demo_ve
         run_job(repair(demo_model, clean.x, clean.y, "255", RepairSettings(classes=(7,)), verdict=demo_verdict, out=demo_bundle.model))
 
 
-def test_repair_without_a_flagged_class_unlearns_the_suspects_and_fine_prunes(demo_model, demo_arrays):
+def test_repair_unlearns_the_verdicts_suspects_and_never_dead_ends(demo_model, demo_arrays):
     """Issue 22: a "suspicious" verdict that names no flagged class never leaves repair with nothing to do."""
     from core.repair.repair import RepairSettings, repair
 
@@ -212,8 +212,13 @@ def test_repair_without_a_flagged_class_unlearns_the_suspects_and_fine_prunes(de
     assert verdict.verdict == "clean"
     settings = RepairSettings(epochs=1, restarts=0, suspects=(2, 0), cleanse=fast)
     result = run_job(repair(demo_model, clean.x, clean.y, "255", settings, verdict=verdict))
-    assert result.method == "both" and result.flagged_classes == [2, 0]
-    assert "flagged no class" in result.note and "(2, 0: named by the verdict) and fine-pruned" in result.note
+    assert result.method == "unlearn" and result.flagged_classes == [2, 0]
+    assert result.note == "unlearned the classes the verdict names (2, 0)"
+    # nothing named and nothing flagged: the two easiest classes, and fine-pruning as well
+    result = run_job(repair(demo_model, clean.x, clean.y, "255", RepairSettings(epochs=1, restarts=0, cleanse=fast), verdict=verdict))
+    easiest = sorted(verdict.norms, key=verdict.norms.get)[:2]
+    assert result.method == "both" and result.flagged_classes == easiest
+    assert result.note.startswith("no class was named") and result.note.endswith("and fine-pruned as well")
     assert result.prune is not None and result.after.clean_accuracy is not None
 
 
@@ -227,7 +232,7 @@ def test_repair_without_suspects_unlearns_the_easiest_classes(planted):
     result = run_job(repair(planted, data.x, data.y, "1", RepairSettings(epochs=1, restarts=0, cleanse=FAST), verdict=verdict))
     easiest = sorted(verdict.norms, key=verdict.norms.get)[:2]
     assert result.method == "unlearn" and result.flagged_classes == easiest
-    assert "the easiest to reach" in result.note and "no conv layer to fine-prune" in result.note
+    assert "easiest to reach" in result.note and result.note.endswith("no conv layer to fine-prune")
 
 
 # --------------------------------------------------------------------- CLI

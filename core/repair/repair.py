@@ -83,8 +83,9 @@ class RepairSettings:
     restarts: int = DEFAULT_RESTARTS
     seed: int = 0
     cleanse: Optional[CleanseSettings] = None
-    # The classes the combined verdict suspects, most suspected first (Neural Cleanse, MM-BD, warp inversion):
-    # unlearned when Neural Cleanse flags none, so that a "suspicious" verdict never leaves repair with nothing to do.
+    # The classes the combined verdict names, most suspected first (Neural Cleanse, MM-BD, warp inversion judged
+    # against clean models): unlearned instead of Neural Cleanse's own flags. With none named and none flagged the
+    # repair unlearns the two classes easiest to reach and fine-prunes too: a "suspicious" verdict never dead-ends.
     suspects: Optional[tuple[int, ...]] = None
 
     def fine_tuning(self) -> FineTuneSettings:
@@ -244,26 +245,29 @@ def repair(
             cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=targets),
             0.0, 0.5,
         )
-    flagged = list(targets) if targets else ([] if verdict is None else list(verdict.flagged_classes))
-    triggers = [verdict.triggers[c] for c in flagged] if verdict is not None else []
-    if not targets and verdict is not None and is_label_specific_backdoor(verdict.label_specific):
-        triggers.append(verdict.label_specific.trigger)  # all-to-all: unlearn the untargeted trigger (target -1)
+    # Which classes: the analyst's; else the combined verdict's targets (settings.suspects: Neural Cleanse, MM-BD and
+    # warp inversion judged against clean models); else Neural Cleanse's own flags.
+    suspects = list(settings.suspects or ())[:SUSPECTS_UNLEARNED]
+    flagged = list(targets) if targets else (suspects or ([] if verdict is None else list(verdict.flagged_classes)))
     note = ""
-    if method != "fine-prune" and not triggers:
-        # Never a dead end (issue 22): with no class flagged, unlearn the classes the verdict suspects most (or, without
-        # a verdict's word, the two Neural Cleanse found easiest to reach) and fine-prune as well, and say so.
-        flagged = list(settings.suspects or ())[:SUSPECTS_UNLEARNED] or _easiest(verdict)
-        missing = [c for c in flagged if c not in verdict.triggers]
-        if missing:  # a suspect Neural Cleanse screened out (many-class model): reverse its trigger now
-            extra = yield from rescaled(cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=missing), 0.45, 0.5)
-            verdict.triggers.update(extra.triggers)
-        triggers = [verdict.triggers[c] for c in flagged]
+    if not targets and suspects:
+        note = f"unlearned the class{'es' if len(suspects) > 1 else ''} the verdict names ({', '.join(map(str, suspects))})"
+    label_specific = not targets and verdict is not None and is_label_specific_backdoor(verdict.label_specific)
+    if method != "fine-prune" and not flagged and not label_specific:
+        # Never a dead end (issue 22): with no class named, unlearn the two Neural Cleanse found easiest to reach and
+        # fine-prune as well, and say so.
+        flagged = _easiest(verdict)
         can_prune = bool(loaded.summary.conv_layers)
-        note = (f"Neural Cleanse flagged no class, so the repair unlearned the {len(flagged)} most suspected "
-                f"class{'es' if len(flagged) > 1 else ''} ({', '.join(map(str, flagged))}: "
-                f"{'named by the verdict' if settings.suspects else 'the easiest to reach'})"
-                + (" and fine-pruned as well" if can_prune else "; no conv layer to fine-prune"))
+        note = (f"no class was named, so the repair unlearned the {len(flagged)} classes Neural Cleanse found easiest "
+                f"to reach ({', '.join(map(str, flagged))})" + (" and fine-pruned as well" if can_prune else "; no conv layer to fine-prune"))
         method = "both" if can_prune else method
+    missing = [c for c in flagged if verdict is not None and c not in verdict.triggers]
+    if missing:  # a suspect Neural Cleanse screened out (many-class model): reverse its trigger now
+        extra = yield from rescaled(cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=missing), 0.45, 0.5)
+        verdict.triggers.update(extra.triggers)
+    triggers = [verdict.triggers[c] for c in flagged] if verdict is not None else []
+    if label_specific:
+        triggers.append(verdict.label_specific.trigger)  # all-to-all: unlearn the untargeted trigger (target -1)
 
     # Neural Cleanse's optimisation is not convex: on the demo BadNet one seed
     # recovers the sticker, another a 7-shaped stroke that also triggers the
