@@ -84,20 +84,43 @@ def _key(entry: ZooEntry) -> str:
 
 
 def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:
+    """The model's cached statistics, computing what is missing (every detector, or only the clean twin's part)."""
     path = entry.root / "detectors.json"
+    record = None
     if not fresh and path.is_file():
         record = json.loads(path.read_text())
-        if record.get("version") == RESULTS_VERSION and record.get("key") == _key(entry):
-            return record
-    record = run_detectors(entry)
+        if record.get("version") != RESULTS_VERSION or record.get("key") != _key(entry):
+            record = None
+    if record is not None and "twin" in record:
+        return record
+    record = record or run_detectors(entry)
+    record.update(run_twin(entry))
     tmp = path.with_name(".detectors.json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
     return record
 
 
-def results_from(record: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """(CleanseResult, MMBDResult, WarpResult) rebuilt from the cached JSON: the verdict's inputs."""
+def run_twin(entry: ZooEntry) -> dict[str, Any]:
+    """Neural Cleanse on a clean twin of the model (core.detect.model_level.judge.twin_cleanse): its norms per class."""
+    from core.detect.model_level.cleanse import CleanseSettings
+    from core.detect.model_level.judge import twin_cleanse
+    from core.intake.data import load_arrays, open_data
+    from core.intake.fit import pair
+    from core.intake.models import load_model
+    from core.jobs import run_job
+
+    loaded = load_model(entry.model)
+    arrays = load_arrays(open_data(entry.clean_valid), loaded.input_shape, limit=CleanseSettings().max_images)
+    pairing = pair(loaded, arrays, "auto")
+    started, cpu = time.perf_counter(), time.process_time()
+    result = run_job(twin_cleanse(loaded, arrays, pairing.scale, CleanseSettings(), None, pairing.pixel_max))
+    return {"twin": {"norms": {str(k): round(v, 4) for k, v in result.norms.items()}, "median_norm": result.median},
+            "twin_seconds": time.perf_counter() - started, "twin_cpu_seconds": time.process_time() - cpu}
+
+
+def results_from(record: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(CleanseResult, MMBDResult, WarpResult, the twin's CleanseResult) rebuilt from the cached JSON: the verdict's inputs."""
     from core.detect.model_level.cleanse import CleanseResult, LabelSpecific, ReversedTrigger
     from core.detect.model_level.mmbd import MMBDResult, detect
     from core.detect.model_level.warp import WarpResult
@@ -125,16 +148,22 @@ def results_from(record: dict[str, Any]) -> tuple[Any, Any, Any]:
     warp = WarpResult({int(k): v for k, v in w["shifts"].items()}, {int(k): v for k, v in w["reached"].items()},
                       {int(k): v for k, v in w["anomaly_index"].items()}, w["median_shift"], w["top_class"], w["num_classes"],
                       w["seconds"])
-    return nc, mm, warp
+    twin = None
+    if record.get("twin"):
+        norms = {int(k): v for k, v in record["twin"]["norms"].items()}
+        twin = CleanseResult("clean", [], {}, norms, sorted(norms), [], {}, {}, record["twin"]["median_norm"], 0.0, 0.0,
+                             nc.num_classes, nc.scale, nc.n_images, record.get("twin_seconds", 0.0))
+    return nc, mm, warp, twin
 
 
 def model_statistics(record: dict[str, Any]) -> dict[str, Optional[float]]:
     """Each detector's statistic (core.detect.model_level.statistics), as the verdict reads it."""
-    from core.detect.model_level.statistics import ls_statistic, mmbd_statistic, nc_statistic, warp_statistic
+    from core.detect.model_level.statistics import ls_statistic, mmbd_statistic, nc_statistic, twin_statistic, warp_statistic
 
-    nc, mm, warp = results_from(record)
+    nc, mm, warp, twin = results_from(record)
     found = nc.label_specific
     return {"nc": nc_statistic(nc.norms)[0], "mmbd": mmbd_statistic(mm.margins)[0], "warp": warp_statistic(warp.shifts)[0],
+            "twin": twin_statistic(nc.norms, twin.norms)[0] if twin is not None else None,
             "ls": ls_statistic(found.ratio, found.trigger.reached)[0] if found is not None else None}
 
 
@@ -142,7 +171,8 @@ def judged(record: dict[str, Any], lv: Any = None) -> Any:
     """The combined verdict (core.detect.model_level.verdict) of one model from its cached statistics."""
     from core.detect.model_level.verdict import combine, from_detectors
 
-    return combine(from_detectors(*results_from(record), lv=lv), lv=lv)
+    nc, mm, warp, twin = results_from(record)
+    return combine(from_detectors(nc, mm, warp, lv=lv, twin_result=twin), lv=lv)
 
 
 @dataclasses.dataclass
@@ -173,11 +203,11 @@ class Row:
 
     @property
     def seconds(self) -> float:
-        return sum(self.record[f"{d}_seconds"] for d in ("cleanse", "mmbd", "warp"))
+        return sum(self.record.get(f"{d}_seconds", 0.0) for d in ("cleanse", "twin", "mmbd", "warp"))
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(self.record[f"{d}_cpu_seconds"] for d in ("cleanse", "mmbd", "warp"))
+        return sum(self.record.get(f"{d}_cpu_seconds", 0.0) for d in ("cleanse", "twin", "mmbd", "warp"))
 
 
 def roc_auc(scores: list[float], labels: list[bool]) -> float:

@@ -79,6 +79,16 @@ from core.errors import DataError
 from core.intake.inference import predict_proba, scale_factor
 from core.jobs import Job, Progress
 from core.detect.input_level.masking import suspected_targets
+from core.detect.twin import (  # noqa: F401 -- re-exported: the twin is this detector's network
+    MAX_TWIN_MACS,
+    MAX_TWIN_PARAMS,
+    Network,
+    architecture_for,
+    multiply_adds,
+    reference_network,
+    small_network,
+    weights_fit,
+)
 from core.intake.models import LoadedModel
 from core.intake.tf_env import keras as _keras
 from core.intake.tf_env import tf as _tf
@@ -90,20 +100,12 @@ MIN_EPOCHS = 5
 TRAIN_IMAGES = 16_000  # image-passes per fold: 20 epochs of 800 digits; fewer epochs for larger splits
 BATCH = 64
 LEARNING_RATE = 1e-3
-SMALLEST_SIDE = 8  # convolution + pooling blocks until the feature map is at most this many pixels a side
-MAX_BLOCKS = 4
 MIN_TRAIN = 20  # clean images per fold's training set below which no reference is trained
-# Above either bound the suspect's architecture costs too much to train five times on CPU. The CSAW face network
-# (601,643 weights, 8.2 million multiply-adds per image) trains in about 24 s per fold on 2 cores.
-MAX_TWIN_PARAMS = 2_000_000
-MAX_TWIN_MACS = 16_000_000  # multiply-adds per image of the convolution and dense layers
-SMALL_SIDE = 64  # the small network first averages larger images down to at most this many pixels a side
 # Training sees each image through its own random smooth warp: WARP_POINTS x WARP_POINTS random displacements,
 # upsampled bicubically, scaled so that the mean displacement along each axis is uniform in 0..WARP_SHIFT of the
 # longer side (1.4 px at most on 28x28 digits, 2.75 px on CSAW's 55x47 faces).
 WARP_POINTS = 4
 WARP_SHIFT = 0.05
-ARCHITECTURES = ("twin", "small")
 # What a saved profile's threshold measures. Profiles saved before 27 Nov 2026 (sixth session) thresholded the
 # disbelief alone, in other units: the loader refuses them rather than apply their threshold to another score.
 SCORE = "disbelief x certainty"
@@ -163,92 +165,6 @@ class ReferenceProfile(ThresholdedScores):
         return out
 
     __hash__ = object.__hash__  # a weak-key cache entry per profile object (dataclass eq would make it unhashable)
-
-
-@dataclass
-class Network:
-    """A fold's reference network and whether it ends in a softmax (a twin of a model that outputs probabilities)."""
-
-    net: Any
-    probabilities: bool
-
-
-def architecture_for(loaded: LoadedModel) -> str:
-    """The suspect's own architecture unless it is too large to train five times on CPU."""
-    model = loaded.model
-    return "twin" if model.count_params() <= MAX_TWIN_PARAMS and multiply_adds(model) <= MAX_TWIN_MACS else "small"
-
-
-def multiply_adds(model: Any) -> int:
-    """Multiply-adds per image of the convolution and dense layers (nested models included), from their symbolic shapes.
-
-    Weights alone miss what a large input costs: a 1-million-weight convolutional network on 224x224 images does
-    hundreds of times the work of one on 28x28 digits.
-    """
-    total = 0
-    for layer in model.layers:
-        if getattr(layer, "layers", None):
-            total += multiply_adds(layer)
-            continue
-        kind = type(layer).__name__
-        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
-            continue
-        inp, out = tuple(layer.input.shape), tuple(layer.output.shape)
-        if kind == "Dense":
-            total += int(np.prod(inp[1:])) * int(out[-1])
-            continue
-        kh, kw = layer.kernel_size
-        per_pixel = kh * kw * (int(inp[-1]) * layer.depth_multiplier if kind == "DepthwiseConv2D"
-                               else int(inp[-1]) // layer.groups * int(out[-1]))
-        total += int(np.prod(out[1:3])) * per_pixel
-    return total
-
-
-def reference_network(loaded: LoadedModel, architecture: str, scale: str, seed: int,
-                      weights: Optional[list[np.ndarray]] = None) -> Network:
-    """A fresh reference (``weights`` None) or a saved fold's; saved weights must fit the architecture exactly."""
-    if architecture not in ARCHITECTURES:
-        raise DataError(f"unknown reference architecture {architecture!r}; expected one of {ARCHITECTURES}")
-    if architecture == "twin":
-        keras = _keras()
-        keras.utils.set_random_seed(seed)  # clone_model draws the fresh weights from the global generators
-        net = Network(keras.models.clone_model(loaded.model), bool(loaded.summary.outputs_probabilities))
-    else:
-        net = Network(small_network(loaded.input_shape, loaded.num_classes, scale, seed), False)
-    if weights is not None:
-        if not weights_fit(net.net, weights):
-            raise DataError(f"the reference networks' saved weights do not fit this model's {architecture} architecture "
-                            f"({loaded.summary.path}): the profile was made for another model")
-        net.net.set_weights([np.asarray(a, np.float32) for a in weights])
-    return net
-
-
-def weights_fit(net: Any, weights: list[np.ndarray]) -> bool:
-    """Whether saved weights have exactly the shapes of ``net``'s, in order."""
-    return [tuple(np.shape(a)) for a in weights] == [tuple(v.shape) for v in net.weights]
-
-
-def small_network(input_shape: tuple[int, int, int], num_classes: int, scale: str, seed: int) -> Any:
-    """Convolution and pooling until the image is at most ``SMALLEST_SIDE`` a side, then a dense head; seeded initialisers."""
-    keras = _keras()
-    h, w, c = (int(s) for s in input_shape)
-    init = lambda k: keras.initializers.GlorotUniform(seed=seed * 101 + k)  # noqa: E731
-    inp = keras.Input((h, w, c))
-    x = keras.layers.Rescaling(1.0 if scale == "1" else 1.0 / 255.0)(inp)  # the suspect's input range -> 0..1
-    pool = math.ceil(max(h, w) / SMALL_SIDE)
-    if pool > 1:  # large images: convolve a cheap average-pooled copy
-        x = keras.layers.AveragePooling2D(pool, padding="same")(x)
-        h, w = math.ceil(h / pool), math.ceil(w / pool)
-    blocks = 0
-    while min(h, w) > SMALLEST_SIDE and blocks < MAX_BLOCKS:
-        x = keras.layers.Conv2D(16 << blocks, 3, padding="same", activation="relu", kernel_initializer=init(blocks))(x)
-        x = keras.layers.MaxPooling2D()(x)
-        h, w, blocks = h // 2, w // 2, blocks + 1
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dropout(0.3, seed=seed)(x)
-    x = keras.layers.Dense(64, activation="relu", kernel_initializer=init(10))(x)
-    out = keras.layers.Dense(num_classes, kernel_initializer=init(11))(x)  # logits
-    return keras.Model(inp, out)
 
 
 def suspicion_scores(loaded: LoadedModel, nets: list[Any], x: np.ndarray, classes: tuple[int, ...],

@@ -11,7 +11,7 @@ live in one place.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 from core.detect.model_level.cleanse import CleanseResult, CleanseSettings, cleanse
@@ -23,8 +23,9 @@ from core.detect.model_level.mmbd import MMBDResult, MMBDSettings, mmbd
 from core.intake.models import LoadedModel
 from core.detect.model_level.verdict import Verdict, combine, from_attack_success, from_detectors
 from core.detect.model_level.warp import WarpResult, WarpSettings, warp_inversion
+from core.detect.twin import distil
 
-METHODS = ("cleanse", "mmbd", "warp")
+METHODS = ("cleanse", "twin", "mmbd", "warp")
 
 
 @dataclass
@@ -38,10 +39,12 @@ class Judgement:
     scale: str
     seconds: float
     warp: Optional[WarpResult] = None
+    twin: Optional[CleanseResult] = None  # Neural Cleanse on the clean twin
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.verdict.as_dict(), "scale": self.scale, "seconds": round(self.seconds, 2),
-                "warp": None if self.warp is None else self.warp.as_dict()}
+                "warp": None if self.warp is None else self.warp.as_dict(),
+                "twin_norms": None if self.twin is None else {str(k): round(v, 4) for k, v in self.twin.norms.items()}}
 
 
 def judge(
@@ -70,14 +73,16 @@ def judge(
         raise DataError(f"judge needs a resolved scale '255' or '1'; received {scale!r}")
     steps = list(methods) + (["evaluate"] if poisoned is not None else [])
     # Neural Cleanse costs several times more than the others: give it most of the bar.
-    weights = {"cleanse": 6.0, "mmbd": 1.0, "warp": 1.5, "evaluate": 0.3}
+    weights = {"cleanse": 6.0, "twin": 4.0, "mmbd": 1.0, "warp": 1.5, "evaluate": 0.3}
     total = sum(weights[s] for s in steps)
     done = 0.0
-    nc = mm = wp = ev = None
+    nc = mm = wp = ev = tw = None
     for step in steps:
         lo, hi = done / total, (done + weights[step]) / total
         if step == "cleanse":
             nc = yield from rescaled(cleanse(loaded, clean, scale, cleanse_settings, classes=classes, pixel_max=pixel_max), lo, hi)
+        elif step == "twin":
+            tw = yield from rescaled(twin_cleanse(loaded, clean, scale, cleanse_settings, nc, pixel_max), lo, hi)
         elif step == "mmbd":
             mm = yield from rescaled(mmbd(loaded, clean, scale, mmbd_settings, pixel_max=pixel_max), lo, hi)
         elif step == "warp":
@@ -87,13 +92,26 @@ def judge(
         else:
             ev = yield from rescaled(evaluate(loaded, None, poisoned, target, scale), lo, hi)
         done += weights[step]
-    evidence = from_detectors(nc, mm, wp)
+    evidence = from_detectors(nc, mm, wp, twin_result=tw)
     if ev is not None:
         evidence.append(attack_evidence(ev, loaded.num_classes))
     verdict = combine(evidence)
     seconds = time.perf_counter() - started
     yield Progress(1.0, f"{verdict.summary} ({seconds:.0f} s)")
-    return Judgement(verdict, nc, mm, ev, scale, seconds, wp)
+    return Judgement(verdict, nc, mm, ev, scale, seconds, wp, tw)
+
+
+def twin_cleanse(loaded: LoadedModel, clean: Any, scale: str, settings: CleanseSettings, suspect: Optional[CleanseResult],
+                 pixel_max: Optional[float]) -> Job[CleanseResult]:
+    """Neural Cleanse on a clean twin of the suspect (core.detect.twin), on the suspect's candidate classes.
+
+    One random start per class and no untargeted step: the twin only tells which classes this task makes easy.
+    """
+    arrays = clean if isinstance(clean, Arrays) else load_arrays(clean, loaded.input_shape, limit=settings.max_images)
+    twin = yield from rescaled(distil(loaded, arrays.x, scale, settings.seed), 0.0, 0.35)
+    classes = None if suspect is None or not suspect.screened_out else list(suspect.candidates)
+    light = replace(settings, restarts=1, label_specific=False)
+    return (yield from rescaled(cleanse(twin, arrays, scale, light, classes=classes, pixel_max=pixel_max), 0.35, 1.0))
 
 
 def attack_evidence(ev: EvalResult, num_classes: int):  # noqa: ANN201 -- core.detect.model_level.verdict.Evidence

@@ -13,6 +13,12 @@ the product runs.
   far beyond every other class.
 - ``warp``: warp inversion. How far the smallest warp lies below the next
   smallest, on a log scale.
+- ``twin``: Neural Cleanse on the suspect against Neural Cleanse on a clean
+  twin of it (core.detect.twin). Each class's trigger relative to the median
+  trigger, on a log scale, minus the same on the twin: a class far easier to
+  reach on the suspect than on a network that learned the same task from
+  clean images only. On digits every network finds 8 easiest; only the
+  difference singles out a backdoor's target.
 - ``ls``: the label-specific check. The smallest one-class trigger over the
   smallest untargeted trigger: about 0.3-0.5 on clean models, above 1 when one
   trigger moves every class to a class of its own (all-to-all).
@@ -26,8 +32,9 @@ import numpy as np
 
 from core.detect.model_level.cleanse import MAD_CONSISTENCY, MIN_RELATIVE_SPREAD, anomaly_indices
 
-DETECTORS = ("nc", "mmbd", "warp", "ls")
-NAMES = {"nc": "Neural Cleanse", "mmbd": "MM-BD", "warp": "warp inversion", "ls": "label-specific check"}
+DETECTORS = ("nc", "twin", "mmbd", "warp", "ls")
+NAMES = {"nc": "Neural Cleanse", "twin": "clean-twin comparison", "mmbd": "MM-BD", "warp": "warp inversion",
+         "ls": "label-specific check"}
 MARGIN_FLOOR = 1e-3  # a class that can never win has a margin <= 0: its log is taken at this floor
 
 
@@ -42,6 +49,21 @@ def nc_statistic(norms: dict[int, float]) -> tuple[float, Optional[int]]:
     top = max(small, key=lambda c: small[c])
     value = float(small[top])
     return (value if np.isfinite(value) else 1e6), int(top)
+
+
+def twin_statistic(norms: dict[int, float], twin_norms: dict[int, float]) -> tuple[float, Optional[int]]:
+    """(how many spreads one class's trigger, relative to the median, lies below the same on the clean twin; the class)."""
+    classes = [c for c in norms if c in twin_norms]
+    if len(classes) < 3:
+        return 0.0, None
+    suspect = np.log(np.maximum([norms[c] for c in classes], 1e-6))
+    twin = np.log(np.maximum([twin_norms[c] for c in classes], 1e-6))
+    difference = (suspect - np.median(suspect)) - (twin - np.median(twin))
+    median = float(np.median(difference))
+    spread = max(MAD_CONSISTENCY * float(np.median(np.abs(difference - median))), float(np.log1p(MIN_RELATIVE_SPREAD)))
+    index = (median - difference) / spread
+    top = int(np.argmax(index))
+    return (float(index[top]), int(classes[top])) if index[top] > 0 else (0.0, None)
 
 
 def mmbd_statistic(margins: dict[int, float]) -> tuple[float, Optional[int]]:

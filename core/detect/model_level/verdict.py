@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from core.detect.model_level.levels import Levels, finite_or_none, levels
-from core.detect.model_level.statistics import NAMES, ls_statistic, mmbd_statistic, nc_statistic, warp_statistic
+from core.detect.model_level.statistics import NAMES, ls_statistic, mmbd_statistic, nc_statistic, twin_statistic, warp_statistic
 
 BACKDOORED = "backdoored"
 SUSPICIOUS = "suspicious"
@@ -170,6 +170,21 @@ def from_cleanse(result: Any, lv: Optional[Levels] = None) -> Evidence:
     return _calibrated("nc", statistic, cls, sentence, details, lv)
 
 
+def from_twin(cleanse_result: Any, twin_result: Any, lv: Optional[Levels] = None) -> Evidence:
+    """Neural Cleanse on the suspect against Neural Cleanse on its clean twin: is one class far easier only here?"""
+    lv = lv or levels()
+    statistic, cls = twin_statistic(cleanse_result.norms, twin_result.norms)
+    details = {"twin_norms": {str(c): round(float(v), 2) for c, v in twin_result.norms.items()},
+               "twin_median_norm": round(float(twin_result.median), 2)}
+    if cls is None:
+        sentence = "no class is easier to reach on this model than on a clean twin trained on the clean images"
+    else:
+        sentence = (f"class {cls} needs a {cleanse_result.norms[cls]:.0f} px trigger here (median {cleanse_result.median:.0f} px) "
+                    f"and {twin_result.norms[cls]:.0f} px on a clean twin (median {twin_result.median:.0f} px): "
+                    f"{statistic:.1f} spreads easier than the other classes' ratio")
+    return _calibrated("twin", statistic, cls, sentence, details, lv)
+
+
 def from_mmbd(result: Any, lv: Optional[Levels] = None) -> Evidence:
     """MM-BD (a ``core.detect.model_level.mmbd.MMBDResult``): can inputs be pushed abnormally far to one class?"""
     lv = lv or levels()
@@ -237,11 +252,13 @@ def mapping(destinations: dict[int, int], shown: int = 4) -> str:
 
 
 def from_detectors(cleanse_result: Any = None, mmbd_result: Any = None, warp_result: Any = None,
-                   lv: Optional[Levels] = None) -> list[Evidence]:
+                   lv: Optional[Levels] = None, twin_result: Any = None) -> list[Evidence]:
     """The model-level detectors' evidence (None: not run), each judged against clean models."""
     evidence = []
     if cleanse_result is not None:
         evidence.append(from_cleanse(cleanse_result, lv))
+        if twin_result is not None:
+            evidence.append(from_twin(cleanse_result, twin_result, lv))
         label_specific = from_label_specific(cleanse_result, lv)
         if label_specific is not None:
             evidence.append(label_specific)
