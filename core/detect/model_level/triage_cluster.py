@@ -184,7 +184,7 @@ def _collect(future: Future, attempt: _Attempt) -> Optional[dict[str, Any]]:
             return outcome("failed", path, sha, spent, attempts=attempt.attempts,
                            reason=f"the worker judging it died {attempt.attempts} times (killed, out of memory, or a crash)")
         return outcome("failed", path, sha, spent, attempts=attempt.attempts,
-                       reason=f"the Dask task failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+                       reason=f"the Dask task failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
     if attempt.attempts < ATTEMPTS:  # cancelled by the cluster (its scheduler restarted, the data was lost)
         return None
     return outcome("failed", path, sha, spent, attempts=attempt.attempts, reason=f"the cluster dropped the task ({future.status})")
