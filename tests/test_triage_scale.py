@@ -226,3 +226,53 @@ def test_table_outputs_csv_json_and_the_reports_triage_section(batch, tmp_path):
     assert '<section id="triage">' in page and page.count('class="verdict backdoored"') == backdoored and ">clean<" not in page
     record = json.loads((tmp_path / "t.json").read_text())
     assert record["sections"] == {"triage": "run"} and len(record["triage"]["results"]) == len(SLOPES)
+
+
+def test_clean_data_read_once_gives_each_model_what_the_file_would(tmp_path):
+    """core.intake.data.in_memory: an HDF5 file (channels first, as the CSAW course's) and a folder of images of mixed
+    sizes with an unreadable one, converted to two model shapes, equal reading the source itself."""
+    import h5py
+
+    from core.intake.data import Conversion, in_memory, load_arrays, write_png
+
+    rng = np.random.default_rng(1)
+    with h5py.File(tmp_path / "clean.h5", "w") as h5:
+        h5["data"] = rng.integers(0, 256, (80, 3, 28, 28)).astype(np.uint8)
+        h5["label"] = rng.integers(0, 10, 80)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(9):
+        write_png(images / f"{i}.png", rng.integers(0, 256, (20 + i, 30 - i, 3)).astype(np.uint8))
+    (images / "3b.png").write_bytes(b"not a png")
+    h5_source = open_data(tmp_path / "clean.h5").allow(Conversion(resize=True, channels=True))
+    for source, limit in ((h5_source, 50), (open_data(images), 7)):
+        held = in_memory(source, limit)
+        assert held.count == limit
+        for shape in ((28, 28, 3), (20, 24, 1)):
+            want, got = load_arrays(source, shape, limit), load_arrays(held, shape, limit)
+            np.testing.assert_array_equal(got.x, want.x)
+            assert (got.y is None and want.y is None) or np.array_equal(got.y, want.y)
+
+
+def test_bytes_that_change_after_the_scan_are_refused_and_a_worker_scans_again(tmp_path):
+    from dataclasses import replace
+
+    from core.errors import ModelError, UnsafeModelError
+    from core.intake.models import ScannedModel, load_scanned, scan_model
+
+    save_linear_model(tmp_path / "m.keras", slope=0.1)
+    scanned = scan_model(tmp_path / "m.keras")
+    assert load_scanned(scanned, rescan=True).num_classes == CLASSES
+    with pytest.raises(ModelError, match="not the ones that were checked"):
+        middle = len(scanned.data) // 2
+        load_scanned(replace(scanned, data=scanned.data[:middle] + bytes([scanned.data[middle] ^ 1]) + scanned.data[middle + 1:]))
+    # bytes of a hostile model presented as already scanned: the worker's own scan refuses them, naming the file
+    lambda_model(tmp_path / "marker.txt").save(tmp_path / "evil.keras")
+    (tmp_path / "marker.txt").unlink(missing_ok=True)
+    data = (tmp_path / "evil.keras").read_bytes()
+    import hashlib
+
+    forged = ScannedModel("/registry/evil.keras", data, "keras", None, hashlib.sha256(data).hexdigest())
+    with pytest.raises(UnsafeModelError, match="/registry/evil.keras.*Lambda"):
+        load_scanned(forged, rescan=True)
+    assert not (tmp_path / "marker.txt").exists()
