@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -70,26 +71,30 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, str(ROOT / "main.py"), "triage", "--models", str(folder), "--clean", str(clean), "--store", str(store),
                    "--methods", *args.methods, "--json", "--quiet"] + (["--workers", str(mode)] if mode else [])
         before = loadavg()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TROJANSCOPE_HOME": str(out / "home")})
         wall = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker processes included: each was waited for
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
         if done.returncode != 0:
             print(f"mode {mode}: exit {done.returncode}\n{done.stderr[-3000:]}", flush=True)
             continue
         result = json.loads(done.stdout)
-        runs[mode] = {"wall": wall, "load_before": before, "load_after": loadavg(), "result": result}
+        runs[mode] = {"wall": wall, "cpu": cpu, "load_before": before, "load_after": loadavg(), "result": result}
         n = len(result["results"])
         print(f"mode {'in-process' if not mode else f'{mode} workers'}: {wall:.0f} s for {n} models ({wall / max(n, 1):.1f} s/model, "
-              f"{3600 * n / wall:.0f} models/h); load {before} -> {loadavg()}; failed {result['failed']}, skipped {len(result['skipped'])}",
-              flush=True)
+              f"{3600 * n / wall:.0f} models/h, {cpu / max(n, 1):.1f} CPU s/model); load {before} -> {loadavg()}; "
+              f"failed {result['failed']}, skipped {len(result['skipped'])}", flush=True)
     (out / "results.json").write_text(json.dumps({str(k): v for k, v in runs.items()}, indent=1))
     if 0 in runs:
         base = runs[0]["wall"]
-        print("\n| mode | wall (s) | s/model | models/hour | speed-up | load before -> after |\n| --- | --- | --- | --- | --- | --- |")
+        print("\n| mode | wall (s) | s/model | models/hour | speed-up | CPU s/model | load before -> after |\n"
+              "| --- | --- | --- | --- | --- | --- | --- |")
         for mode, r in runs.items():
             n = len(r["result"]["results"])
             print(f"| {'in-process' if not mode else f'--workers {mode}'} | {r['wall']:.0f} | {r['wall'] / n:.1f} | {3600 * n / r['wall']:.0f} | "
-                  f"{base / r['wall']:.2f}x | {r['load_before']} -> {r['load_after']} |")
+                  f"{base / r['wall']:.2f}x | {r.get('cpu', float('nan')) / n:.1f} | {r['load_before']} -> {r['load_after']} |")
         verdicts = {mode: {Path(x["source"]).name: (x["verdict"], tuple(x["targets"])) for x in r["result"]["results"]} for mode, r in runs.items()}
         for mode, v in verdicts.items():
             differ = sorted(k for k in verdicts[0] if v.get(k) != verdicts[0][k])
