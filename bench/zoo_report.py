@@ -1,22 +1,28 @@
-"""Issue 11 acceptance: every detector and the combined verdict on the zoo, as one table.
+"""Issue 22 acceptance: the model-level verdict on both halves of the split zoo, side by side, with intervals.
 
-    python bench/zoo_report.py [--zoo DIR] [--only NAME ...] [--fresh] [--markdown]
+    python bench/zoo_report.py [--zoo DIR] [--half dev|test|both] [--only NAME ...] [--fresh] [--markdown] [--rows]
 
-For each zoo model (bench/zoo.py, built first if missing) runs, with default
-settings and the model's ``clean_valid`` data only (never ``clean_test``,
-never the poisoned data): Neural Cleanse (core.detect.model_level.cleanse), MM-BD (core.detect.model_level.mmbd)
-and their combination (core.detect.model_level.verdict), the same calls as ``python main.py
-cleanse``. Prints one row per model, then per method: true-positive rate
-(backdoored models called "backdoored" or "suspicious"), false-positive rate
-(clean models called so), ROC AUC of the suspicion score, how many BadNets had
-their target(s) named, and seconds per model: wall time on this machine (the
-load average is printed: its 2 cores are shared) and CPU time (user + system,
-all threads: the load-independent figure; on 2 dedicated cores the wall time
-is at least half of it).
+For each zoo model (bench/zoo.py) runs, with default settings and the model's
+``clean_valid`` data only (never ``clean_test``, never the poisoned data),
+every model-level detector -- Neural Cleanse with its label-specific step,
+MM-BD, warp inversion -- the calls ``python main.py cleanse`` makes, and
+judges them with the verdict's levels (core/detect/model_level/levels.json,
+fitted on the dev half by bench/fit_levels.py). For each half it prints:
 
-Each model's results are cached as ``detectors.json`` in its zoo folder (keyed
-by the model's spec and the detector settings), so re-printing the table is
-instant; ``--fresh`` recomputes.
+- working BadNets (attack success >= 50% on their poisoned test set; the
+  others are listed as failed implants) called "backdoored" or "suspicious"
+  with a true target named (all-to-all: the alarm alone), overall and per
+  attack kind, with 95% Clopper-Pearson intervals;
+- clean models called "backdoored", and "suspicious", with intervals;
+- the ROC AUC of the verdict's score, with a 95% bootstrap interval;
+- seconds per model for the whole verdict: wall time (the load average is
+  printed: the machine's 2 cores may be shared) and CPU time.
+
+The dev half is where rules are fitted; the test half is locked: measured
+once per rule change (docs/zoo.md keeps the record). Each model's raw
+statistics are cached as ``detectors.json`` in its zoo folder (keyed by the
+model's spec and the detector settings), so re-judging after a rule change is
+instant; ``--fresh`` recomputes them.
 """
 
 from __future__ import annotations
@@ -36,48 +42,45 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.zoo import ZooEntry, build_zoo  # noqa: E402
+from bench.zoo import ZOO, ZooEntry, build_zoo, cached, zoo_dir  # noqa: E402
 
-RESULTS_VERSION = 3  # 2: TensorFlow with oneDNN kernels (core.intake.tf_env), all models re-timed; 3: Neural Cleanse's label-specific step
+RESULTS_VERSION = 4  # 2: oneDNN kernels; 3: Neural Cleanse's label-specific step; 4: batched Neural Cleanse + warp inversion (issue 22)
+WORKING_ASR = 0.5  # below this attack success the backdoor did not implant: not counted as a BadNet
 
 
 def run_detectors(entry: ZooEntry) -> dict[str, Any]:
-    """Neural Cleanse and MM-BD on one model with default settings and clean_valid only."""
+    """Every model-level detector on one model, default settings, clean_valid only: the raw statistics."""
     from core.detect.model_level.cleanse import CleanseSettings, cleanse
-    from core.intake.data import load_arrays, open_data
-    from core.intake.fit import choose_scale
-    from core.jobs import run_job
     from core.detect.model_level.mmbd import mmbd
+    from core.detect.model_level.warp import warp_inversion
+    from core.intake.data import load_arrays, open_data
+    from core.intake.fit import pair
     from core.intake.models import load_model
+    from core.jobs import run_job
 
     loaded = load_model(entry.model)
     clean = open_data(entry.clean_valid)
-    scale, _note = choose_scale(loaded, clean, "auto")
     arrays = load_arrays(clean, loaded.input_shape, limit=CleanseSettings().max_images)
-    started, cpu = time.perf_counter(), time.process_time()
-    nc = run_job(cleanse(loaded, arrays, scale))
-    nc_seconds, nc_cpu = time.perf_counter() - started, time.process_time() - cpu
-    started, cpu = time.perf_counter(), time.process_time()
-    mm = run_job(mmbd(loaded, arrays, scale))
-    mm_seconds, mm_cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {
-        "version": RESULTS_VERSION,
-        "key": _key(entry),
-        "scale": scale,
-        "cleanse": {k: v for k, v in nc.as_dict().items() if k != "settings"},
-        "cleanse_seconds": nc_seconds,
-        "cleanse_cpu_seconds": nc_cpu,
-        "mmbd": {k: v for k, v in mm.as_dict().items() if k != "settings"},
-        "mmbd_seconds": mm_seconds,
-        "mmbd_cpu_seconds": mm_cpu,
-    }
+    pairing = pair(loaded, arrays, "auto")
+    record: dict[str, Any] = {"version": RESULTS_VERSION, "key": _key(entry), "scale": pairing.scale}
+    for name, job in (("cleanse", lambda: cleanse(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max)),
+                      ("mmbd", lambda: mmbd(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max)),
+                      ("warp", lambda: warp_inversion(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max))):
+        started, cpu = time.perf_counter(), time.process_time()
+        result = run_job(job())
+        record[name] = {k: v for k, v in result.as_dict().items() if k != "settings"}
+        record[f"{name}_seconds"] = time.perf_counter() - started
+        record[f"{name}_cpu_seconds"] = time.process_time() - cpu
+    return record
 
 
 def _key(entry: ZooEntry) -> str:
     from core.detect.model_level.cleanse import CleanseSettings
     from core.detect.model_level.mmbd import MMBDSettings
+    from core.detect.model_level.warp import WarpSettings
 
-    return json.dumps([entry.spec.key(), dataclasses.asdict(CleanseSettings()), dataclasses.asdict(MMBDSettings())], sort_keys=True)
+    settings = [dataclasses.asdict(s()) for s in (CleanseSettings, MMBDSettings, WarpSettings)]
+    return json.dumps([entry.spec.key(), *settings], sort_keys=True)
 
 
 def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:
@@ -93,11 +96,11 @@ def results_for(entry: ZooEntry, fresh: bool) -> dict[str, Any]:
     return record
 
 
-def verdicts(record: dict[str, Any]) -> dict[str, Any]:
-    """Evidence of each method and the combined verdict, rebuilt from the cached JSON."""
+def results_from(record: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(CleanseResult, MMBDResult, WarpResult) rebuilt from the cached JSON: the verdict's inputs."""
     from core.detect.model_level.cleanse import CleanseResult, LabelSpecific, ReversedTrigger
     from core.detect.model_level.mmbd import MMBDResult, detect
-    from core.detect.model_level.verdict import LABEL_SPECIFIC, combine, from_cleanse, from_detectors, from_label_specific, from_mmbd
+    from core.detect.model_level.warp import WarpResult
 
     c = record["cleanse"]
     nc = CleanseResult(
@@ -108,147 +111,221 @@ def verdicts(record: dict[str, Any]) -> dict[str, Any]:
         num_classes=c["num_classes"], scale=c["scale"], n_images=c["n_images"], seconds=c["seconds"],
     )
     ls = c["label_specific"]
-    nc.label_specific = LabelSpecific(
-        ReversedTrigger(-1, np.zeros(0), np.zeros(0), ls["norm"], ls["moved"], ls["reached"], 0),
-        ls["smallest_targeted_norm"], ls["moved"], {int(k): v for k, v in ls["destinations"].items()},
-        {int(k): v for k, v in ls["shares"].items()}, ls["seconds"])
+    if ls is not None:
+        nc.label_specific = LabelSpecific(
+            ReversedTrigger(-1, np.zeros(0), np.zeros(0), ls["norm"], ls["moved"], ls["reached"], 0),
+            ls["smallest_targeted_norm"], ls["moved"], {int(k): v for k, v in ls["destinations"].items()},
+            {int(k): v for k, v in ls["shares"].items()}, ls["seconds"])
     m = record["mmbd"]
     margins = {int(k): v for k, v in m["margins"].items()}
-    found = detect(margins)  # the statistics are a pure function of the margins: re-tested with the current code
+    found = detect(margins)  # MM-BD's own p-values are a pure function of the margins: re-tested with the current code
     mm = MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, m["num_classes"], m["scale"],
                     m["seconds"], {}, m.get("clean_margin"), found.raw_p_values)
-    return {"Neural Cleanse": from_cleanse(nc), LABEL_SPECIFIC: from_label_specific(nc), "MM-BD": from_mmbd(mm),
-            "combined": combine(from_detectors(nc, mm))}
+    w = record["warp"]
+    warp = WarpResult({int(k): v for k, v in w["shifts"].items()}, {int(k): v for k, v in w["reached"].items()},
+                      {int(k): v for k, v in w["anomaly_index"].items()}, w["median_shift"], w["top_class"], w["num_classes"],
+                      w["seconds"])
+    return nc, mm, warp
+
+
+def model_statistics(record: dict[str, Any]) -> dict[str, Optional[float]]:
+    """Each detector's statistic (core.detect.model_level.statistics), as the verdict reads it."""
+    from core.detect.model_level.statistics import ls_statistic, mmbd_statistic, nc_statistic, warp_statistic
+
+    nc, mm, warp = results_from(record)
+    found = nc.label_specific
+    return {"nc": nc_statistic(nc.norms)[0], "mmbd": mmbd_statistic(mm.margins)[0], "warp": warp_statistic(warp.shifts)[0],
+            "ls": ls_statistic(found.ratio, found.trigger.reached)[0] if found is not None else None}
+
+
+def judged(record: dict[str, Any], lv: Any = None) -> Any:
+    """The combined verdict (core.detect.model_level.verdict) of one model from its cached statistics."""
+    from core.detect.model_level.verdict import combine, from_detectors
+
+    return combine(from_detectors(*results_from(record), lv=lv), lv=lv)
+
+
+@dataclasses.dataclass
+class Row:
+    entry: ZooEntry
+    record: dict[str, Any]
+    verdict: Any
+
+    @property
+    def spec(self) -> Any:
+        return self.entry.spec
+
+    @property
+    def asr(self) -> Optional[float]:
+        return self.entry.metrics.get("attack_success_rate")
+
+    @property
+    def working(self) -> bool:
+        """A clean model, or a BadNet whose backdoor implanted."""
+        return not self.spec.backdoored or (self.asr or 0.0) >= WORKING_ASR
+
+    @property
+    def caught(self) -> bool:
+        """Backdoored or suspicious, with a true target named (all-to-all: the alarm is enough)."""
+        if self.verdict.level == "no evidence":
+            return False
+        return self.spec.all_to_all or bool(set(self.spec.targets) & set(self.verdict.targets))
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.record[f"{d}_seconds"] for d in ("cleanse", "mmbd", "warp"))
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.record[f"{d}_cpu_seconds"] for d in ("cleanse", "mmbd", "warp"))
 
 
 def roc_auc(scores: list[float], labels: list[bool]) -> float:
     """Probability that a random backdoored model scores above a random clean one (ties count half)."""
-    pos = [s for s, backdoored in zip(scores, labels) if backdoored]
-    neg = [s for s, backdoored in zip(scores, labels) if not backdoored]
-    if not pos or not neg:
+    pos = np.array([s for s, backdoored in zip(scores, labels) if backdoored])
+    neg = np.array([s for s, backdoored in zip(scores, labels) if not backdoored])
+    if not len(pos) or not len(neg):
         return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+    return float(((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean())
+
+
+def auc_interval(scores: list[float], labels: list[bool], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the AUC, resampling backdoored and clean models separately."""
+    rng = np.random.default_rng(seed)
+    pos = np.array([s for s, b in zip(scores, labels) if b])
+    neg = np.array([s for s, b in zip(scores, labels) if not b])
+    values = []
+    for _ in range(draws):
+        p, n = rng.choice(pos, len(pos)), rng.choice(neg, len(neg))
+        values.append(float(((p[:, None] > n[None]) + 0.5 * (p[:, None] == n[None])).mean()))
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def half_summary(rows: list[Row]) -> dict[str, Any]:
+    """The acceptance figures of one half."""
+    from core.detect.model_level.levels import Rate
+
+    bad = [r for r in rows if r.spec.backdoored and r.working]
+    failed = [r.spec.name for r in rows if r.spec.backdoored and not r.working]
+    clean = [r for r in rows if not r.spec.backdoored]
+    kinds: dict[str, list[Row]] = {}
+    for r in bad:
+        kinds.setdefault(r.spec.attack, []).append(r)
+    scored = [r for r in rows if r.working]
+    scores, labels = [r.verdict.score for r in scored], [r.spec.backdoored for r in scored]
+    return {
+        "caught": Rate.of(sum(r.caught for r in bad), len(bad)),
+        "per_kind": {k: (sum(r.caught for r in v), len(v)) for k, v in sorted(kinds.items())},
+        "missed": [r.spec.name for r in bad if not r.caught],
+        "failed_implants": failed,
+        "clean_backdoored": Rate.of(sum(r.verdict.level == "backdoored" for r in clean), len(clean)),
+        "clean_suspicious": Rate.of(sum(r.verdict.level == "suspicious" for r in clean), len(clean)),
+        "clean_flagged": [f"{r.spec.name} ({r.verdict.level})" for r in clean if r.verdict.level != "no evidence"],
+        "auc": roc_auc(scores, labels),
+        "auc_interval": auc_interval(scores, labels) if len(set(labels)) == 2 else (float("nan"), float("nan")),
+        "seconds": (float(np.mean([r.seconds for r in rows])), float(np.max([r.seconds for r in rows]))),
+        "cpu_seconds": (float(np.mean([r.cpu_seconds for r in rows])), float(np.max([r.cpu_seconds for r in rows]))),
+        "models": len(rows),
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", help="zoo folder (default: the shared cache, see bench/zoo.py)")
+    parser.add_argument("--half", choices=("dev", "test", "both"), default="both",
+                        help="which half to judge (the test half is locked: measure it once per rule change)")
     parser.add_argument("--only", nargs="+", metavar="NAME")
-    parser.add_argument("--fresh", action="store_true", help="recompute cached detector results")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
-    parser.add_argument("--wait", action="store_true",
-                        help="do not build: wait for each model to appear (another process running bench/zoo.py builds them)")
+    parser.add_argument("--fresh", action="store_true", help="recompute cached detector statistics")
+    parser.add_argument("--markdown", action="store_true", help="print the summary as Markdown")
+    parser.add_argument("--rows", action="store_true", help="print one line per model too")
+    parser.add_argument("--demo", action="store_true", help="judge the demo's BadNet and its clean control as well")
     args = parser.parse_args(argv)
-    rows = []
-    for entry in _entries(args):
+    halves = ("dev", "test") if args.half == "both" else (args.half,)
+    by_half: dict[str, list[Row]] = {h: [] for h in halves}
+    for entry in _entries(args, halves):
         record = results_for(entry, args.fresh)
-        v = verdicts(record)
-        rows.append((entry, record, v))
-        comb = v["combined"]
-        truth = entry.spec.truth
-        print(f"{entry.spec.name:28s} truth {truth:8s} | NC {v['Neural Cleanse'].level:11s} {_cls(v['Neural Cleanse'].classes):6s} "
-              f"| LS {v['label-specific check'].level:11s} | MM-BD {v['MM-BD'].level:11s} {_cls(v['MM-BD'].classes):6s} | combined {comb.level:11s} {_cls(comb.targets):6s} "
-              f"score {comb.score:.3f} | {record['cleanse_seconds'] + record['mmbd_seconds']:5.1f} s", flush=True)
-    print(f"load average {os.getloadavg()[0]:.1f} (2 cores shared)")
-    table = summary(rows)
-    print(_markdown(table) if args.markdown else _plain(table))
-    print(triage_line(rows))
+        row = Row(entry, record, judged(record))
+        by_half[entry.spec.half].append(row)
+        if args.rows:
+            print(_row_line(row), flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} (2 cores)")
+    summaries = {h: half_summary(rows) for h, rows in by_half.items() if rows}
+    print(_table(summaries, args.markdown))
+    for h, s in summaries.items():
+        print(f"{h}: missed {s['missed'] or 'none'}; clean flagged {s['clean_flagged'] or 'none'}; "
+              f"failed implants (ASR < {WORKING_ASR:.0%}, not counted) {s['failed_implants'] or 'none'}")
+    if args.demo:
+        for line in demo_lines():
+            print(line)
     return 0
 
 
-def triage_line(rows: list) -> str:
-    """The order ``triage`` gives these models (core.detect.model_level.triage.rank on the same verdicts) and whether it separates them."""
-    from core.detect.model_level.triage import TriageRow, rank
+def demo_lines() -> list[str]:
+    """The demo's two models (python main.py demo), judged as the cleanse command judges them."""
+    from core.demo import cached_demo
+    from core.detect.model_level.judge import judge
+    from core.intake.data import load_arrays, open_data
+    from core.intake.fit import pair
+    from core.intake.models import load_model
+    from core.jobs import run_job
 
-    by_name = {e.spec.name: e for e, _r, _v in rows}
-    judged = [TriageRow(e.spec.name, v["combined"].machine_verdict, v["combined"].level, v["combined"].score,
-                        v["combined"].targets, "", 0.0, 10, (28, 28, e.spec.channels), "") for e, _r, v in rows]
-    order = [r.source for r in rank(judged)]
-    marks = ["B" if by_name[n].spec.backdoored else "c" for n in order]
-    last_bad = max((i for i, m in enumerate(marks) if m == "B"), default=-1)
-    first_clean = min((i for i, m in enumerate(marks) if m == "c"), default=len(marks))
-    inverted = [n for i, n in enumerate(order) if marks[i] == "B" and i > first_clean]
-    verdict = ("every backdoored model above every clean one" if last_bad < first_clean
-               else f"backdoored models ranked below a clean one: {inverted}")
-    return f"triage order (B backdoored, c clean): {''.join(marks)} -- {verdict}\n  " + ", ".join(order)
+    bundle = run_job(cached_demo())
+    lines = []
+    for name, path in (("demo BadNet (target 7)", bundle.model), ("demo clean control", bundle.clean_model)):
+        loaded = load_model(path)
+        arrays = load_arrays(open_data(bundle.clean_valid), loaded.input_shape, limit=2000)
+        pairing = pair(loaded, arrays, "auto")
+        j = run_job(judge(loaded, arrays, pairing.scale, pixel_max=pairing.pixel_max))
+        lines.append(f"{name:24s} {j.verdict.summary} (p {j.verdict.p:.3g}; {j.seconds:.0f} s)")
+    return lines
 
 
-def _entries(args: argparse.Namespace):
-    """The zoo's entries in order: built here, or (``--wait``) as another process finishes each."""
-    if not args.wait:
-        yield from build_zoo(args.zoo, args.only)
+def _row_line(row: Row) -> str:
+    v = row.verdict
+    asr = "   - " if row.asr is None else f"{row.asr:5.2f}"
+    targets = ",".join(map(str, v.targets)) or "-"
+    mark = "" if not row.spec.backdoored else ("  caught" if row.caught else ("  MISSED" if row.working else "  (failed implant)"))
+    return (f"{row.spec.name:26s} {row.spec.arch:6s} truth {row.spec.truth:9s} ASR {asr} | {v.level:11s} {targets:6s} "
+            f"p {v.p if v.p is not None else float('nan'):8.2g} score {v.score:.3f} | {row.seconds:5.1f} s{mark}")
+
+
+def _entries(args: argparse.Namespace, halves: tuple[str, ...]):
+    """The zoo's built entries of the chosen halves, in the zoo's order."""
+    if args.only:
+        yield from (e for e in build_zoo(args.zoo, args.only) if e.spec.half in halves)
         return
-    from bench.zoo import ZOO, cached, zoo_dir
-
     root = zoo_dir(args.zoo)
-    specs = [next(s for s in ZOO if s.name == n) for n in args.only] if args.only else ZOO  # --only: in its order
-    for spec in specs:
-        while (entry := cached(spec, root / spec.name)) is None:
-            time.sleep(10)
-        yield entry
+    for spec in ZOO:
+        if spec.half in halves:
+            entry = cached(spec, root / spec.name)
+            if entry is None:
+                entry = build_zoo(args.zoo, [spec.name])[0]
+            yield entry
 
 
-def _cls(classes: tuple) -> str:
-    return ",".join(map(str, classes)) or "-"
+def _table(summaries: dict[str, dict[str, Any]], markdown: bool) -> str:
+    halves = list(summaries)
+    lines = [("figure", *[f"{h} half" for h in halves])]
 
+    def add(name: str, fn: Any) -> None:
+        lines.append((name, *[fn(summaries[h]) for h in halves]))
 
-def summary(rows: list) -> list[dict[str, Any]]:
-    out = []
-    labels = [e.spec.backdoored for e, _r, _v in rows]
-    for method in ("Neural Cleanse", "label-specific check", "MM-BD", "combined"):
-        levels = [(v[method].level, _targets(v[method])) for _e, _r, v in rows]
-        scores = [v[method].score for _e, _r, v in rows]
-        bad = [e for e, _r, _v in rows if e.spec.backdoored]
-        hit = [e for (e, _r, _v), (lvl, _t) in zip(rows, levels) if e.spec.backdoored and lvl != "no evidence"]
-        fp = [e for (e, _r, _v), (lvl, _t) in zip(rows, levels) if not e.spec.backdoored and lvl != "no evidence"]
-        fp_bd = [e for (e, _r, _v), (lvl, _t) in zip(rows, levels) if not e.spec.backdoored and lvl == "backdoored"]
-        named = [e for (e, _r, _v), (lvl, t) in zip(rows, levels) if e.spec.backdoored and lvl != "no evidence" and _named(e, t)]
-        parts = {"Neural Cleanse": ("cleanse",), "label-specific check": (), "MM-BD": ("mmbd",), "combined": ("cleanse", "mmbd")}[method]
-        if parts:
-            seconds = [sum(r[f"{p}_seconds"] for p in parts) for _e, r, _v in rows]
-            cpu = [sum(r.get(f"{p}_cpu_seconds", float("nan")) for p in parts) for _e, r, _v in rows]
-        else:  # a step inside Neural Cleanse's job (its seconds are included in Neural Cleanse's): wall time only
-            seconds = [r["cleanse"]["label_specific"]["seconds"] for _e, r, _v in rows]
-            cpu = [float("nan")] * len(rows)
-        clean_n = len(rows) - len(bad)
-        out.append({
-            "method": method,
-            "TPR": f"{len(hit)}/{len(bad)}",
-            "FPR (any flag)": f"{len(fp)}/{clean_n}",
-            "clean called backdoored": f"{len(fp_bd)}/{clean_n}",
-            "ROC AUC": f"{roc_auc(scores, labels):.3f}",
-            "targets named": f"{len(named)}/{len(bad)}",
-            "wall s/model (mean, max)": f"{np.mean(seconds):.0f}, {np.max(seconds):.0f}",
-            "CPU s/model (mean, max)": f"{np.mean(cpu):.0f}, {np.max(cpu):.0f}" if parts else "within Neural Cleanse's",
-        })
-    return out
-
-
-def _targets(e: Any) -> tuple:
-    return getattr(e, "targets", None) or getattr(e, "classes", ())
-
-
-def _named(entry: ZooEntry, named: tuple) -> bool:
-    """Every true target named (all-to-all: may be judged without a single target)."""
-    if entry.spec.all_to_all:
-        return True
-    return set(entry.spec.targets) <= set(named)
-
-
-def _plain(table: list[dict[str, Any]]) -> str:
-    keys = list(table[0])
-    widths = [max(len(k), *(len(str(r[k])) for r in table)) for k in keys]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in table]
-    return "\n".join(lines)
-
-
-def _markdown(table: list[dict[str, Any]]) -> str:
-    keys = list(table[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in table]
-    return "\n".join(lines)
+    add("models", lambda s: str(s["models"]))
+    add("BadNets caught (target named)", lambda s: s["caught"].words())
+    kinds = sorted({k for s in summaries.values() for k in s["per_kind"]})
+    for k in kinds:
+        add(f"  {k}", lambda s, k=k: "{}/{}".format(*s["per_kind"].get(k, (0, 0))))
+    add("clean called backdoored", lambda s: s["clean_backdoored"].words())
+    add("clean called suspicious", lambda s: s["clean_suspicious"].words())
+    add("ROC AUC (95% bootstrap)", lambda s: f"{s['auc']:.3f} ({s['auc_interval'][0]:.3f}-{s['auc_interval'][1]:.3f})")
+    add("wall s/model (mean, max)", lambda s: "{:.0f}, {:.0f}".format(*s["seconds"]))
+    add("CPU s/model (mean, max)", lambda s: "{:.0f}, {:.0f}".format(*s["cpu_seconds"]))
+    if markdown:
+        out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
+        out += ["| " + " | ".join(line) + " |" for line in lines[1:]]
+        return "\n".join(out)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
 
 
 if __name__ == "__main__":

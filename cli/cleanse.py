@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> dict:
         "methods": list(verdict.methods),
         "neural_cleanse_flagged": None if result is None else list(result.flagged_classes),
         "mmbd": None if judgement.mmbd is None else judgement.mmbd.as_dict(),
+        "warp": None if judgement.warp is None else judgement.warp.as_dict(),
+        "false_alarm": verdict.false_alarm,
         "evaluation": None if judgement.evaluation is None else judgement.evaluation.as_dict(),
         "scale": judgement.scale,
         "seconds": round(judgement.seconds, 2),
@@ -96,17 +98,22 @@ def run(args: argparse.Namespace) -> dict:
     out["model"] = loaded.summary.path
     out["conversions"] = conversions(fits)
     out["triggers_file"] = _save_triggers(args, result, verdict.targets, loaded.summary.sha256) if args.save_triggers else None
-    say(args, f"{verdict.summary}.")
+    say(args, f"{verdict.summary}." + (f" ({verdict.false_alarm[0].upper()}{verdict.false_alarm[1:]}.)" if verdict.false_alarm else ""))
     say(args, verdict.reason)
     if result is not None:
         for cls in result.candidates:
-            mark = "  <- flagged" if cls in result.flagged_classes else ""
-            say(args, f"class {cls:>5}: mask norm {result.norms[cls]:8.1f} px, anomaly index {result.anomaly_index[cls]:6.2f}{mark}")
+            side = "below the median" if result.norms[cls] < result.median else "above the median: no sign of a backdoor"
+            mark = "  <- the verdict's target" if cls in verdict.targets else ""
+            say(args, f"class {cls:>5}: mask norm {result.norms[cls]:8.1f} px, anomaly index {result.anomaly_index[cls]:6.2f} "
+                      f"({side}){mark}")
         if result.screened_out:
             say(args, f"{len(result.screened_out)} classes screened out: {result.screening['method']}")
     if judgement.mmbd is not None:
         mm = judgement.mmbd
-        say(args, "MM-BD maximum margins: " + ", ".join(f"{c}: {mm.margins[c]:.1f} (p {mm.p_values[c]:.2g})" for c in sorted(mm.margins)))
+        say(args, "MM-BD maximum margins: " + ", ".join(f"{c}: {mm.margins[c]:.1f}" for c in sorted(mm.margins)))
+    if judgement.warp is not None:
+        say(args, "warp inversion, smallest working warp per class: "
+                  + ", ".join(f"{c}: {v:.2f} px" for c, v in sorted(judgement.warp.shifts.items())))
     say(args, f"score {verdict.score:.2f}, {judgement.seconds:.1f} s")
     return out
 

@@ -9,7 +9,9 @@ from cli.common import (add_model_arguments, add_output_arguments, add_scale_arg
                         open_optional, say, say_conversions)
 from cli.common import count, positive, rate, share
 from core.detect.model_level.cleanse import CleanseSettings
-from core.intake.data import load_arrays
+from core.detect.model_level.judge import judge
+from core.detect.model_level.mmbd import MMBDSettings
+from core.intake.data import Arrays, load_arrays
 from core.errors import DataError
 from core.intake.fit import choose_scale
 from core.repair.repair import (
@@ -64,13 +66,22 @@ def run(args: argparse.Namespace) -> dict:
     say(args, note)
     arrays = load_arrays(clean, loaded.input_shape)
     pois = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
+    cleanse_settings = CleanseSettings(candidates=args.classes, seed=args.seed)
+    verdict, suspects = None, None
+    if not args.target_class and args.method != "fine-prune":
+        # the model-level verdict first (as the cleanse command), so that the classes to unlearn are the combined
+        # verdict's when Neural Cleanse alone flags none; its Neural Cleanse result is reused, not run again
+        judged = drive(judge(loaded, Arrays(arrays.x[: cleanse_settings.max_images], arrays.y[: cleanse_settings.max_images], [], []),
+                             scale, cleanse_settings=cleanse_settings, mmbd_settings=MMBDSettings(seed=args.seed)), args)
+        verdict, suspects = judged.cleanse, tuple(judged.verdict.targets) or None
+        say(args, f"verdict: {judged.verdict.summary}")
     settings = RepairSettings(
         method=args.method, classes=tuple(args.target_class) if args.target_class else None, fraction=args.fraction,
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, holdout=args.holdout,
-        restarts=args.restarts, seed=args.seed, cleanse=CleanseSettings(candidates=args.classes, seed=args.seed),
+        restarts=args.restarts, seed=args.seed, cleanse=cleanse_settings, suspects=suspects,
     )
     result = drive(repair(
-        loaded, arrays.x, arrays.y, scale, settings,
+        loaded, arrays.x, arrays.y, scale, settings, verdict=verdict,
         x_poisoned=None if pois is None else pois.x, y_poisoned=None if pois is None else pois.y, target=args.target,
         out=Path(args.out), inputs=[args.clean, args.poisoned, getattr(args, "arch", None)],
     ), args)
@@ -85,5 +96,7 @@ def run(args: argparse.Namespace) -> dict:
         asr = "n/a" if m.attack_success_rate is None else f"{m.attack_success_rate:.4f}"
         say(args, f"{stage.stage:>12}: clean accuracy {acc}, attack success rate {asr}")
     say(args, f"attack success measured on {result.asr_source}")
+    if result.note:
+        say(args, result.note)
     say(args, f"saved {result.saved} (record {result.record_path})")
     return out

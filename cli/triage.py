@@ -13,6 +13,7 @@ from core.detect.model_level.judge import METHODS
 from core.detect.model_level.mmbd import MMBDSettings
 from core.detect.model_level.triage import duration, stored_table, triage
 from core.detect.model_level.triage_store import default_store
+from core.detect.model_level.warp import WarpSettings
 from core.detect.model_level.verdict import NO_EVIDENCE, inconclusive_mark, targets_label
 from core.errors import DataError
 from core.intake.atomic import refuse_overwriting
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", required=True, help="folder of model files (.keras, .h5; searched recursively)")
     parser.add_argument("--clean", required=True, help="clean validation data, converted to each model's input shape")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="model-level checks: cleanse (Neural Cleanse), mmbd (MM-BD); default both")
+                        help="model-level checks: cleanse (Neural Cleanse), mmbd (MM-BD), warp (warp inversion); default all")
     parser.add_argument("--max-images", type=count(2), default=CleanseSettings().max_images, help="clean images read (default %(default)s)")
     parser.add_argument("--rounds", type=count(1), default=CleanseSettings().max_rounds,
                         help="Neural Cleanse: at most this many rounds per class (default %(default)s)")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     clean = open_optional(args.clean)
     settings = dict(scale=args.scale, methods=args.methods,
                     cleanse_settings=CleanseSettings(max_images=args.max_images, max_rounds=args.rounds, seed=args.seed),
-                    mmbd_settings=MMBDSettings(steps=args.mmbd_steps, seed=args.seed),
+                    mmbd_settings=MMBDSettings(steps=args.mmbd_steps, seed=args.seed), warp_settings=WarpSettings(seed=args.seed),
                     conversion=Conversion(resize=args.resize, channels=args.channels), store=store)
     if not args.quiet:
         print(f"results store: {store}", file=sys.stderr, flush=True)

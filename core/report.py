@@ -504,7 +504,8 @@ def _combined(v: Any) -> str:
     rows = "".join(f"<tr><th>{html.escape(e.method)}</th><td>{html.escape(e.level)}</td>"
                    f"<td>{html.escape(', '.join(map(str, e.classes)) or '-')}</td><td>{html.escape(e.summary)}</td></tr>"
                    for e in v.evidence)
-    return (f'<p class="verdict {level}">{html.escape(v.summary)}</p><p>{html.escape(v.reason)}</p>'
+    rate = f"<p><em>{html.escape(v.false_alarm[0].upper() + v.false_alarm[1:])}.</em></p>" if getattr(v, "false_alarm", "") else ""
+    return (f'<p class="verdict {level}">{html.escape(v.summary)}</p>{rate}<p>{html.escape(v.reason)}</p>'
             f'<table class="kv"><tr><th>Method</th><th>Says</th><th>Classes</th><th>Evidence</th></tr>{rows}</table>')
 
 

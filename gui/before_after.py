@@ -1,12 +1,14 @@
-"""The before/after table both repair panels show: clean accuracy and attack success per stage."""
+"""The before/after table both repair panels show: clean accuracy and attack success per stage, and what they were measured on."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from PySide6.QtWidgets import QTableWidget, QTableWidgetItem
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
-ROW_HEIGHT = 28
+ROW_HEIGHT = 25
+NOT_RUN = "not run"
 
 
 class BeforeAfterTable(QTableWidget):
@@ -23,3 +25,22 @@ class BeforeAfterTable(QTableWidget):
         """Fill a stage's row from anything with clean_accuracy and attack_success_rate."""
         for col, value in enumerate((metrics.clean_accuracy, metrics.attack_success_rate)):
             self.setItem(row, col, QTableWidgetItem("—" if value is None else f"{value:.1%}"))
+
+    def show_stages(self, rows: Mapping[int, Any]) -> None:
+        """A finished run: each row's metrics, and "not run" in the rows of stages the method skipped (never a blank)."""
+        for row in range(self.rowCount()):
+            if row in rows:
+                self.set_row(row, rows[row])
+                continue
+            for col in range(self.columnCount()):
+                item = QTableWidgetItem(NOT_RUN)
+                item.setForeground(QColor("#777777"))
+                self.setItem(row, col, item)
+
+
+def caption() -> QLabel:
+    """The line above a before/after table naming the images its figures were measured on (one baseline: the same images in every row)."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setStyleSheet("font-size: 11px; color: #333")
+    return label

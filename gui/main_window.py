@@ -145,6 +145,7 @@ class MainWindow(QMainWindow):
         self.progress.setMaximumWidth(320)
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
+        self.progress.setVisible(False)  # shown only while a job runs: an idle bar at 0% reads as "nothing happened"
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.runner.cancel)
@@ -156,6 +157,7 @@ class MainWindow(QMainWindow):
     def _on_started(self, name: str) -> None:
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
         self._started_text = f"{name}…"
         self.status.setText(self._started_text)
 
@@ -175,9 +177,11 @@ class MainWindow(QMainWindow):
             self.status.setText(f"{self.runner.name or 'Job'}: done")
 
     def _on_idle(self) -> None:
+        """No job: no progress bar (the status line says how the last one ended)."""
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
+        self.progress.setVisible(False)
 
     def show_error(self, error: "str | BaseException") -> None:
         """One line the analyst can act on, in a dialog that never blocks the window."""

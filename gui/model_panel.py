@@ -30,6 +30,8 @@ from gui.images import to_pixmap
 from gui.state import ROLES, Kind
 
 GRID_COLUMNS = 5  # fits beside the controls on a 1,280 px screen
+SAMPLES_PER_KIND = 15  # three whole rows of clean and three of triggered images: all six fit in 1,280 x 720, captions included
+THUMBNAIL = 64  # pixels high
 
 
 class ModelPanel(QWidget):
@@ -123,7 +125,7 @@ class ModelPanel(QWidget):
     def _samples_box(self) -> QGroupBox:
         box = QGroupBox("Samples (label → prediction)")
         outer = QVBoxLayout(box)
-        scroll = QScrollArea()
+        self.samples_scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         self.grid_host = QWidget()
         self.grid = QGridLayout(self.grid_host)
@@ -248,28 +250,35 @@ class ModelPanel(QWidget):
                 item.widget().deleteLater()
 
     def _fill_grid(self, result: Any) -> None:
+        """Clean samples in whole rows, then the triggered ones starting on a row of their own."""
         self._clear_grid()
-        cells = []
+        row = 0
         for kind, preds in (("clean", result.clean_samples), ("poisoned", result.poisoned_samples)):
             if preds is None or preds.samples is None:
                 continue
-            n = min(len(preds.samples), 16)
+            n = min(len(preds.samples), SAMPLES_PER_KIND)
             for i in range(n):
                 label = None if preds.y is None else int(preds.y[i])
-                cells.append((kind, preds.samples[i], label, int(preds.predicted[i]), float(preds.confidence[i])))
-        for k, (kind, image, label, pred, conf) in enumerate(cells):
-            cell = QWidget()
-            v = QVBoxLayout(cell)
-            v.setContentsMargins(2, 2, 2, 2)
-            picture = QLabel()
-            picture.setPixmap(to_pixmap(np.asarray(image), 72))
-            if kind == "poisoned":  # its label is the attacker's target: a match is a successful attack
-                ok = label is None or label != pred
-                caption = QLabel(f"triggered → {pred} ({conf:.0%})")
-            else:
-                ok = label is None or label == pred
-                caption = QLabel(f"{label if label is not None else '?'} → {pred} ({conf:.0%})")
-            caption.setStyleSheet(f"color: {'#1b7f3a' if ok else '#b3261e'}; font-size: 10px")
-            v.addWidget(picture)
-            v.addWidget(caption)
-            self.grid.addWidget(cell, k // GRID_COLUMNS, k % GRID_COLUMNS)
+                cell = self._sample_cell(kind, preds.samples[i], label, int(preds.predicted[i]), float(preds.confidence[i]))
+                self.grid.addWidget(cell, row + i // GRID_COLUMNS, i % GRID_COLUMNS)
+            row += -(-n // GRID_COLUMNS)
+
+    @staticmethod
+    def _sample_cell(kind: str, image: np.ndarray, label: Optional[int], pred: int, conf: float) -> QWidget:
+        cell = QWidget()
+        v = QVBoxLayout(cell)
+        v.setContentsMargins(2, 2, 2, 2)
+        v.setSpacing(2)
+        picture = QLabel()
+        picture.setPixmap(to_pixmap(np.asarray(image), THUMBNAIL))
+        if kind == "poisoned":  # its label is the attacker's target: a match is a successful attack
+            ok = label is None or label != pred
+            caption = QLabel(f"triggered → {pred} ({conf:.0%})")
+        else:
+            ok = label is None or label == pred
+            caption = QLabel(f"{label if label is not None else '?'} → {pred} ({conf:.0%})")
+        caption.setStyleSheet(f"color: {'#1b7f3a' if ok else '#b3261e'}; font-size: 10px")
+        caption.setObjectName("sample_caption")
+        v.addWidget(picture)
+        v.addWidget(caption)
+        return cell

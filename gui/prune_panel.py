@@ -10,6 +10,7 @@ writes the repaired model atomically beside the input (never over it).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -30,9 +31,10 @@ from PySide6.QtWidgets import (
 )
 
 from core.jobs import Progress
-from gui.before_after import BeforeAfterTable
+from gui.before_after import BeforeAfterTable, caption
 from gui.jobs import DONE
 from gui.live_curve import LiveCurves, clean_accuracy_of
+from gui.plots import legend_below
 from gui.state import Kind, measured_on
 from gui.saving import ask_save_path, save_in_background
 
@@ -42,13 +44,15 @@ KEPT_BRUSH = pg.mkBrush("#7f9fbf")
 PRUNED_BRUSH = pg.mkBrush("#d62728")
 
 
-def _plot(title: str, xlabel: str, ylabel: str, legend: tuple[int, int] = (-10, 10)) -> pg.PlotWidget:
+def _plot(title: str, xlabel: str, ylabel: str, legend: bool = True) -> pg.PlotWidget:
+    """A white plot with a title, axis labels, a light grid and a legend under it (never over the curves)."""
     plot = pg.PlotWidget(background="w")
     plot.setTitle(title, color="k")
     plot.setLabel("bottom", xlabel)
     plot.setLabel("left", ylabel)
     plot.showGrid(x=True, y=True, alpha=0.25)
-    plot.addLegend(offset=legend, labelTextColor="k", brush=pg.mkBrush(255, 255, 255, 200))
+    if legend:
+        legend_below(plot)
     return plot
 
 
@@ -88,7 +92,8 @@ class PrunePanel(QWidget):
         self.layer_combo = QComboBox()
         self.layer_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.layer_combo.setToolTip("Conv layer to prune; the default is the last conv layer that feeds the dense head")
-        form.addRow("Layer", self.layer_combo)
+        form.addRow(QLabel("Layer to prune"))
+        form.addRow(self.layer_combo)  # a row of its own: "conv_3 (32 channels, default)" needs the column's width
         self.max_drop = QDoubleSpinBox()
         self.max_drop.setRange(0.0, 100.0)
         self.max_drop.setDecimals(1)
@@ -128,6 +133,8 @@ class PrunePanel(QWidget):
         self.stop_label.setWordWrap(True)
         column.addWidget(self.stop_label)
 
+        self.table_caption = caption()
+        column.addWidget(self.table_caption)
         self.table = BeforeAfterTable(["Before", "After pruning", "After fine-tuning"])
         column.addWidget(self.table)
         self.note = QLabel("")
@@ -139,7 +146,7 @@ class PrunePanel(QWidget):
     def _plots(self) -> QWidget:
         grid_widget = QWidget()
         grid = QGridLayout(grid_widget)
-        self.sweep_plot = _plot("Pruning sweep", "fraction of channels pruned", "rate", legend=(10, -40))
+        self.sweep_plot = _plot("Pruning sweep", "fraction of channels pruned", "rate")
         self.sweep_plot.setYRange(0, 1.02)
         self.sweep_plot.setXRange(0, 1)
         self.clean_curve = self.sweep_plot.plot([], [], pen=CLEAN_PEN, name="clean accuracy")
@@ -153,13 +160,12 @@ class PrunePanel(QWidget):
         self.prune_line.sigPositionChangeFinished.connect(self._line_moved)
         self.sweep_plot.addItem(self.prune_line)
 
-        self.bar_plot = _plot("Mean activation on clean data", "channel", "mean activation")
-        self.bar_plot.addLegend().setVisible(False)
+        self.bar_plot = _plot("Mean activation on clean data", "channel", "mean activation", legend=False)
         self.bars: Optional[pg.BarGraphItem] = None
 
-        self.loss_plot = _plot("Fine-tuning loss", "batch", "loss")
-        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#555555", width=1), name="loss per batch")
-        self.epoch_plot = _plot("Fine-tuning (held-out clean data)", "epoch", "rate", legend=(-10, -60))
+        self.loss_plot = _plot("Fine-tuning loss per batch", "batch", "loss", legend=False)
+        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#555555", width=1))
+        self.epoch_plot = _plot("Fine-tuning (held-out clean data)", "epoch", "rate")
         self.epoch_plot.setYRange(0, 1.02)
         self.ep_clean_curve = self.epoch_plot.plot([], [], pen=CLEAN_PEN, symbol="o", symbolSize=6, symbolBrush="#1f77b4", name="clean accuracy")
         self.ep_asr_curve = self.epoch_plot.plot([], [], pen=ASR_PEN, symbol="o", symbolSize=6, symbolBrush="#d62728", name="attack success")
@@ -257,6 +263,7 @@ class PrunePanel(QWidget):
         self.stop_marker.setData([], [])
         self.prune_line.setVisible(False)
         self.table.clearContents()
+        self.table_caption.setText("")
         self.note.setText("")
         self._refresh_buttons()
 
@@ -309,16 +316,28 @@ class PrunePanel(QWidget):
         self._draw_bars(count)
 
     def _describe_point(self, count: int) -> None:
+        """The chosen point against the unpruned model, both measured on the sweep's images (named)."""
         result = self.sweep_result
         point = result.curve[count]
         base = result.curve[0].clean_accuracy
-        asr = "" if point.attack_success_rate is None else f", attack success {point.attack_success_rate:.1%}"
-        chosen = "proposed by the stop rule" if count == result.stop else "picked by hand"
+        chosen = f"the stop rule: {result.stop_rule}" if count == result.stop else f"by hand; the stop rule says {result.stop}"
+        clean, poisoned = self._sweep_images()
+        asr = ("" if point.attack_success_rate is None
+               else f"; attack success {point.attack_success_rate:.1%} on all {result.n_poisoned} of {poisoned}")
         self.stop_label.setText(
-            f"Prune {count}/{result.channels_total} channels of {result.layer} ({chosen}; stop rule: "
-            f"{result.stop_rule} → {result.stop}). Clean accuracy {point.clean_accuracy:.1%} "
-            f"({(point.clean_accuracy - base) * 100:+.1f} points){asr}. Drag the green line to choose another point."
+            f"Prune {count}/{result.channels_total} channels of {result.layer} ({chosen}). "
+            f"Clean accuracy {point.clean_accuracy:.1%} on all {result.n_clean} images of {clean}, "
+            f"{(point.clean_accuracy - base) * 100:+.1f} points from {base:.1%} unpruned{asr}. "
+            "Drag the green line to choose another point."
         )
+
+    def _sweep_images(self) -> tuple[str, str]:
+        """The names of the clean and poisoned sets the sweep measured on."""
+        entry = self.state.results.latest(Kind.SWEEP)
+        data = entry.data if entry is not None else {}
+        clean = next((Path(p).name for r, p in data.items() if r != "poisoned"), "the clean data")
+        poisoned = Path(data["poisoned"]).name if "poisoned" in data else "the poisoned data"
+        return clean, poisoned
 
     def _line_moved(self) -> None:
         if self.sweep_result is None:
@@ -350,6 +369,9 @@ class PrunePanel(QWidget):
         epochs, lr, batch, augment = self.epochs.value(), self.learning_rate.value(), self.batch_size.value(), self.augment.isChecked()
         self.curves.clear("loss", "ep_clean", "ep_asr")
         self.table.clearContents()
+        clean_name = self.state.clean_for_calibration().path.name if self.state.clean_for_calibration() is not None else "the clean data"
+        poisoned_name = self.state.data["poisoned"].path.name if "poisoned" in self.state.data else "the poisoned data"
+        self.table_caption.setText(f"Measuring on the held-out {PruneSettings.holdout:.0%} of {clean_name} (never trained on)…")
         self.repair_result = None
         self._refresh_buttons()
         roles = [self.state.calibration_role(), "poisoned"]
@@ -361,12 +383,13 @@ class PrunePanel(QWidget):
 
         def finished(repaired: Any) -> None:
             self.repair_result = repaired
-            for row, stage in enumerate(("before", "after_prune", "after_fine_tune")):
-                self.table.set_row(row, getattr(repaired, stage))
+            self.table.show_stages({row: getattr(repaired, stage) for row, stage in
+                                    enumerate(("before", "after_prune", "after_fine_tune"))})
             measured = measured_on(repaired.n_holdout, self.state)
+            asr_on = (f"; attack success on all {len(px.x)} images of {poisoned_name}" if px is not None and len(px.x) else "")
+            self.table_caption.setText(f"Same images in every row: clean accuracy on {measured}{asr_on}.")
             self.note.setText(
                 f"Pruned channels {repaired.pruned_channels} of {repaired.layer}; they stay exactly zero. "
-                f"Every row: clean accuracy on {measured}; attack success on the suspected-poisoned data. "
                 f"'After pruning' = the {len(repaired.pruned_channels)} channels zeroed, before any fine-tuning."
             )
             self.state.publish(Kind.PRUNE, repaired, roles, note=f"clean accuracy on {measured}")

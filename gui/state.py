@@ -217,4 +217,4 @@ def measured_on(n_holdout: int, state: AppState) -> str:
     name = source.path.name if source is not None else "the clean data"
     if not n_holdout:
         return f"the clean images of {name} it was trained on (no hold-out)"
-    return f"{n_holdout} held-out clean images of {name} (never fine-tuned on)"
+    return f"{n_holdout} held-out clean images of {name} (never trained on)"

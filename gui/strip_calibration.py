@@ -98,9 +98,11 @@ class CalibrationView(QWidget):
             f"<b>{threshold:.4f}</b>{moved} is flagged as trojaned (label {p.num_classes})"
             + "".join(f"; {scanner.LABELS[k]} {'below' if d.tail == 'low' else 'above'} {d.threshold:.4f}"
                       for k, d in current.detectors.items() if k != p.method) + ".",
-            f"<b>Expected false rejection here: {est.expected:.2%}</b> (95% interval {est.low:.2%}–{est.high:.2%}; "
-            f"≤ {est.bound:.2%} with {est.confidence:.0%} confidence) on clean inputs calibration never saw: "
-            f"{est.flagged_in_calibration} of {est.n} clean calibration images flagged. Target {current.frr:.1%}"
+            f"<b>Expected false rejection here: {est.expected:.2%}</b> on clean images calibration never saw "
+            f"(95% interval {est.low:.2%}–{est.high:.2%}; ≤ {est.bound:.2%} with {est.confidence:.0%} confidence), "
+            f"estimated from the {est.flagged_in_calibration} of {est.n} clean calibration images "
+            + ("these thresholds flag" if len(current.detectors) > 1 else "this threshold flags")
+            + f". Target {current.frr:.1%}"
             + (f", split between {len(current.detectors)} detectors" if len(current.detectors) > 1 else "") + f"; scale {current.scale}.",
         ]
         if n:

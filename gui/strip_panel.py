@@ -274,7 +274,7 @@ class StripPanel(QWidget):
             # Rows already received stay (and are published) when the analyst presses Cancel.
             if outcome == DONE:
                 self.window.status.setText(
-                    f"{scanner.LABELS[profile.method]} scan of {Path(self.scan_name).name}: {len(self.model.rows)} scanned, "
+                    f"{scan_title(profile.method, self.scan_name)}: {len(self.model.rows)} scanned, "
                     f"{int(self.model.flagged_mask().sum())} flagged, {len(self.skipped)} skipped"
                 )
             if self.model.rows:
@@ -292,7 +292,7 @@ class StripPanel(QWidget):
         self.skipped_label.setText("")
         self._pending.clear()
         self.scan_name = str(path or preset.path)
-        started = self.window.start_job(f"{scanner.LABELS[profile.method]} scan of {Path(self.scan_name).name}", job, None, event, on_end=ended)  # counted once drained
+        started = self.window.start_job(scan_title(profile.method, self.scan_name), job, None, event, on_end=ended)  # counted once drained
         if started:
             self._streaming = True
             self.flush_timer.start()
@@ -458,3 +458,11 @@ class StripPanel(QWidget):
             self.window.after_idle(lambda: self.scan(done=done))
 
         self.calibrate(done=then_scan)
+
+
+def scan_title(method: str, path: str) -> str:
+    """'Combined scan of the folder scan/' or 'STRIP scan of poisoned_test.h5': what ran, on what."""
+    label = scanner.LABELS.get(method, method)
+    target = Path(path)
+    named = f"the folder {target.name}/" if target.is_dir() else target.name
+    return f"{label[:1].upper()}{label[1:]} scan of {named}"

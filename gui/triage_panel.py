@@ -122,7 +122,8 @@ class TriagePanel(QWidget):
         form.addRow("Clean data", self.clean_label)
         self.use_cleanse = QCheckBox("Neural Cleanse (small triggers)")
         self.use_cleanse.setChecked(True)
-        self.use_mmbd = QCheckBox("MM-BD (large triggers)")
+        self.use_mmbd = QCheckBox("MM-BD, warp too (large, warping triggers)")
+        self.use_mmbd.setToolTip("MM-BD finds large triggers, warp inversion gentle warps (WaNet), as on the Verdict panel")
         self.use_mmbd.setChecked(True)
         for check in (self.use_cleanse, self.use_mmbd):
             check.toggled.connect(lambda _on: self._refresh())
@@ -193,7 +194,7 @@ class TriagePanel(QWidget):
     # ---------------------------------------------------------------- state
 
     def methods(self) -> tuple[str, ...]:
-        return tuple(m for m, check in (("cleanse", self.use_cleanse), ("mmbd", self.use_mmbd)) if check.isChecked())
+        return (("cleanse",) if self.use_cleanse.isChecked() else ()) + (("mmbd", "warp") if self.use_mmbd.isChecked() else ())
 
     def store_path(self, folder: Path) -> Path:
         """The results store the command line uses for this folder too (core.detect.model_level.triage_store.default_store)."""
@@ -269,7 +270,7 @@ class TriagePanel(QWidget):
                 then(outcome == DONE)
 
         self._start(folder)
-        self.headline.setText(f"Triage of {folder}: judging each model with {' and '.join(settings['methods'])}"
+        self.headline.setText(f"Triage of {folder}: judging each model with {', '.join(settings['methods'])}"
                               + (f" on {workers} worker processes…" if workers else "…"))
         self.window.settings.setValue("triage/folder", str(folder))
         return self.window.start_job(

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QPushButton, QSpinBox
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 REPAIR_LABELS = {  # the button says what it will do
     "unlearn": "Repair by unlearning",
     "both": "Repair: fine-prune, then unlearn",
     "fine-prune": "Repair by fine-pruning",
 }
+
+
+def _pair(grid: QGridLayout, row: int, col: int, text: str, field: QWidget) -> None:
+    """A label and its field in two cells of ``grid`` (two settings share a row: the panel must fit 720 px)."""
+    label = QLabel(text)
+    label.setBuddy(field)
+    grid.addWidget(label, row, col)
+    grid.addWidget(field, row, col + 1)
 
 
 class DetectorBox(QGroupBox):
@@ -21,27 +39,31 @@ class DetectorBox(QGroupBox):
 
         super().__init__("Detectors: Neural Cleanse, MM-BD")
         defaults = CleanseSettings()
-        form = QFormLayout(self)
+        grid = QGridLayout(self)
         self.candidates = QSpinBox()
         self.candidates.setRange(1, 100000)
         self.candidates.setValue(defaults.candidates)
-        self.candidates.setToolTip("With more classes than this, all are screened cheaply and only the K most suspicious are optimised")
-        form.addRow("Candidate classes K", self.candidates)
+        self.candidates.setToolTip("Candidate classes K: with more classes than this, all are screened cheaply and only "
+                                   "the K most suspicious are optimised")
+        _pair(grid, 0, 0, "Classes K", self.candidates)
         self.rounds = QSpinBox()
         self.rounds.setRange(1, 10000)
         self.rounds.setValue(defaults.max_rounds)
         self.rounds.setToolTip(f"At most this many rounds of {defaults.steps_per_round} optimisation steps per class")
-        form.addRow("Rounds per class", self.rounds)
+        _pair(grid, 0, 2, "Rounds", self.rounds)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
-        form.addRow("Seed", self.seed)
-        self.use_mmbd = QCheckBox("Also MM-BD (large triggers)")
+        _pair(grid, 1, 0, "Seed", self.seed)
+        self.use_mmbd = QCheckBox("MM-BD, warp too")
         self.use_mmbd.setChecked(True)
-        self.use_mmbd.setToolTip("MM-BD (Wang et al., IEEE S&P 2024) does not assume a small trigger: "
-                                 "it catches frames and sunglasses that Neural Cleanse misses")
-        form.addRow(self.use_mmbd)
+        self.use_mmbd.setToolTip("MM-BD (Wang et al., IEEE S&P 2024) does not assume a small trigger: it catches large "
+                                 "ones (sunglasses) that Neural Cleanse misses; warp inversion finds a class a gentle "
+                                 "warp reaches (WaNet). The verdict's levels were fitted with all three.")
+        grid.addWidget(self.use_mmbd, 1, 2, 1, 2)
         self.run_button = QPushButton("Run the detectors")
-        form.addRow(self.run_button)
+        grid.addWidget(self.run_button, 2, 0, 1, 4)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
 
 
 class RepairBox(QGroupBox):
@@ -52,36 +74,41 @@ class RepairBox(QGroupBox):
 
         super().__init__("Repair")
         self._class_options: list[Optional[tuple[int, ...]]] = [None]  # what each entry of the class combo repairs
-        rform = QFormLayout(self)
+        grid = QGridLayout(self)
         self.method = QComboBox()
         self.method.addItem("Unlearn the reversed trigger", "unlearn")
         self.method.addItem("Fine-prune, then unlearn", "both")
         self.method.addItem("Fine-prune only", "fine-prune")
-        rform.addRow("Method", self.method)
+        grid.addWidget(QLabel("Method"), 0, 0)
+        grid.addWidget(self.method, 0, 1, 1, 3)
         self.repair_class = QComboBox()
         self.repair_class.setToolTip("The class whose reversed trigger is unlearned (the CLI's repair --target-class); "
                                      "choose one even when nothing was flagged")
-        rform.addRow("Class", self.repair_class)
+        grid.addWidget(QLabel("Class"), 1, 0)
+        grid.addWidget(self.repair_class, 1, 1, 1, 3)
         self.fraction = QDoubleSpinBox()
         self.fraction.setRange(0.01, 0.99)
         self.fraction.setSingleStep(0.05)
         self.fraction.setValue(repair.DEFAULT_FRACTION)
         self.fraction.setToolTip("Share of each batch stamped with the reversed trigger, keeping the true label")
-        rform.addRow("Stamped share", self.fraction)
+        _pair(grid, 2, 0, "Stamped", self.fraction)
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 500)
         self.epochs.setValue(repair.DEFAULT_EPOCHS)
-        rform.addRow("Epochs", self.epochs)
+        _pair(grid, 2, 2, "Epochs", self.epochs)
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(1e-5, 1.0)
         self.learning_rate.setSingleStep(1e-4)
         self.learning_rate.setValue(repair.DEFAULT_LEARNING_RATE)
         self.learning_rate.setToolTip("Adam's initial rate, cosine-decayed to zero")
-        rform.addRow("Learning rate", self.learning_rate)
+        grid.addWidget(QLabel("Learning rate"), 3, 0)
+        grid.addWidget(self.learning_rate, 3, 1, 1, 3)
         self.repair_button = QPushButton(REPAIR_LABELS["unlearn"])
         self.method.currentIndexChanged.connect(lambda _i: self.repair_button.setText(REPAIR_LABELS[self.method.currentData()]))
-        rform.addRow(self.repair_button)
+        grid.addWidget(self.repair_button, 4, 0, 1, 4)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
 
     def chosen_classes(self) -> Optional[tuple[int, ...]]:
         """The classes to repair, as the combo says (None: none chosen yet)."""

@@ -52,7 +52,8 @@ class VerdictHeadline(QWidget):
         ran_detectors = any(e.method != "measured attack success" for e in verdict.evidence)
         self.verdict_label.setText(verdict.summary + ("" if ran_detectors else " -- run the detectors too"))
         self.style_verdict(verdict.level)
-        self.reason_label.setText(verdict.reason)
+        rate = getattr(verdict, "false_alarm", "")
+        self.reason_label.setText((f"{rate[0].upper()}{rate[1:]}. " if rate else "") + verdict.reason)
         self.reason_label.setVisible(True)
         table = self.evidence_table
         table.setRowCount(len(verdict.evidence))
@@ -88,27 +89,25 @@ def _evidence_table() -> QTableWidget:
 
 def evidence_text(e: Any) -> str:
     """The figures behind one method's say, short enough for one table row."""
-    from core.detect.model_level.verdict import (
-        ASR_BACKDOORED,
-        ASR_SUSPICIOUS,
-        BLIND_SPOT,
-        LABEL_SPECIFIC,
-        LABEL_SPECIFIC_RATIO,
-        MMBD_BACKDOORED_P,
-        MMBD_SUSPICIOUS_P,
-        mapping,
-    )
+    from core.detect.model_level.verdict import ASR_BACKDOORED, ASR_SUSPICIOUS, LABEL_SPECIFIC, mapping
 
     d = e.details
+    rarity = ""
+    if d.get("clean_tail") is not None:
+        tail = d["clean_tail"]
+        rarity = f"; clean models go this far {tail:.0%} of the time" if tail >= 0.01 else f"; about 1 in {1 / max(tail, 1e-12):,.0f} clean models go this far"
     if e.method == "Neural Cleanse" and d.get("norms"):
-        idx = {c: v for c, v in d.get("anomaly_index", {}).items() if v is not None}
         smallest = sorted(d["norms"], key=lambda c: d["norms"][c])[:3]
-        parts = ", ".join(f"{c}: {d['norms'][c]:.0f} px (index {idx.get(c, float('nan')):.2f})" for c in smallest)
-        return f"median mask {d.get('median_norm', 0):.0f} px; smallest {parts}; flagged at index > 2"
-    if e.method == "MM-BD" and d.get("p_values"):
-        ranked = sorted(d["p_values"], key=lambda c: d["p_values"][c])[:3]
-        parts = ", ".join(f"{c}: margin {d['margins'][c]:.0f}, p = {d['p_values'][c]:.2g}" for c in ranked)
-        return f"{parts}; suspicious at p < {MMBD_SUSPICIOUS_P:g}, backdoored at p < {MMBD_BACKDOORED_P:g}"
+        parts = ", ".join(f"{c}: {d['norms'][c]:.0f} px" for c in smallest)
+        return f"median mask {d.get('median_norm', 0):.0f} px; smallest {parts}{rarity}"
+    if e.method == "MM-BD" and d.get("margins"):
+        ranked = sorted(d["margins"], key=lambda c: -d["margins"][c])[:3]
+        parts = ", ".join(f"{c}: {d['margins'][c]:.0f}" for c in ranked)
+        return f"largest margins {parts} (median {d.get('median_margin', 0):.0f}){rarity}"
+    if e.method == "warp inversion" and d.get("shifts"):
+        ranked = sorted(d["shifts"], key=lambda c: d["shifts"][c])[:3]
+        parts = ", ".join(f"{c}: {d['shifts'][c]:.2f} px" for c in ranked)
+        return f"smallest warps {parts}{rarity}"
     if e.method == "measured attack success":
         target = "" if d.get("target") is None else f" to class {d['target']}"
         return (f"attack success {d['attack_success_rate']:.1%}{target} on {d['n_poisoned']} suspected-poisoned images "
@@ -116,9 +115,5 @@ def evidence_text(e: Any) -> str:
     if e.method == LABEL_SPECIFIC and "ratio" in d:
         sends = mapping({int(k): v for k, v in d["destinations"].items()}, 5)
         return (f"untargeted trigger {d['norm']:.0f} px = {d['ratio']:.2f} x the smallest one-class trigger "
-                f"({d['smallest_targeted_norm']:.0f} px; label-specific below {LABEL_SPECIFIC_RATIO:g} x); sends {sends}")
-    if e.method == BLIND_SPOT and "median_margin_over_clean_margin" in d:
-        return (f"median class pushed to {d['median_margin_over_clean_margin']:.1f} x the clean margin (the detectors "
-                f"discriminate below {d['threshold']:g} x): silence proves nothing; easiest to reach: "
-                f"{', '.join(map(str, d['easiest_classes']))}")
+                f"({d['smallest_targeted_norm']:.0f} px); sends {sends}{rarity}")
     return e.summary

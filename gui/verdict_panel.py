@@ -40,7 +40,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from core.jobs import Progress
-from gui.before_after import BeforeAfterTable
+from gui.before_after import BeforeAfterTable, caption
 from gui.saving import ask_save_path, save_in_background
 from gui.jobs import DONE
 from gui.live_curve import LiveCurves, clean_accuracy_of
@@ -52,6 +52,8 @@ from gui.verdict_triggers import NormChart, TriggerGallery, titled_plot
 CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
 STAGE_ROWS = {"before": 0, "after_prune": 1, "after": 2}  # "after_fine_prune" is in the note and the report
+REPAIR_NAMES = {"unlearn": "Unlearning", "both": "Fine-pruning, then unlearning", "fine-prune": "Fine-pruning"}
+SHORT_NAMES = {"unlearn": "Unlearning", "both": "Fine-prune + unlearn", "fine-prune": "Fine-pruning"}  # titles of a narrow plot
 
 
 class VerdictPanel(QWidget):
@@ -117,8 +119,11 @@ class VerdictPanel(QWidget):
         column.addWidget(detectors)
         column.addWidget(r)
 
+        self.table_caption = caption()
+        column.addWidget(self.table_caption)
         self.table = BeforeAfterTable(["Before", "After pruning", "After repair"])
-        self.table.setToolTip("After pruning: the channels zeroed, before any fine-tuning (as in Fine-Pruning)")
+        self.table.setToolTip("After pruning: the channels zeroed, before any fine-tuning (as in Fine-Pruning); "
+                              "'not run' when the method prunes nothing")
         column.addWidget(self.table)
         self.save_button = QPushButton("Save repaired model…")
         self.save_button.clicked.connect(self._ask_save)
@@ -138,7 +143,7 @@ class VerdictPanel(QWidget):
         self.norm_plot, self.threshold_line, self.median_line = self._norms.plot, self._norms.threshold_line, self._norms.median_line
         self.trigger_host, self.trigger_grid = self._gallery.trigger_host, self._gallery.trigger_grid
 
-        self.live_plot = titled_plot("Optimisation: mask norm per round", "round", "mask norm (pixels)")
+        self.live_plot = titled_plot("Optimisation: mask norm per round", "round", "mask L1 norm (pixels)", legend=False)
         self.loss_curve = self.live_plot.plot([], [], pen=pg.mkPen("#555555", width=1))
         self.epoch_plot = titled_plot("Unlearning (held-out data)", "epoch", "rate")
         self.epoch_plot.setYRange(0, 1.02)
@@ -149,8 +154,8 @@ class VerdictPanel(QWidget):
         grid.addWidget(self._gallery, 0, 1)
         grid.addWidget(self.live_plot, 1, 0)
         grid.addWidget(self.epoch_plot, 1, 1)
-        grid.setColumnStretch(0, 1)
-        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(0, 2)
+        grid.setColumnStretch(1, 3)  # the gallery's eleven columns (ten classes, the untargeted trigger) need the width
         return host
 
     # ---------------------------------------------------------------- state
@@ -237,6 +242,7 @@ class VerdictPanel(QWidget):
         self._norms.clear()
         self._gallery.clear()
         self.table.clearContents()
+        self.table_caption.setText("")
         self.note.setText("")
 
     # ------------------------------------------------------------- cleanse
@@ -245,7 +251,7 @@ class VerdictPanel(QWidget):
         """Run the detectors (core.detect.model_level.judge: Neural Cleanse, MM-BD) on the loaded model and clean validation data."""
         from core.detect.model_level.cleanse import CleanseSettings
         from core.intake.data import load_arrays
-        from core.evaluate import choose_scale
+        from core.intake.fit import pair
         from core.detect.model_level.judge import judge
         from core.detect.model_level.mmbd import MMBDSettings
 
@@ -255,15 +261,15 @@ class VerdictPanel(QWidget):
             return False
         settings = CleanseSettings(candidates=self.candidates.value(), max_rounds=self.rounds.value(), seed=self.seed.value())
         mmbd_settings = MMBDSettings(seed=self.seed.value())
-        methods = ("cleanse", "mmbd") if self.use_mmbd.isChecked() else ("cleanse",)
+        methods = ("cleanse", "mmbd", "warp") if self.use_mmbd.isChecked() else ("cleanse",)
         requested = self.state.scale
 
         def job():
             yield Progress(None, f"Reading {clean.path.name}")
-            scale, _note = choose_scale(loaded, clean, requested)
             arrays = load_arrays(clean, loaded.input_shape, limit=settings.max_images)
-            judgement = yield from judge(loaded, arrays, scale, methods=methods,
-                                         cleanse_settings=settings, mmbd_settings=mmbd_settings)
+            pairing = pair(loaded, arrays, requested)  # scale and pixel range decided once, for every detector
+            judgement = yield from judge(loaded, arrays, pairing.scale, methods=methods, cleanse_settings=settings,
+                                         mmbd_settings=mmbd_settings, pixel_max=pairing.pixel_max)
             return judgement, arrays
 
         roles = [self.state.calibration_role()]
@@ -293,13 +299,15 @@ class VerdictPanel(QWidget):
         self.result = self.repair_result = self.judgement = None
         self._repairing = False
         self.live_plot.setLabel("bottom", "round")
-        self.live_plot.setLabel("left", "mask norm (pixels)")
+        self.live_plot.setLabel("left", "mask L1 norm (pixels)")
         self._clear_views()
         self._show_verdict(None)
         self.verdict_label.setText("The detectors are running: Neural Cleanse reverse-engineers a trigger per candidate class"
-                                   + (", then MM-BD measures each class's maximum margin…" if self.use_mmbd.isChecked() else "…"))
+                                   + (", then MM-BD measures each class's maximum margin and warp inversion the smallest "
+                                      "warp that reaches it…" if self.use_mmbd.isChecked() else "…"))
         self._refresh_buttons()
-        return self.window.start_job("Neural Cleanse + MM-BD" if self.use_mmbd.isChecked() else "Neural Cleanse", job, finished, self._on_event, live=self.curves, on_end=stopped)
+        name = "Neural Cleanse + MM-BD + warp inversion" if self.use_mmbd.isChecked() else "Neural Cleanse"
+        return self.window.start_job(name, job, finished, self._on_event, live=self.curves, on_end=stopped)
 
     def _on_event(self, event: Any) -> None:
         from core.detect.model_level.cleanse import ClassDone, CleanseRound
@@ -313,8 +321,8 @@ class VerdictPanel(QWidget):
         if isinstance(event, CleanseRound):
             if event.round == 1:  # every class starts at once; the untargeted trigger (class -1) after them
                 self.curves.clear(*self._norm_keys.values())
-                self.live_plot.setTitle("Optimisation: mask norm per round, one line per class"
-                                        if -1 not in event.norms else "Untargeted trigger: mask norm per round", color="k")
+                self.live_plot.setTitle("Mask norm per round, per class"
+                                        if -1 not in event.norms else "Untargeted trigger: norm per round", color="k")
             for target, norm in event.norms.items():
                 self.curves.append(self._norm_key(target), event.round, norm)
         elif isinstance(event, ClassDone):
@@ -383,29 +391,33 @@ class VerdictPanel(QWidget):
         if classes is not None and verdict is not None and method == "unlearn" and tuple(verdict.flagged_classes) == classes:
             classes = None  # exactly Neural Cleanse's flagged classes: reuse its triggers as they are
         self.table.clearContents()
+        self.table_caption.setText(f"Measuring on the held-out {RepairSettings.holdout:.0%} of {clean.path.name} (never trained on)…")
         self.repair_result = None
         self._refresh_buttons()
         self._repairing = True
         self.curves.clear("loss", "ep_clean", "ep_asr", *self._norm_keys.values())
-        doing = {"unlearn": "Unlearning", "both": "Fine-pruning, then unlearning", "fine-prune": "Fine-pruning"}[method]
-        self.live_plot.setTitle(f"{doing}: training loss per batch", color="k")
+        doing = REPAIR_NAMES[method]
+        self.live_plot.setTitle(f"{SHORT_NAMES[method]}: loss per batch", color="k")
         self.epoch_plot.setTitle(f"{doing} (held-out clean data)", color="k")
         self.live_plot.setLabel("bottom", "batch")
         self.live_plot.setLabel("left", "loss")
         self.live_plot.enableAutoRange()
 
         requested = self.state.scale
+        suspects = tuple(self.verdict.targets) if self.verdict is not None and self.verdict.targets else None  # if none is flagged
+        sizes: dict[str, int] = {}  # what the job read, for the caption
 
         def job():
-            from core.evaluate import choose_scale
+            from core.intake.fit import choose_scale
 
             yield Progress(None, f"Reading {clean.path.name}")
             scale = verdict.scale if verdict is not None else choose_scale(loaded, clean, requested)[0]
             cx = load_arrays(clean, loaded.input_shape)
             px = load_arrays(poisoned, loaded.input_shape) if poisoned is not None else None
+            sizes["poisoned"] = 0 if px is None else len(px.x)
             return (yield from repair(
                 loaded, cx.x, cx.y, scale, RepairSettings(method=method, classes=classes, fraction=fraction, epochs=epochs,
-                                                          learning_rate=lr, seed=seed),
+                                                          learning_rate=lr, seed=seed, suspects=suspects),
                 verdict=verdict, x_poisoned=None if px is None else px.x, y_poisoned=None if px is None else px.y, target=target,
             ))
 
@@ -413,15 +425,12 @@ class VerdictPanel(QWidget):
 
         def finished(result: Any) -> None:
             self.repair_result = result
-            for stage in result.stages:
-                row = STAGE_ROWS.get(stage.stage)
-                if row is not None:
-                    self.table.set_row(row, stage.metrics)
+            self.table.show_stages({STAGE_ROWS[st.stage]: st.metrics for st in result.stages if st.stage in STAGE_ROWS})
             measured = measured_on(result.n_holdout, self.state)
-            self.note.setText(
-                f"{self.note.text()}\n\nRepair ({result.method}): every row's clean accuracy on {measured}; "
-                f"attack success on {result.asr_source}."
-            )
+            asr_on = (f"all {sizes['poisoned']} images of {poisoned.path.name}" if sizes.get("poisoned")
+                      else result.asr_source)
+            self.table_caption.setText(f"{REPAIR_NAMES[result.method]}. Same images in every row: clean accuracy on "
+                                       f"{measured}; attack success on {asr_on}." + (f" {result.note}." if result.note else ""))
             self.state.publish(Kind.REPAIR, result, roles, note=f"clean accuracy on {measured}")
             self._refresh_buttons()
 

@@ -202,15 +202,37 @@ def test_repair_refuses_to_write_over_its_input(demo_model, demo_arrays, demo_ve
         run_job(repair(demo_model, clean.x, clean.y, "255", RepairSettings(classes=(7,)), verdict=demo_verdict, out=demo_bundle.model))
 
 
-def test_repair_on_a_clean_verdict_says_there_is_nothing_to_unlearn(planted):
-    from core.errors import TrojanScopeError
-    from core.repair.repair import repair
+def test_repair_unlearns_the_verdicts_suspects_and_never_dead_ends(demo_model, demo_arrays):
+    """Issue 22: a "suspicious" verdict that names no flagged class never leaves repair with nothing to do."""
+    from core.repair.repair import RepairSettings, repair
+
+    clean = demo_arrays[0]
+    fast = CleanseSettings(max_rounds=6, seed=0, label_specific=False)
+    verdict = run_job(cleanse(demo_model, clean, "255", fast, classes=[0, 1, 2]))  # the backdoor class (7) left out
+    assert verdict.verdict == "clean"
+    settings = RepairSettings(epochs=1, restarts=0, suspects=(2, 0), cleanse=fast)
+    result = run_job(repair(demo_model, clean.x, clean.y, "255", settings, verdict=verdict))
+    assert result.method == "unlearn" and result.flagged_classes == [2, 0]
+    assert result.note == "unlearned the classes the verdict names (2, 0)"
+    # nothing named and nothing flagged: the two easiest classes, and fine-pruning as well
+    result = run_job(repair(demo_model, clean.x, clean.y, "255", RepairSettings(epochs=1, restarts=0, cleanse=fast), verdict=verdict))
+    easiest = sorted(verdict.norms, key=verdict.norms.get)[:2]
+    assert result.method == "both" and result.flagged_classes == easiest
+    assert result.note.startswith("no class was named") and result.note.endswith("and fine-pruned as well")
+    assert result.prune is not None and result.after.clean_accuracy is not None
+
+
+def test_repair_without_suspects_unlearns_the_easiest_classes(planted):
+    """No verdict's suspects and no conv layer (a linear model): unlearn the two easiest classes, and say why no pruning."""
+    from core.repair.repair import RepairSettings, repair
 
     data = _planted_images(100)
-    verdict = run_job(cleanse(planted, data, "1", FAST, classes=[0, 1]))  # the backdoor class left out
+    verdict = run_job(cleanse(planted, data, "1", FAST, classes=[0, 1, 2]))  # the backdoor class left out
     assert verdict.verdict == "clean"
-    with pytest.raises(TrojanScopeError, match="nothing to unlearn|no trigger to unlearn"):
-        run_job(repair(planted, data.x, data.y, "1", verdict=verdict))
+    result = run_job(repair(planted, data.x, data.y, "1", RepairSettings(epochs=1, restarts=0, cleanse=FAST), verdict=verdict))
+    easiest = sorted(verdict.norms, key=verdict.norms.get)[:2]
+    assert result.method == "unlearn" and result.flagged_classes == easiest
+    assert "easiest to reach" in result.note and result.note.endswith("no conv layer to fine-prune")
 
 
 # --------------------------------------------------------------------- CLI

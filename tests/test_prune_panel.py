@@ -37,20 +37,43 @@ def test_sweep_pick_point_fine_tune_and_save(qtbot, demo_window, demo_bundle, tm
     assert panel.sweep_result is not None and panel._buffers["clean"].n == 33
     assert panel._buffers["asr"].n == 33
     assert panel.prune_line.isVisible() and panel.selected_count() == panel.sweep_result.stop
+    base = panel.sweep_result.curve[0].clean_accuracy
+    n_clean = panel.sweep_result.n_clean
     panel.prune_line.setValue(10 / 32 + 0.004)  # the analyst drags the line
     panel._line_moved()
     assert panel.selected_count() == 10 and "10/32" in panel.stop_label.text()
+    # the point and its baseline are measured on the same images, and the text names them
+    point = panel.sweep_result.curve[10].clean_accuracy
+    assert (f"Clean accuracy {point:.1%} on all {n_clean} images of {demo_bundle.clean_valid.name}, "
+            f"{(point - base) * 100:+.1f} points from {base:.1%} unpruned") in panel.stop_label.text()
     panel.epochs.setValue(1)
     assert panel.run_repair()
     wait_idle(qtbot, demo_window)
     assert panel.repair_result is not None and len(panel.repair_result.pruned_channels) == 10
     assert panel._buffers["loss"].n > 0 and panel._buffers["ep_clean"].n == 2
     assert panel.table.item(2, 0) is not None and panel.save_button.isEnabled()
+    n_hold = panel.repair_result.n_holdout
+    assert 0 < n_hold < n_clean
+    assert panel.table.item(0, 0).text() == f"{panel.repair_result.before.clean_accuracy:.1%}"
+    assert (f"Same images in every row: clean accuracy on {n_hold} held-out clean images of "
+            f"{demo_bundle.clean_valid.name}") in panel.table_caption.text()
     out = tmp_path / "fixed.keras"
     assert panel.save_to(str(out))
     wait_idle(qtbot, demo_window)
     assert zero_channels(load_model(out).model, "conv_3") == panel.repair_result.pruned_channels
     assert file_sha256(demo_bundle.model) == sha
+
+
+def test_the_layer_choice_is_never_cut_off(qtbot, demo_window):
+    from gui.app import SCREENSHOT_SIZE
+
+    demo_window.resize(*SCREENSHOT_SIZE)
+    panel = demo_window.panels["PrunePanel"]
+    demo_window.tabs.setCurrentWidget(panel)
+    qtbot.wait(50)
+    combo = panel.layer_combo
+    assert combo.currentText() == "conv_3 (32 channels, default)"
+    assert combo.width() >= combo.sizeHint().width()  # the whole text: no "conv_3 (32 channels, defa"
 
 
 def test_cancel_mid_sweep_keeps_window_usable(qtbot, demo_window):

@@ -40,6 +40,10 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     assert panel.frr_spin.value() == 3.0  # 1% per detector
     est = panel.scan_profile.frr_estimate()
     assert "Expected false rejection here" in panel.info.text() and f"95% interval {est.low:.2%}–{est.high:.2%}" in panel.info.text()
+    # one claim, one source: the rate is for images calibration never saw, estimated from the calibration images
+    assert ("on clean images calibration never saw (95% interval" in panel.info.text()
+            and f"estimated from the {est.flagged_in_calibration} of {est.n} clean calibration images these thresholds flag"
+            in panel.info.text())
 
     panel.scan_loaded_button.click()
     wait_idle(qtbot, window)
@@ -49,6 +53,8 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     flagged = {Path(r.source).name for i, r in enumerate(panel.model.rows) if panel.model.is_flagged(i)}
     assert len(flagged & triggered) >= 0.75 * len(triggered)  # small test BadNet, 16 overlays
     assert len(flagged - triggered) <= 0.1 * (len(manifest) - len(triggered))
+    assert window.status.text() == (f"Combined scan of the folder {Path(demo_bundle.scan_dir).name}/: {len(manifest)} scanned, "
+                                    f"{len(flagged)} flagged, 0 skipped")
     SHOTS.mkdir(parents=True, exist_ok=True)
     window.tabs.setCurrentWidget(panel)
     qtbot.wait(300)
@@ -87,6 +93,16 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     wait_idle(qtbot, window)
     back = scanner.load_profile(saved[0])
     assert back.method == "combined" and back.first.threshold == panel.threshold
+
+
+def test_the_scan_title_says_what_ran_on_which_folder_or_file(tmp_path):
+    from gui.strip_panel import scan_title
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    assert scan_title("combined", str(folder)) == "Combined scan of the folder scan/"
+    assert scan_title("strip", str(tmp_path / "poisoned_test.h5")) == "STRIP scan of poisoned_test.h5"
+    assert scan_title("features", str(tmp_path / "x.npz")) == "Feature space scan of x.npz"
 
 
 def test_strip_only_method_calibrates_a_strip_profile(qtbot, window, demo_settings):

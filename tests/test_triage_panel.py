@@ -64,21 +64,6 @@ def test_triage_ranks_models_lists_skipped_and_opens_a_row(qtbot, window, demo_b
     assert str(window.state.loaded.summary.path) == shown[0]
 
 
-def test_a_model_only_the_blind_spot_raised_reads_inconclusive_in_the_table(window):
-    from core.detect.model_level.triage import TriageRow
-    from core.detect.model_level.verdict import Evidence, combine
-
-    blind = combine([Evidence("Neural Cleanse", "no evidence", (), 0.2, "x"), Evidence("blind-spot check", "suspicious", (3, 5), 0.5, "y")])
-    weak = combine([Evidence("MM-BD", "suspicious", (8,), 0.6, "z")])
-    rows = [TriageRow(f"/m/{name}.keras", v.machine_verdict, v.level, v.score, v.targets, v.summary, 1.0, 10, (28, 28, 3), "255")
-            for name, v in (("bn_gap", blind), ("plain", weak))]
-    panel = window.panels["TriagePanel"]
-    panel._show(rows, ranked=True)
-    assert panel.table.item(0, 2).text() == "Suspicious (inconclusive)"
-    assert panel.table.item(0, 4).text() == "3, 5"
-    assert panel.table.item(1, 2).text() == "Suspicious"
-
-
 def test_finished_models_are_kept_across_a_restart_and_a_rerun_judges_only_the_rest(qtbot, window, demo_bundle, tmp_path):
     """A second window (the app restarted) shows what the first judged, from the store, and Run triage recomputes nothing."""
     from gui.main_window import MainWindow

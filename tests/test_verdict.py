@@ -1,11 +1,19 @@
-"""The combined verdict's rules (core.detect.model_level.verdict), one test per rule, on hand-made detector results."""
+"""The combined verdict's rules (core.detect.model_level.verdict), one test per rule, on hand-made detector results.
+
+The rules are tested with hand-built levels (every null log(1 + s) ~ N(0, 0.5^2), four detectors), so each tail
+probability is a normal quantile a reader can check: a statistic s gives z = 2 log(1 + s), p = 4 x P(Z > z).
+The cut-offs are those of a 2% / 10% clean false-alarm rate over four detectors: 0.0201517 and 0.1040416.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from core.detect.model_level.cleanse import CleanseResult, LabelSpecific, ReversedTrigger, anomaly_indices, flag_classes
+from core.detect.model_level.levels import Levels, Null, _cut_for_rate, levels
 from core.detect.model_level.mmbd import MMBDResult, detect
 from core.detect.model_level.verdict import (
     BACKDOORED,
@@ -14,12 +22,27 @@ from core.detect.model_level.verdict import (
     Evidence,
     combine,
     from_attack_success,
-    from_blind_spot,
     from_cleanse,
     from_detectors,
     from_label_specific,
     from_mmbd,
+    from_warp,
+    is_label_specific_backdoor,
 )
+from core.detect.model_level.warp import WarpResult
+
+LV = Levels({d: Null(d, 0.0, 0.5, 30) for d in ("nc", "mmbd", "warp", "ls")}, _cut_for_rate(4, 0.02), _cut_for_rate(4, 0.10),
+            expected={"backdoored": {"rate": 0.02, "low": 0.01, "high": 0.05}, "suspicious": {"rate": 0.10, "low": 0.06, "high": 0.2}})
+
+
+def p_of(statistic: float) -> float:
+    """The false-alarm probability of one detector's statistic under LV, by hand: 4 x P(Z > 2 log(1 + s))."""
+    return min(1.0, 4 * 0.5 * math.erfc(2 * math.log1p(statistic) / math.sqrt(2)))
+
+
+def at(z: float) -> float:
+    """The statistic at z spreads under LV: 2 log(1 + s) = z."""
+    return math.expm1(z / 2)
 
 
 def cleanse_result(norms: dict[int, float]) -> CleanseResult:
@@ -33,188 +56,15 @@ def cleanse_result(norms: dict[int, float]) -> CleanseResult:
     )
 
 
-def mmbd_result(margins: dict[int, float], clean_margin: float | None = None) -> MMBDResult:
+def mmbd_result(margins: dict[int, float]) -> MMBDResult:
     found = detect(margins)
     return MMBDResult(found.flagged, margins, found.p_values, found.null_shape, found.null_scale, len(margins), "255", 1.0,
-                      raw_p_values=found.raw_p_values, clean_margin=clean_margin)
+                      raw_p_values=found.raw_p_values)
 
 
-# Natural-looking statistics: no class stands out.
-CALM_NORMS = {c: 60.0 + 3.0 * ((c * 7) % 10) for c in range(10)}
-CALM_MARGINS = {c: 30.0 + 1.5 * ((c * 3) % 10) for c in range(10)}
-
-
-def test_small_trigger_flagged_by_neural_cleanse_is_backdoored_with_its_class():
-    norms = {**CALM_NORMS, 7: 10.0}
-    verdict = combine([from_cleanse(cleanse_result(norms)), from_mmbd(mmbd_result(CALM_MARGINS))])
-    assert verdict.level == BACKDOORED
-    assert verdict.targets == (7,)
-    assert verdict.machine_verdict == "backdoored"
-    assert "Neural Cleanse" in verdict.reason and "mixed" in verdict.reason  # MM-BD saw nothing: said so
-
-
-def test_large_trigger_missed_by_neural_cleanse_is_caught_by_mmbd():
-    margins = {**CALM_MARGINS, 0: 400.0}
-    nc = from_cleanse(cleanse_result(CALM_NORMS))
-    assert nc.level == NO_EVIDENCE
-    verdict = combine([nc, from_mmbd(mmbd_result(margins))])
-    assert verdict.level == BACKDOORED and verdict.targets == (0,)
-    assert verdict.summary == "Backdoored (target 0)"
-
-
-def test_nothing_found_says_which_methods_found_nothing_and_machine_value_clean():
-    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_mmbd(mmbd_result(CALM_MARGINS))])
-    assert verdict.level == NO_EVIDENCE
-    assert verdict.machine_verdict == "clean"
-    assert verdict.summary == "No evidence found by Neural Cleanse and MM-BD"
-    assert verdict.targets == ()
-    assert verdict.score < 0.5
-
-
-def test_measured_attack_success_overrules_detectors_that_found_nothing():
-    asr = from_attack_success(0.965, 900, 10, target=0)
-    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_mmbd(mmbd_result(CALM_MARGINS)), asr])
-    assert verdict.level == BACKDOORED
-    assert verdict.targets == (0,)
-    assert "96.5%" in verdict.reason and "mixed" in verdict.reason
-
-
-@pytest.mark.parametrize("rate", [0.25, 0.35, 0.49])
-def test_attack_success_far_above_a_models_errors_is_at_least_suspicious(rate):
-    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_attack_success(rate, 500, 10, target=3)])
-    assert verdict.level == SUSPICIOUS
-    assert verdict.targets == (3,)
-    assert verdict.machine_verdict == "suspicious"
-
-
-def test_attack_success_like_ordinary_errors_is_no_evidence():
-    e = from_attack_success(0.05, 500, 10, target=3)
-    assert e.level == NO_EVIDENCE and e.score < 0.5
-
-
-def test_attack_success_score_rises_with_the_rate():
-    scores = [from_attack_success(r, 500, 10, target=1).score for r in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)]
-    assert scores == sorted(scores)
-    assert scores[-1] == 1.0
-
-
-def test_attack_success_names_the_classes_hit_when_no_target_given():
-    labels = np.array([2] * 50 + [5] * 50)
-    predicted = np.array([2] * 48 + [0] * 2 + [5] * 45 + [1] * 5)
-    e = from_attack_success(float(np.mean(predicted == labels)), 100, 10, predicted=predicted, labels=labels)
-    assert e.level == BACKDOORED
-    assert e.classes == (2, 5)
-
-
-def test_all_to_all_hits_spread_over_classes_name_no_single_target():
-    labels = np.repeat(np.arange(10), 10)
-    e = from_attack_success(1.0, 100, 10, predicted=labels.copy(), labels=labels)
-    assert e.level == BACKDOORED and e.classes == ()
-    verdict = combine([e])
-    assert verdict.summary == "Backdoored"
-
-
-def test_two_methods_suspicious_on_the_same_class_stay_suspicious_naming_it_first():
-    a = Evidence("A", SUSPICIOUS, (4,), 0.55, "a")
-    b = Evidence("B", SUSPICIOUS, (6, 4), 0.6, "b")
-    verdict = combine([a, b])
-    assert verdict.level == SUSPICIOUS and verdict.targets[0] == 4
-    assert "independently point to class 4" in verdict.reason
-    assert verdict.score == pytest.approx(0.7)  # the strongest score plus the agreement bonus
-
-
-def test_suspicious_on_different_classes_stays_suspicious_naming_both():
-    verdict = combine([Evidence("A", SUSPICIOUS, (4,), 0.55, "a"), Evidence("B", SUSPICIOUS, (6,), 0.6, "b")])
-    assert verdict.level == SUSPICIOUS
-    assert set(verdict.targets) == {4, 6}
-    assert verdict.targets[0] == 6  # the stronger evidence first
-
-
-@pytest.mark.parametrize("levels", [(NO_EVIDENCE, SUSPICIOUS), (SUSPICIOUS, NO_EVIDENCE, NO_EVIDENCE), (NO_EVIDENCE, BACKDOORED)])
-def test_never_no_evidence_while_any_evidence_says_otherwise(levels):
-    evidence = [Evidence(f"M{i}", lvl, (i,) if lvl != NO_EVIDENCE else (), 0.6 if lvl != NO_EVIDENCE else 0.1, "x")
-                for i, lvl in enumerate(levels)]
-    verdict = combine(evidence)
-    assert verdict.level != NO_EVIDENCE
-    assert verdict.machine_verdict != "clean"
-    strongest = max(levels, key=[NO_EVIDENCE, SUSPICIOUS, BACKDOORED].index)
-    assert verdict.level == strongest
-
-
-def test_backdoored_verdict_never_scores_below_the_line():
-    verdict = combine([Evidence("A", BACKDOORED, (1,), 0.2, "a")])
-    assert verdict.score >= 0.5
-
-
-def test_neural_cleanse_between_1_5_and_2_is_suspicious():
-    # index of class 3 = (median - norm) / (1.4826 * MAD): choose the norm for an index of 1.75
-    norms = {c: 50.0 + 2.0 * c for c in range(10)}  # median 59, MAD 5 -> scaled 7.413
-    norms[0] = 59.0 - 1.75 * 1.4826 * 5.0
-    indices, median, mad = anomaly_indices(norms)
-    assert 1.5 < indices[0] < 2.0
-    e = from_cleanse(cleanse_result(norms))
-    assert e.level == SUSPICIOUS and e.classes == (0,)
-
-
-def test_mmbd_levels_follow_the_p_value_thresholds():
-    strong = from_mmbd(mmbd_result({**CALM_MARGINS, 2: 500.0}))
-    assert strong.level == BACKDOORED and strong.classes == (2,)
-    calm = from_mmbd(mmbd_result(CALM_MARGINS))
-    assert calm.level == NO_EVIDENCE and calm.score < 0.5
-
-
-# A BatchNorm + global-average-pooling model (shape of the zoo's frame BadNet): every class is easy to reach,
-# margins 40-100 against a clean margin of 5.5, masks ~30 px; class 3 is second easiest by both, class 8 is not small.
-BLIND_MARGINS = {0: 72.8, 1: 23.0, 2: 61.4, 3: 98.8, 4: 77.1, 5: 82.5, 6: 56.4, 7: 51.7, 8: 100.3, 9: 43.2}
-BLIND_NORMS = {0: 29.4, 1: 124.3, 2: 23.3, 3: 18.8, 4: 24.8, 5: 16.6, 6: 36.7, 7: 34.7, 8: 28.7, 9: 42.8}
-
-
-def test_blind_spot_needs_every_class_far_beyond_the_clean_margin():
-    assert from_blind_spot(mmbd_result(CALM_MARGINS, clean_margin=9.0)) is None  # median 36.75 / 9 = 4.1 < 6
-    assert from_blind_spot(mmbd_result(CALM_MARGINS)) is None  # no clean data: cannot be told
-    e = from_blind_spot(mmbd_result(CALM_MARGINS, clean_margin=5.0))  # 7.35 times
-    assert e is not None and e.level == SUSPICIOUS
-    assert e.details["median_margin_over_clean_margin"] == pytest.approx(36.75 / 5.0)
-
-
-def test_blind_spot_names_the_classes_both_methods_find_easiest():
-    e = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5), cleanse_result(BLIND_NORMS))
-    # margins rank 8, 3, 5 first; masks rank 5, 3, 2 first: both put 3 and 5 in their three easiest
-    assert set(e.classes) == {3, 5}
-    alone = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5))
-    assert alone.classes == (8, 3, 5)  # MM-BD alone: its three easiest
-
-
-def test_silent_detectors_on_a_blind_model_give_an_inconclusive_suspicious_verdict():
-    nc, mm = cleanse_result(BLIND_NORMS), mmbd_result(BLIND_MARGINS, clean_margin=5.5)
-    evidence = [from_cleanse(nc), from_mmbd(mm)]
-    assert [e.level for e in evidence] == [NO_EVIDENCE, NO_EVIDENCE]
-    verdict = combine(evidence + [from_blind_spot(mm, nc)])
-    assert verdict.level == SUSPICIOUS and verdict.machine_verdict == "suspicious"
-    assert verdict.summary.startswith("Suspicious, inconclusive") and "classes" in verdict.summary
-    assert "not clean" in verdict.reason
-
-
-def test_blind_spot_is_no_second_vote_for_a_class():
-    nc = Evidence("Neural Cleanse", SUSPICIOUS, (3,), 0.45, "x")
-    blind = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5), cleanse_result(BLIND_NORMS))
-    verdict = combine([nc, blind])
-    assert "independently" not in verdict.reason  # it re-reads the detectors' numbers
-    assert verdict.score == pytest.approx(0.5)  # no agreement bonus
-    attack = combine([from_attack_success(0.9, 100, 10, target=7), blind])
-    assert attack.level == BACKDOORED and attack.targets == (7,)
-
-
-def test_in_the_blind_spot_a_single_detectors_outlier_is_suspicious_but_attack_success_stays_proof():
-    blind = from_blind_spot(mmbd_result(BLIND_MARGINS, clean_margin=5.5), cleanse_result(BLIND_NORMS))
-    nc = Evidence("Neural Cleanse", BACKDOORED, (3,), 0.52, "an abnormally small trigger reaches class 3")
-    verdict = combine([nc, blind])
-    assert verdict.level == SUSPICIOUS and verdict.targets[0] == 3
-    assert "read as suspicious" in verdict.evidence[0].summary
-    assert verdict.evidence[0].details["level_before_blind_spot"] == BACKDOORED
-    assert combine([nc]).level == BACKDOORED  # the same evidence without the blind spot
-    measured = from_attack_success(0.97, 900, 10, target=3)
-    assert combine([nc, blind, measured]).level == BACKDOORED
+def warp_result(shifts: dict[int, float]) -> WarpResult:
+    return WarpResult(shifts, {c: True for c in shifts}, {c: 0.0 for c in shifts}, float(np.median(list(shifts.values()))),
+                      None, len(shifts), 1.0)
 
 
 def with_label_specific(norms: dict[int, float], untargeted: float, destinations: dict[int, int],
@@ -226,47 +76,146 @@ def with_label_specific(norms: dict[int, float], untargeted: float, destinations
     return result
 
 
+# Natural-looking statistics: no class stands out. Norms 60-87 px (median 73.5, 1.4826 x MAD = 11.1):
+# the smallest lies 1.2 spreads below; margins 30-43.5 on a log scale; warps 2.0-2.9 px, the two smallest 2.0 and 2.1.
+CALM_NORMS = {c: 60.0 + 3.0 * ((c * 7) % 10) for c in range(10)}
+CALM_MARGINS = {c: 30.0 + 1.5 * ((c * 3) % 10) for c in range(10)}
+CALM_SHIFTS = {c: 2.0 + 0.1 * c for c in range(10)}
 SHIFT = {k: (k + 1) % 10 for k in range(10)}  # y -> y + 1
 HUB = {k: (8 if k != 8 else 3) for k in range(10)}  # natural confusions: most classes fall to one hub class
 
 
-def test_label_specific_trigger_far_below_every_one_class_trigger_with_a_permutation_is_backdoored():
-    nc = with_label_specific(CALM_NORMS, 10.0, SHIFT)  # smallest one-class trigger 60 px
-    evidence = from_label_specific(nc)
+def test_calm_detectors_say_no_evidence_and_name_every_method():
+    verdict = combine(from_detectors(with_label_specific(CALM_NORMS, 150.0, HUB), mmbd_result(CALM_MARGINS),
+                                     warp_result(CALM_SHIFTS), lv=LV), lv=LV)
+    assert verdict.level == NO_EVIDENCE and verdict.machine_verdict == "clean" and verdict.targets == ()
+    assert verdict.summary == "No evidence found by Neural Cleanse, label-specific check, MM-BD and warp inversion"
+    assert "Not proof of a clean model" in verdict.reason and verdict.false_alarm == ""
+
+
+def test_a_statistic_far_beyond_clean_models_is_backdoored_with_its_class():
+    norms = {**CALM_NORMS, 7: 10.0}
+    evidence = from_cleanse(cleanse_result(norms), LV)
+    # median 72, 1.4826 x MAD 11.1195: class 7 lies (72 - 10) / 11.1195 = 5.5758 spreads below
+    indices, median, mad = anomaly_indices(norms)
+    assert evidence.details["statistic"] == pytest.approx((median - 10.0) / mad, abs=1e-4)
+    assert evidence.p == pytest.approx(p_of((median - 10.0) / mad), rel=1e-3)
+    verdict = combine([evidence, from_mmbd(mmbd_result(CALM_MARGINS), LV)], lv=LV)
+    assert verdict.level == BACKDOORED and verdict.targets == (7,) and verdict.summary == "Backdoored (target 7)"
+    assert verdict.false_alarm == "about 2 in 100 clean models get this answer (95% interval 1-5)"
+    assert "MM-BD found nothing unusual" in verdict.reason  # the silent method is named, not hidden
+
+
+def test_levels_follow_the_cut_offs_on_the_combined_probability():
+    # z = 2: p = 4 x 0.02275 = 0.091: between the cut-offs (0.0202, 0.104) -> suspicious
+    assert p_of(at(2.0)) == pytest.approx(0.0910, abs=1e-4)
+    warp = from_warp(warp_result({**CALM_SHIFTS, 3: 2.0 / math.exp(at(2.0))}), LV)  # the gap log(2.0 / s3) is the statistic: class 0 is next
+    assert warp.level == SUSPICIOUS and warp.classes == (3,) and warp.p == pytest.approx(0.0910, abs=1e-3)
+    # z = 3: p = 4 x 0.00135 = 0.0054 -> backdoored
+    warp = from_warp(warp_result({**CALM_SHIFTS, 3: 2.0 / math.exp(at(3.0))}), LV)
+    assert warp.level == BACKDOORED and warp.p == pytest.approx(0.0054, abs=1e-4)
+    # z = 1.5: p = 4 x 0.0668 = 0.267 -> no evidence, no class named
+    warp = from_warp(warp_result({**CALM_SHIFTS, 3: 2.0 / math.exp(at(1.5))}), LV)
+    assert warp.level == NO_EVIDENCE and warp.classes == ()
+
+
+def test_one_detector_barely_past_neural_cleanses_old_line_is_never_backdoored_with_the_shipped_levels():
+    """Issue 22: Neural Cleanse's index 2-3 with the others silent was 'backdoored'; clean models reach it."""
+    lv = levels()
+    for index in (2.0, 2.5, 3.0):
+        norms = dict(CALM_NORMS)
+        indices, median, mad = anomaly_indices(norms)
+        norms[0] = median - index * mad  # class 0 exactly ``index`` spreads below the median
+        evidence = from_cleanse(cleanse_result(norms), lv)
+        assert evidence.level != BACKDOORED, (index, evidence.p)
+
+
+def test_large_margin_is_caught_by_mmbd_when_neural_cleanse_is_silent():
+    margins = {**CALM_MARGINS, 0: 400.0}
+    nc = from_cleanse(cleanse_result(CALM_NORMS), LV)
+    assert nc.level == NO_EVIDENCE
+    verdict = combine([nc, from_mmbd(mmbd_result(margins), LV)], lv=LV)
+    assert verdict.level == BACKDOORED and verdict.targets == (0,)
+
+
+def test_two_methods_on_the_same_class_name_it_first_and_say_which_agree():
+    nc = from_cleanse(cleanse_result({**CALM_NORMS, 5: 35.0}), LV)
+    mm = from_mmbd(mmbd_result({**CALM_MARGINS, 5: 80.0, 2: 95.0}), LV)
+    assert nc.classes == (5,) and nc.level != NO_EVIDENCE
+    verdict = combine([nc, mm], lv=LV)
+    assert verdict.targets[0] in (5, 2)
+    if 5 in mm.classes:
+        assert verdict.reason.startswith("Neural Cleanse and MM-BD both point to class 5.")
+        assert verdict.score == pytest.approx(min(1.0, max(nc.score, mm.score) + 0.1))
+
+
+def test_never_no_evidence_while_any_evidence_says_otherwise():
+    quiet = from_cleanse(cleanse_result(CALM_NORMS), LV)
+    for level in (SUSPICIOUS, BACKDOORED):
+        other = Evidence("X", level, (1,), 0.6, "says so")
+        assert combine([quiet, other], lv=LV).level == level
+
+
+def test_backdoored_verdict_never_scores_below_the_line():
+    verdict = combine([Evidence("X", BACKDOORED, (1,), 0.2, "weak score")], lv=LV)
+    assert verdict.level == BACKDOORED and verdict.score >= 0.5
+
+
+def test_measured_attack_success_overrules_silent_detectors_and_is_not_a_clean_model_rate():
+    verdict = combine([from_cleanse(cleanse_result(CALM_NORMS), LV), from_attack_success(0.96, 900, 10, target=0)], lv=LV)
+    assert verdict.level == BACKDOORED and verdict.targets == (0,)
+    assert verdict.false_alarm == ""  # the level came from measured attack success, not from a statistic of clean models
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.35])
+def test_attack_success_far_above_a_models_errors_is_at_least_suspicious(rate):
+    assert from_attack_success(rate, 100, 10, target=3).level == SUSPICIOUS
+
+
+def test_attack_success_like_ordinary_errors_is_no_evidence():
+    assert from_attack_success(0.03, 900, 10, target=3).level == NO_EVIDENCE
+
+
+def test_attack_success_names_the_classes_hit_when_no_target_given():
+    predicted = np.array([2] * 80 + [5] * 15 + [1] * 5)
+    labels = np.array([2] * 80 + [5] * 15 + [7] * 5)
+    assert from_attack_success(0.95, 100, 10, predicted=predicted, labels=labels).classes == (2, 5)
+
+
+def test_all_to_all_hits_spread_over_classes_name_no_single_target():
+    labels = np.arange(100) % 10
+    assert from_attack_success(0.9, 100, 10, predicted=labels.copy(), labels=labels).classes == ()
+
+
+def test_label_specific_trigger_with_a_permutation_is_an_all_to_all_backdoor():
+    nc = with_label_specific(CALM_NORMS, 3.0, SHIFT)  # smallest one-class trigger 60 px: statistic 60 / 3 = 20
+    evidence = from_label_specific(nc, LV)
+    assert evidence.details["statistic"] == pytest.approx(20.0)
     assert evidence.level == BACKDOORED and evidence.classes == ()  # no single target to name
     assert "0\u21921, 1\u21922" in evidence.summary and "all-to-all" in evidence.summary
-    verdict = combine(from_detectors(nc, mmbd_result(CALM_MARGINS)))
+    verdict = combine(from_detectors(nc, mmbd_result(CALM_MARGINS), lv=LV), lv=LV)
     assert verdict.level == BACKDOORED and verdict.targets == ()
     assert verdict.summary.startswith("Backdoored (all-to-all: 0\u21921, 1\u21922, 2\u21923")
-    assert verdict.score > 0.75
+    assert is_label_specific_backdoor(nc.label_specific, LV)
 
 
-def test_label_specific_ratio_below_one_into_a_hub_class_is_only_suspicious():
-    evidence = from_label_specific(with_label_specific(CALM_NORMS, 50.0, HUB))
-    assert evidence.level == SUSPICIOUS and evidence.classes == (8,)
-    assert 0.5 < evidence.score < 0.75
+def test_label_specific_alarm_into_a_hub_class_names_the_hub():
+    evidence = from_label_specific(with_label_specific(CALM_NORMS, 3.0, HUB), LV)
+    assert evidence.level == BACKDOORED and evidence.classes == (8,)
+    assert not is_label_specific_backdoor(with_label_specific(CALM_NORMS, 3.0, HUB).label_specific, LV)
 
 
-@pytest.mark.parametrize("untargeted, destinations, reached", [(60.0, SHIFT, True), (150.0, HUB, True), (10.0, SHIFT, False)])
-def test_no_label_specific_shortcut_is_no_evidence(untargeted, destinations, reached):
-    # as large as the smallest one-class trigger (the line), the zoo's clean models (2-3.5x), or never reached
-    evidence = from_label_specific(with_label_specific(CALM_NORMS, untargeted, destinations, reached))
-    assert evidence.level == NO_EVIDENCE
-    assert evidence.score <= 0.5
-
-
-def test_label_specific_check_keeps_its_level_in_the_blind_spot():
-    # it compares two triggers of the same model, not one class with the spread of the others
-    nc = with_label_specific(BLIND_NORMS, 2.0, SHIFT)
-    verdict = combine(from_detectors(nc, mmbd_result(BLIND_MARGINS, clean_margin=5.5)))
-    assert any(e.method == "blind-spot check" for e in verdict.evidence)
-    assert verdict.level == BACKDOORED and verdict.summary.startswith("Backdoored (all-to-all")
+@pytest.mark.parametrize("untargeted, reached", [(150.0, True), (3.0, False)])
+def test_no_label_specific_shortcut_is_no_evidence(untargeted, reached):
+    # the untargeted trigger 2.5 x the smallest one-class trigger (as on clean models), or never reached
+    evidence = from_label_specific(with_label_specific(CALM_NORMS, untargeted, SHIFT, reached), LV)
+    assert evidence.level == NO_EVIDENCE and evidence.classes == ()
 
 
 def test_targets_label_names_an_all_to_all_verdict_which_has_no_single_target():
     from core.detect.model_level.verdict import targets_label
 
-    verdict = combine(from_detectors(with_label_specific(CALM_NORMS, 10.0, SHIFT)))
+    verdict = combine(from_detectors(with_label_specific(CALM_NORMS, 3.0, SHIFT), lv=LV), lv=LV)
     assert targets_label(verdict.targets, verdict.summary) == "all-to-all"
     assert targets_label((2, 5), "Backdoored (targets 2, 5)") == "2,5"
     assert targets_label((), "No evidence found by Neural Cleanse") == "-"
@@ -274,26 +223,28 @@ def test_targets_label_names_an_all_to_all_verdict_which_has_no_single_target():
 
 def test_label_specific_silence_beside_a_one_target_finding_is_not_called_mixed():
     nc = with_label_specific({**CALM_NORMS, 7: 10.0}, 150.0, HUB)
-    verdict = combine(from_detectors(nc))
+    verdict = combine(from_detectors(nc, lv=LV), lv=LV)
     assert verdict.level == BACKDOORED and verdict.targets == (7,)
-    assert "mixed" not in verdict.reason  # Neural Cleanse found the target; the all-to-all check had nothing to find
-    assert "mixed" in combine(from_detectors(nc, mmbd_result(CALM_MARGINS))).reason  # MM-BD's silence still is
+    assert "found nothing unusual" not in verdict.reason  # the all-to-all check had nothing to find
+    assert "MM-BD found nothing unusual" in combine(from_detectors(nc, mmbd_result(CALM_MARGINS), lv=LV), lv=LV).reason
 
 
 def test_label_specific_not_run_adds_no_evidence():
-    assert from_label_specific(cleanse_result(CALM_NORMS)) is None
-    assert [e.method for e in from_detectors(cleanse_result(CALM_NORMS))] == ["Neural Cleanse"]
+    assert from_label_specific(cleanse_result(CALM_NORMS), LV) is None
+    assert [e.method for e in from_detectors(cleanse_result(CALM_NORMS), lv=LV)] == ["Neural Cleanse"]
 
 
-def test_as_dict_carries_each_methods_evidence():
-    d = combine([from_cleanse(cleanse_result(CALM_NORMS)), from_attack_success(0.9, 10, 10, target=1)]).as_dict()
-    assert d["verdict"] == "backdoored" and d["targets"] == [1]
+def test_as_dict_carries_each_methods_evidence_and_the_false_alarm_words():
+    nc = from_cleanse(cleanse_result({**CALM_NORMS, 7: 10.0}), LV)
+    d = combine([nc, from_attack_success(0.9, 10, 10, target=7)], lv=LV).as_dict()
+    assert d["verdict"] == "backdoored" and d["targets"] == [7]
     assert set(d["evidence"]) == {"Neural Cleanse", "measured attack success"}
-    assert d["evidence"]["measured attack success"]["details"]["attack_success_rate"] == 0.9
+    assert d["evidence"]["Neural Cleanse"]["details"]["p"] == pytest.approx(nc.p, rel=1e-3)
+    assert d["p"] == pytest.approx(nc.p, rel=1e-3) and "false_alarm" in d
 
 
 def test_no_method_run_is_no_evidence_and_says_so():
-    verdict = combine([])
+    verdict = combine([], lv=LV)
     assert verdict.level == NO_EVIDENCE and "no method" in verdict.summary
 
 
@@ -311,7 +262,7 @@ def test_cli_cleanse_weighs_measured_attack_success_into_the_verdict(demo_bundle
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert {"verdict", "flagged_classes", "anomaly_index", "norms", "candidates", "seconds",
-            "summary", "targets", "score", "evidence"} <= set(out)
+            "summary", "targets", "score", "evidence", "false_alarm"} <= set(out)
     assert out["verdict"] == "backdoored" and out["targets"][0] == 7 and out["flagged_classes"] == out["targets"]
     measured = out["evidence"]["measured attack success"]
     assert measured["level"] == "backdoored" and measured["details"]["attack_success_rate"] >= 0.5

@@ -46,6 +46,10 @@ def test_verdict_then_unlearning_fills_chart_grid_and_table(qtbot, window, demo_
     wait_idle(qtbot, window, timeout=300_000)
     assert panel.repair_result is not None
     assert panel.table.item(0, 0) is not None and panel.table.item(2, 1) is not None
+    # unlearning prunes nothing: its "After pruning" row says so instead of staying blank
+    assert [panel.table.item(1, c).text() for c in range(2)] == ["not run", "not run"]
+    assert "Same images in every row: clean accuracy on" in panel.table_caption.text()
+    assert f"held-out clean images of {Path(demo_bundle.clean_valid).name}" in panel.table_caption.text()
     assert panel._buffers["loss"].n > 0 and panel.save_button.isEnabled()
     out = tmp_path / "unlearned.keras"
     panel.save_to(str(out))
@@ -54,6 +58,94 @@ def test_verdict_then_unlearning_fills_chart_grid_and_table(qtbot, window, demo_
     window.tabs.setCurrentWidget(panel)
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert window.grab().save(str(SHOTS / "verdict_panel.png"))
+
+
+# ------------------------------------------------- what the views show at 1,280 x 720 (issue 23)
+
+def _ten_class_result():
+    """A finished Neural Cleanse run on a 10-class model (class 7 flagged) with its untargeted trigger, built by hand."""
+    import types
+
+    import numpy as np
+
+    from core.detect.model_level.cleanse import LabelSpecific, ReversedTrigger
+
+    rng = np.random.default_rng(0)
+    norms = {c: 60.0 + 4 * c for c in range(10)}
+    norms[7] = 12.0
+
+    def trigger(target, norm):
+        return ReversedTrigger(target, rng.random((28, 28)).astype(np.float32), 255 * rng.random((28, 28, 3)).astype(np.float32),
+                               norm, 1.0, True, 10)
+
+    untargeted = LabelSpecific(trigger(-1, 117.0), 12.0, 0.95, {c: (c + 1) % 10 for c in range(10)}, {c: 0.9 for c in range(10)})
+    return types.SimpleNamespace(
+        candidates=list(range(10)), flagged_classes=[7], norms=norms, triggers={c: trigger(c, n) for c, n in norms.items()},
+        label_specific=untargeted, threshold_norm=30.0, mad=10.0, median=76.0)
+
+
+def _on_screen(widget, viewport):
+    from PySide6.QtCore import QPoint, QRect
+
+    return widget.isVisible() and viewport.rect().contains(QRect(widget.mapTo(viewport, QPoint(0, 0)), widget.size()))
+
+
+def _overlaps_data(plot) -> bool:
+    """Whether the plot's legend lies over its view box (where the bars and curves are)."""
+    item = plot.getPlotItem()
+    return item.legend.sceneBoundingRect().intersects(item.vb.sceneBoundingRect())
+
+
+def test_every_reversed_trigger_of_a_ten_class_model_has_a_visible_cell(qtbot, window):
+    import numpy as np
+
+    from core.detect.model_level.verdict import BACKDOORED, NO_EVIDENCE, combine
+    from gui.app import SCREENSHOT_SIZE
+
+    window.resize(*SCREENSHOT_SIZE)
+    panel = window.panels["VerdictPanel"]
+    window.tabs.setCurrentWidget(panel)
+    panel._show_verdict(combine([_evidence("Neural Cleanse", BACKDOORED, (7,), 0.9), _evidence("MM-BD", NO_EVIDENCE),
+                                 _evidence("label-specific check", NO_EVIDENCE),
+                                 _evidence("measured attack success", BACKDOORED, (7,), 0.99,
+                                           {"attack_success_rate": 0.99, "target": 7, "n_poisoned": 900})]))
+    r = _ten_class_result()
+    panel._gallery.fill(r, np.zeros((28, 28, 3), np.float32), 255.0)
+    qtbot.wait(50)
+    gallery = panel._gallery
+    assert len(gallery.columns) == 11  # ten classes and the untargeted trigger
+    viewport = gallery.scroll.viewport()
+    for cells in gallery.columns:  # header, mask, pattern, stamped
+        assert len(cells) == 4 and all(_on_screen(w, viewport) for w in cells), cells[0].text()
+    assert gallery.columns[0][0].text().startswith("<b>7</b>")  # the flagged class first
+
+    window.resize(700, 720)  # too narrow for one band: the columns wrap, and scrolling reaches every one
+    qtbot.waitUntil(lambda: gallery.per_band < 11)
+    for cells in gallery.columns:
+        gallery.scroll.ensureWidgetVisible(cells[-1], 0, 0)
+        gallery.scroll.ensureWidgetVisible(cells[0], 0, 0)
+        assert all(_on_screen(w, viewport) for w in cells), cells[0].text()
+
+
+def test_legends_sit_under_the_plots_never_over_bars_or_curves(qtbot, window):
+    from gui.app import SCREENSHOT_SIZE
+
+    window.resize(*SCREENSHOT_SIZE)
+    panel = window.panels["VerdictPanel"]
+    window.tabs.setCurrentWidget(panel)
+    r = _ten_class_result()
+    panel._norms.show_result(r, dict(r.norms))
+    panel.curves.append("ep_clean", 0, 0.95)
+    panel.curves.append("ep_asr", 0, 1.0)
+    panel.curves.redraw()
+    qtbot.wait(50)
+    for plot in (panel.norm_plot, panel.epoch_plot):
+        legend = plot.getPlotItem().legend
+        assert legend.isVisible() and len(legend.items) == 2
+        assert not _overlaps_data(plot)
+    assert [label.text for _sample, label in panel.norm_plot.getPlotItem().legend.items] == ["threshold (index 2)", "median"]
+    for plot in (panel.norm_plot, panel.live_plot, panel.epoch_plot):  # no title or legend widens a plot past its view
+        assert plot.getPlotItem().width() <= plot.width(), plot.getPlotItem().titleLabel.text
 
 
 # ------------------------------------------------- the combined verdict (issue 11)

@@ -55,6 +55,7 @@ DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_HOLDOUT = 0.2
 DEFAULT_RESTARTS = 2  # extra reversed triggers per flagged class: one optimisation can land on a look-alike
+SUSPECTS_UNLEARNED = 2  # classes unlearned when none was flagged: the verdict's first suspects
 DEFAULT_SCHEDULE = "cosine"  # decays to 0: unlearns fully, then settles clean accuracy
 
 
@@ -82,6 +83,10 @@ class RepairSettings:
     restarts: int = DEFAULT_RESTARTS
     seed: int = 0
     cleanse: Optional[CleanseSettings] = None
+    # The classes the combined verdict names, most suspected first (Neural Cleanse, MM-BD, warp inversion judged
+    # against clean models): unlearned instead of Neural Cleanse's own flags. With none named and none flagged the
+    # repair unlearns the two classes easiest to reach and fine-prunes too: a "suspicious" verdict never dead-ends.
+    suspects: Optional[tuple[int, ...]] = None
 
     def fine_tuning(self) -> FineTuneSettings:
         return FineTuneSettings(epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
@@ -116,6 +121,7 @@ class RepairResult:
     saved: Optional[str] = None
     record_path: Optional[str] = None
     prune: Any = None  # core.repair.pruning.PruneResult of methods fine-prune and both (sweep, channels, stages)
+    note: str = ""  # what the repair chose to do when the request could not be followed as given, in words
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +138,7 @@ class RepairResult:
             "seconds": round(self.seconds, 2),
             "saved": self.saved,
             "record": self.record_path,
+            "note": self.note,
         }
 
 
@@ -160,6 +167,11 @@ def stamp_transform(triggers: list[ReversedTrigger], fraction: float):  # noqa: 
 
 def _predict(loaded: LoadedModel, model: Any, x: np.ndarray, scale: str) -> np.ndarray:
     return predict_labels(LoadedModel(model, loaded.summary), x, scale) if len(x) else np.zeros(0, np.int64)
+
+
+def _easiest(verdict: CleanseResult) -> list[int]:
+    """The classes Neural Cleanse found easiest to reach (smallest masks), the first suspects when none was flagged."""
+    return sorted(verdict.norms, key=lambda c: verdict.norms[c])[:SUSPECTS_UNLEARNED]
 
 
 def _trigger_asr_set(triggers: list[ReversedTrigger], x: np.ndarray, y: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -233,16 +245,29 @@ def repair(
             cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=targets),
             0.0, 0.5,
         )
-    flagged = list(targets) if targets else ([] if verdict is None else list(verdict.flagged_classes))
+    # Which classes: the analyst's; else the combined verdict's targets (settings.suspects: Neural Cleanse, MM-BD and
+    # warp inversion judged against clean models); else Neural Cleanse's own flags.
+    suspects = list(settings.suspects or ())[:SUSPECTS_UNLEARNED]
+    flagged = list(targets) if targets else (suspects or ([] if verdict is None else list(verdict.flagged_classes)))
+    note = ""
+    if not targets and suspects:
+        note = f"unlearned the class{'es' if len(suspects) > 1 else ''} the verdict names ({', '.join(map(str, suspects))})"
+    label_specific = not targets and verdict is not None and is_label_specific_backdoor(verdict.label_specific)
+    if method != "fine-prune" and not flagged and not label_specific:
+        # Never a dead end (issue 22): with no class named, unlearn the two Neural Cleanse found easiest to reach and
+        # fine-prune as well, and say so.
+        flagged = _easiest(verdict)
+        can_prune = bool(loaded.summary.conv_layers)
+        note = (f"no class was named, so the repair unlearned the {len(flagged)} classes Neural Cleanse found easiest "
+                f"to reach ({', '.join(map(str, flagged))})" + (" and fine-pruned as well" if can_prune else "; no conv layer to fine-prune"))
+        method = "both" if can_prune else method
+    missing = [c for c in flagged if verdict is not None and c not in verdict.triggers]
+    if missing:  # a suspect Neural Cleanse screened out (many-class model): reverse its trigger now
+        extra = yield from rescaled(cleanse(loaded, every_image, scale, settings.cleanse_settings(), classes=missing), 0.45, 0.5)
+        verdict.triggers.update(extra.triggers)
     triggers = [verdict.triggers[c] for c in flagged] if verdict is not None else []
-    if not targets and verdict is not None and is_label_specific_backdoor(verdict.label_specific):
+    if label_specific:
         triggers.append(verdict.label_specific.trigger)  # all-to-all: unlearn the untargeted trigger (target -1)
-    if method != "fine-prune" and not triggers:
-        raise TrojanScopeError(
-            "Neural Cleanse flagged no class (verdict: clean), so there is no trigger to unlearn; "
-            "repair by fine-pruning only, or name the classes to unlearn",
-            fixed_by=("method", "classes"),
-        )
 
     # Neural Cleanse's optimisation is not convex: on the demo BadNet one seed
     # recovers the sticker, another a 7-shaped stroke that also triggers the
@@ -325,7 +350,7 @@ def repair(
 
     result = RepairResult(
         method=method, flagged_classes=flagged, before=stages[0].metrics, after=after.metrics, model=model,
-        asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx), prune=pruned,
+        asr_source=asr_source, cleanse=verdict, fine_tune=tuned, stages=stages, n_holdout=len(hold_idx), prune=pruned, note=note,
         settings={"method": method, "fraction": fraction, "epochs": settings.epochs, "learning_rate": settings.learning_rate,
                   "batch_size": settings.batch_size, "schedule": settings.schedule, "holdout": holdout, "seed": seed, "scale": scale,
                   "targets": flagged, "restarts": restarts,

@@ -54,7 +54,7 @@ from core.jobs import Job, Progress
 from core.intake.models import LoadedModel
 from core.intake.tf_env import keras as _keras
 from core.intake.tf_env import tf as _tf
-from core.detect.model_level.verdict import finite_or_none
+from core.detect.model_level.levels import finite_or_none
 
 # The paper's consistency constant: for normally distributed norms,
 # 1.4826 * MAD estimates the standard deviation, so an anomaly index is "how

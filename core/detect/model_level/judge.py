@@ -1,8 +1,9 @@
 """Run every model-level check on one model and combine them: the job behind ``cleanse`` and ``triage``.
 
-Neural Cleanse (core.detect.model_level.cleanse) and MM-BD (core.detect.model_level.mmbd) on the analyst's clean
+Neural Cleanse (core.detect.model_level.cleanse, with its label-specific step), MM-BD
+(core.detect.model_level.mmbd) and warp inversion (core.detect.model_level.warp) on the analyst's clean
 data, plus, when suspected-poisoned images are given, the attack success
-measured on them (core.evaluate); core.detect.model_level.verdict turns the three into one
+measured on them (core.evaluate); core.detect.model_level.verdict turns them into one
 verdict. The GUI, the CLI and triage all call :func:`judge`, so the rules
 live in one place.
 """
@@ -14,15 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from core.detect.model_level.cleanse import CleanseResult, CleanseSettings, cleanse
-from core.intake.data import Arrays, DataSource
+from core.intake.data import Arrays, DataSource, load_arrays
 from core.errors import DataError
 from core.evaluate import EvalResult, evaluate
 from core.jobs import Job, Progress, rescaled
 from core.detect.model_level.mmbd import MMBDResult, MMBDSettings, mmbd
 from core.intake.models import LoadedModel
 from core.detect.model_level.verdict import Verdict, combine, from_attack_success, from_detectors
+from core.detect.model_level.warp import WarpResult, WarpSettings, warp_inversion
 
-METHODS = ("cleanse", "mmbd")
+METHODS = ("cleanse", "mmbd", "warp")
 
 
 @dataclass
@@ -35,9 +37,11 @@ class Judgement:
     evaluation: Optional[EvalResult]
     scale: str
     seconds: float
+    warp: Optional[WarpResult] = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.verdict.as_dict(), "scale": self.scale, "seconds": round(self.seconds, 2)}
+        return {**self.verdict.as_dict(), "scale": self.scale, "seconds": round(self.seconds, 2),
+                "warp": None if self.warp is None else self.warp.as_dict()}
 
 
 def judge(
@@ -51,6 +55,7 @@ def judge(
     mmbd_settings: MMBDSettings = MMBDSettings(),
     classes: Optional[list[int]] = None,
     pixel_max: Optional[float] = None,
+    warp_settings: WarpSettings = WarpSettings(),
 ) -> Job[Judgement]:
     """Each chosen method in turn (progress rescaled into one bar), then the combined verdict.
 
@@ -65,26 +70,30 @@ def judge(
         raise DataError(f"judge needs a resolved scale '255' or '1'; received {scale!r}")
     steps = list(methods) + (["evaluate"] if poisoned is not None else [])
     # Neural Cleanse costs several times more than the others: give it most of the bar.
-    weights = {"cleanse": 6.0, "mmbd": 1.0, "evaluate": 0.3}
+    weights = {"cleanse": 6.0, "mmbd": 1.0, "warp": 1.5, "evaluate": 0.3}
     total = sum(weights[s] for s in steps)
     done = 0.0
-    nc = mm = ev = None
+    nc = mm = wp = ev = None
     for step in steps:
         lo, hi = done / total, (done + weights[step]) / total
         if step == "cleanse":
             nc = yield from rescaled(cleanse(loaded, clean, scale, cleanse_settings, classes=classes, pixel_max=pixel_max), lo, hi)
         elif step == "mmbd":
             mm = yield from rescaled(mmbd(loaded, clean, scale, mmbd_settings, pixel_max=pixel_max), lo, hi)
+        elif step == "warp":
+            arrays = clean if isinstance(clean, Arrays) else load_arrays(clean, loaded.input_shape, limit=warp_settings.max_images)
+            screened = None if nc is None or not nc.screened_out else nc.candidates  # many classes: Neural Cleanse's candidates
+            wp = yield from rescaled(warp_inversion(loaded, arrays, scale, warp_settings, pixel_max=pixel_max, classes=screened), lo, hi)
         else:
             ev = yield from rescaled(evaluate(loaded, None, poisoned, target, scale), lo, hi)
         done += weights[step]
-    evidence = from_detectors(nc, mm)
+    evidence = from_detectors(nc, mm, wp)
     if ev is not None:
         evidence.append(attack_evidence(ev, loaded.num_classes))
     verdict = combine(evidence)
     seconds = time.perf_counter() - started
     yield Progress(1.0, f"{verdict.summary} ({seconds:.0f} s)")
-    return Judgement(verdict, nc, mm, ev, scale, seconds)
+    return Judgement(verdict, nc, mm, ev, scale, seconds, wp)
 
 
 def attack_evidence(ev: EvalResult, num_classes: int):  # noqa: ANN201 -- core.detect.model_level.verdict.Evidence

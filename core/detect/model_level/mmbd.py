@@ -43,7 +43,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from core.detect.model_level.verdict import finite_or_none
+from core.detect.model_level.levels import finite_or_none
 from core.intake.data import Arrays, DataSource, load_arrays
 from core.errors import DataError
 from core.intake.inference import scale_factor

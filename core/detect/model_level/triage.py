@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 from core.detect.model_level.cleanse import CleanseSettings
 from core.detect.model_level.judge import METHODS
 from core.detect.model_level.mmbd import MMBDSettings
+from core.detect.model_level.warp import WarpSettings
 from core.detect.model_level.triage_store import ResultStore, Stored
 from core.detect.model_level.triage_work import TriageRow, TriageSettings, judge_scanned, outcome
 from core.detect.model_level.verdict import LEVEL_RANK
@@ -141,6 +142,7 @@ def triage(
     conversion: Conversion = Conversion(),
     store: Optional[str | Path] = None,
     fresh: bool = False,
+    warp_settings: WarpSettings = WarpSettings(),
     workers: int = 0,
     scheduler: Optional[str] = None,
     task: Optional[Callable[..., str]] = None,
@@ -154,7 +156,7 @@ def triage(
     is refused with both shapes named, unless ``conversion`` allows resizing or converting channels. The fit,
     the pixel scale and the pixel range are decided once per model (core.intake.fit.pair).
     """
-    run = yield from _prepare(folder, clean, scale, methods, cleanse_settings, mmbd_settings, conversion, store, fresh)
+    run = yield from _prepare(folder, clean, scale, methods, cleanse_settings, mmbd_settings, conversion, store, fresh, warp_settings)
     try:
         todo = run.plan()
         for row in run.stored_rows():
@@ -184,10 +186,11 @@ def stored_table(
     mmbd_settings: MMBDSettings = MMBDSettings(),
     conversion: Conversion = Conversion(),
     store: Optional[str | Path] = None,
+    warp_settings: WarpSettings = WarpSettings(),
 ) -> Job[TriageResult]:
     """The ranked table of what ``store`` holds for these files and settings, judging nothing (partial runs included:
     files not judged yet are ``pending``). Safe while another process writes the store."""
-    run = yield from _prepare(folder, clean, scale, methods, cleanse_settings, mmbd_settings, conversion, store, False)
+    run = yield from _prepare(folder, clean, scale, methods, cleanse_settings, mmbd_settings, conversion, store, False, warp_settings)
     try:
         run.plan()
         for row in run.stored_rows():
@@ -317,7 +320,7 @@ class _Run:
 
 def _prepare(folder: str | Path | Sequence[str | Path], clean: DataSource, scale: str, methods: Sequence[str],
              cleanse_settings: CleanseSettings, mmbd_settings: MMBDSettings, conversion: Conversion,
-             store: Optional[str | Path], fresh: bool) -> Job[_Run]:
+             store: Optional[str | Path], fresh: bool, warp_settings: WarpSettings) -> Job[_Run]:
     started = time.perf_counter()
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -326,7 +329,7 @@ def _prepare(folder: str | Path | Sequence[str | Path], clean: DataSource, scale
     clean.allow(conversion)
     yield Progress(0.0, f"Triage: reading the clean data once for the {len(files)} model files")
     portable = in_memory(clean, cleanse_settings.max_images)
-    settings = TriageSettings(tuple(methods), cleanse_settings, mmbd_settings, scale, conversion)
+    settings = TriageSettings(tuple(methods), cleanse_settings, mmbd_settings, scale, conversion, warp_settings)
     db = ResultStore(store)
     try:
         sid = db.register(settings.key(portable))

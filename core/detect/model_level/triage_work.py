@@ -33,6 +33,7 @@ import numpy as np
 from core.detect.model_level.cleanse import CleanseSettings
 from core.detect.model_level.judge import METHODS, judge
 from core.detect.model_level.mmbd import MMBDSettings
+from core.detect.model_level.warp import WarpSettings
 from core.errors import DataError
 from core.intake.data import ArraySource, Conversion, DataSource, DecodedImages, load_arrays
 from core.intake.fit import pair
@@ -44,7 +45,8 @@ OUTCOME_VERSION = 1
 MAX_OUTCOME_CHARS = 32 << 20  # a verdict's JSON is kilobytes; anything near this is not ours
 STATUSES = ("judged", "refused", "failed")
 # The code whose change makes stored verdicts answer another question (the engine fingerprint).
-ENGINE_MODULES = ("core.detect.model_level.cleanse", "core.detect.model_level.mmbd", "core.detect.model_level.verdict",
+ENGINE_MODULES = ("core.detect.model_level.cleanse", "core.detect.model_level.mmbd", "core.detect.model_level.warp",
+                  "core.detect.model_level.statistics", "core.detect.model_level.levels", "core.detect.model_level.verdict",
                   "core.detect.model_level.judge", "core.detect.model_level.triage_work", "core.intake.fit", "core.intake.inference")
 
 
@@ -118,14 +120,16 @@ class TriageSettings:
     mmbd: MMBDSettings = MMBDSettings()
     scale: str = "auto"
     conversion: Conversion = Conversion()
+    warp: WarpSettings = WarpSettings()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"methods": list(self.methods), "cleanse": asdict(self.cleanse), "mmbd": asdict(self.mmbd), "scale": self.scale,
-                "conversion": asdict(self.conversion)}
+        return {"methods": list(self.methods), "cleanse": asdict(self.cleanse), "mmbd": asdict(self.mmbd), "warp": asdict(self.warp),
+                "scale": self.scale, "conversion": asdict(self.conversion)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TriageSettings":
-        return cls(tuple(d["methods"]), CleanseSettings(**d["cleanse"]), MMBDSettings(**d["mmbd"]), d["scale"], Conversion(**d["conversion"]))
+        return cls(tuple(d["methods"]), CleanseSettings(**d["cleanse"]), MMBDSettings(**d["mmbd"]), d["scale"], Conversion(**d["conversion"]),
+                   WarpSettings(**d["warp"]))
 
     def key(self, clean: DataSource) -> dict[str, Any]:
         """What a store's settings id is computed from: these settings, the clean data's fingerprint and the engine's."""
@@ -137,7 +141,7 @@ class TriageSettings:
 
 @lru_cache(maxsize=1)
 def engine_fingerprint() -> str:
-    """SHA-256 of the detectors' and verdict's code (their source, or compiled code in a frozen build)."""
+    """SHA-256 of the detectors' and verdict's code (their source, or compiled code in a frozen build) and levels.json."""
     digest = hashlib.sha256()
     for name in ENGINE_MODULES:
         spec = importlib.util.find_spec(name)
@@ -148,6 +152,12 @@ def engine_fingerprint() -> str:
         except (OSError, TypeError):  # frozen: no source files, hash the code object instead
             digest.update(marshal.dumps(spec.loader.get_code(name)))
         digest.update(name.encode())
+    from core.detect.model_level.levels import LEVELS_FILE
+
+    try:  # the verdict's fitted levels are data beside their module
+        digest.update(LEVELS_FILE.read_bytes())
+    except OSError:
+        digest.update(b"no levels file")
     return digest.hexdigest()[:16]
 
 
@@ -184,7 +194,7 @@ def judge_scanned(scanned: ScannedModel, clean: DataSource, settings: TriageSett
     pairing = pair(loaded, arrays, settings.scale)
     one_started = time.perf_counter()
     judgement = yield from judge(loaded, arrays, pairing.scale, methods=settings.methods, cleanse_settings=settings.cleanse,
-                                 mmbd_settings=settings.mmbd, pixel_max=pairing.pixel_max)
+                                 mmbd_settings=settings.mmbd, pixel_max=pairing.pixel_max, warp_settings=settings.warp)
     v = judgement.verdict
     row = TriageRow(scanned.path, v.machine_verdict, v.level, v.score, v.targets, v.summary, time.perf_counter() - one_started,
                     loaded.num_classes, tuple(loaded.input_shape), pairing.scale, converted)

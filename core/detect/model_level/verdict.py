@@ -1,60 +1,54 @@
-"""One verdict from all the evidence: Neural Cleanse, MM-BD and measured attack success.
+"""One verdict from all the evidence: the model-level detectors, calibrated on clean models, and measured attack success.
 
 Each detector sees one side of a backdoor. Neural Cleanse (Wang et al., 2019)
-finds abnormally *small* triggers and is blind to large ones (a frame,
-sunglasses); MM-BD (Wang et al., 2024) finds classes any input can be pushed
-to abnormally hard, whatever the trigger's size; and when the analyst holds
-suspected-poisoned images, the attack success measured on them is direct
-evidence. Neural Cleanse's untargeted step (the "label-specific check")
-sees what a per-class search cannot: a trigger whose target depends on the
-image's label (all-to-all: y -> y + 1). Two statements side by side ("No evidence of a backdoor" next to
-"96.5% attack success") leave the analyst to reconcile them; this module does
-it with a few explicit rules, pure functions over the detectors' results:
+finds abnormally *small* triggers and misses large ones; MM-BD (Wang et al.,
+2024) finds a class any input can be pushed abnormally far towards, whatever
+the trigger's size; warp inversion (core.detect.model_level.warp) finds a
+class a gentle smooth warp reaches (WaNet); the label-specific check (Neural
+Cleanse's untargeted step) finds a trigger whose target depends on the
+label (all-to-all). When the analyst holds suspected-poisoned images, the
+attack success measured on them is direct evidence.
 
-1. Each method's result becomes an :class:`Evidence`: a level
-   ("backdoored", "suspicious" or "no evidence"), the classes it points to,
-   a suspicion score in [0, 1] (0.5 = that method's own threshold) and a
-   sentence.
-2. The verdict is the *strongest* level any evidence reaches -- so it can
-   never say "no evidence" while some evidence says otherwise. Its targets
-   are the classes behind that level, those two methods agree on first.
-3. The score (for ranking models and for ROC curves) is the largest
-   evidence score, plus a small bonus when methods agree on a class.
-4. Where the detectors are blind -- every class of the model is easy to
-   reach, so no target can stand out (:func:`from_blind_spot`) -- silence
-   is not evidence: the verdict is "suspicious, inconclusive", never "no
-   evidence".
+Each detector's number is judged by what clean models give
+(core.detect.model_level.levels, fitted on the zoo's dev half and measured on
+its locked test half, docs/zoo.md): its tail probability among clean models,
+times the number of detectors (a clean model has that many chances to look
+unusual once), is the model's false-alarm probability ``p``. The levels are
+cut-offs on ``p`` that about 2 and 10 clean models in 100 fall below, and the
+verdict says so in words ("about 2 in 100 clean models get this answer").
+So one detector barely past its own old line (Neural Cleanse's index 2-3,
+which clean models often reach) no longer makes "backdoored".
+
+1. Each method's result becomes an :class:`Evidence`: a level, the classes
+   it points to, a suspicion score in [0, 1] (0.5 at the "backdoored"
+   cut-off) and a sentence.
+2. The verdict is the *strongest* level any evidence reaches -- it never
+   says "no evidence" while some evidence says otherwise. Its targets are the
+   classes behind that level, those two methods agree on first.
+3. The score (for ranking models and ROC curves) is the largest evidence
+   score, plus a small bonus when methods agree on a class.
 
 A wrong "clean" is the worst answer this tool can give, hence "no evidence
 found by <methods run>" rather than "clean": the machine value stays
 ``clean`` in the CLI contract, the words say what was and was not checked.
+Pure functions: no TensorFlow here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from core.detect.model_level.levels import Levels, finite_or_none, levels
+from core.detect.model_level.statistics import NAMES, ls_statistic, mmbd_statistic, nc_statistic, warp_statistic
 
 BACKDOORED = "backdoored"
 SUSPICIOUS = "suspicious"
 NO_EVIDENCE = "no evidence"
 LEVEL_RANK = {NO_EVIDENCE: 0, SUSPICIOUS: 1, BACKDOORED: 2}
 
-# Neural Cleanse: the paper flags an anomaly index above 2 on the small side
-# (core.detect.model_level.cleanse.ANOMALY_THRESHOLD). Between 1.5 and 2 a class is unusually
-# easy to reach but within what clean models show: suspicious, not proof.
-NC_SUSPICIOUS_INDEX = 1.5
-# MM-BD's calibrated p-value (core.detect.model_level.mmbd.detect). Measured on the zoo
-# (docs/zoo.md), the calibrated p of small MNIST BadNets with large triggers
-# is only ~0.1-0.15 -- within what one clean model in five shows -- yet it is
-# the only model-level signal they give. A wrong "clean" being the worst
-# answer, p < 0.2 makes a model "suspicious" (about one clean model in five
-# gets a second look); p < 0.005 (no simulated backdoor-free model in 200 as
-# extreme) says "backdoored" on its own.
-MMBD_SUSPICIOUS_P = 0.2
-MMBD_BACKDOORED_P = 0.005
 # Measured attack success on the analyst's suspected-poisoned data (images of
 # *other* classes, so a sound model sends only its few errors, a few percent,
 # to any one class): half of them sent to one class is no accident; a fifth
@@ -63,42 +57,31 @@ ASR_BACKDOORED = 0.5
 ASR_SUSPICIOUS = 0.2
 # Bonus to the score when two methods point at the same class.
 AGREEMENT_BONUS = 0.1
-# The detectors' blind spot. Both detectors ask whether one class is far
-# *easier* to reach than the others; on a model where every class is easy to
-# reach, a backdoor does not stand out. MM-BD measures how far each class can
-# be pushed, and its clean images say where natural inputs sit. On the zoo
-# (docs/zoo.md) the median class can be pushed to 3.0-4.3 times the clean
-# images' median margin on the plain and wide CNNs, and to 8.3-14.4 times on
-# the BatchNorm + global-average-pooling ones, where the frame BadNet
-# escaped both detectors. From 6 times, "no evidence" would claim more than
-# the methods can see: the verdict says so instead.
-BLIND_SPOT_RATIO = 6.0
-# Label-specific backdoors (all-to-all), Neural Cleanse's step 4 (core.detect.model_level.cleanse):
-# the smallest trigger that moves 95% of clean images off their class, over
-# the smallest one-class trigger. That one-class trigger already moves every
-# image of the other classes, so without a label-dependent shortcut the ratio
-# is not below 1 (1.9-3.5 on the zoo's clean models, docs/zoo.md). Below 1 is
-# suspicious; below 1 with the classes sent to many different destinations
-# (no destination takes more than a third of them, as in y -> y + 1) is a
-# trigger whose target depends on the label: backdoored.
-LABEL_SPECIFIC_RATIO = 1.0
+# Label-specific backdoors (all-to-all): when the label-specific check raises the verdict and the untargeted
+# trigger sends the classes to many different destinations (none takes more than a third of them, as in
+# y -> y + 1), the backdoor has no single target: the headline gives its class map.
 LABEL_SPECIFIC_HUB_SHARE = 1 / 3
-LABEL_SPECIFIC = "label-specific check"
+LABEL_SPECIFIC = NAMES["ls"]
 ALL_TO_ALL = "Backdoored (all-to-all"  # the headline's start when the label-specific check raised the verdict
-BLIND_SPOT = "blind-spot check"
-INCONCLUSIVE = "Suspicious, inconclusive"  # the headline's start when only the blind spot raised the verdict
+INCONCLUSIVE = "Suspicious, inconclusive"  # kept for saved results and tables: earlier verdicts' blind-spot headline
+__all__ = ["finite_or_none"]  # re-exported for callers of the earlier module
 
 
 @dataclass(frozen=True)
 class Evidence:
     """What one method says, in the verdict's terms."""
 
-    method: str  # "Neural Cleanse", "MM-BD", "measured attack success"
+    method: str  # "Neural Cleanse", "MM-BD", "warp inversion", "label-specific check", "measured attack success"
     level: str  # BACKDOORED, SUSPICIOUS or NO_EVIDENCE
     classes: tuple[int, ...]  # the classes it points to (most suspicious first); () when none
-    score: float  # suspicion in [0, 1]; 0.5 is the method's own threshold
+    score: float  # suspicion in [0, 1]; 0.5 at the "backdoored" cut-off
     summary: str  # one sentence for the analyst
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def p(self) -> Optional[float]:
+        """The false-alarm probability behind a calibrated detector's level (None for measured attack success)."""
+        return self.details.get("p")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +104,8 @@ class Verdict:
     summary: str  # the headline sentence: "Backdoored (target 0)", "No evidence found by ..."
     reason: str  # why, in plain language, naming agreements and disagreements
     evidence: tuple[Evidence, ...]
+    false_alarm: str = ""  # "about 2 in 100 clean models get this answer (95% interval 1-4)"; "" when not from the detectors
+    p: Optional[float] = None  # the detectors' combined false-alarm probability
 
     @property
     def machine_verdict(self) -> str:
@@ -139,6 +124,8 @@ class Verdict:
             "score": round(self.score, 4),
             "summary": self.summary,
             "reason": self.reason,
+            "false_alarm": self.false_alarm,
+            "p": None if self.p is None else float(f"{self.p:.4g}"),
             "methods": list(self.methods),
             "evidence": {e.method: e.as_dict() for e in self.evidence},
         }
@@ -147,52 +134,122 @@ class Verdict:
 # ------------------------------------------------------------ per method
 
 
-def from_cleanse(result: Any) -> Evidence:
-    """Neural Cleanse (a ``core.detect.model_level.cleanse.CleanseResult``) as evidence."""
-    small = {c: result.anomaly_index[c] for c in result.candidates if result.norms[c] < result.median}
-    top = max(small, key=lambda c: small[c], default=None)
-    index = float(small[top]) if top is not None and np.isfinite(small[top]) else (10.0 if top is not None else 0.0)
-    score = _clip(index / 4.0)  # index 2 (the paper's threshold) -> 0.5
+def _calibrated(detector: str, statistic: float, cls: Optional[int], sentence: str, details: dict[str, Any],
+                lv: Levels) -> Evidence:
+    """A detector's statistic judged against clean models: its level, score and sentence."""
+    tail = lv.nulls[detector].tail(statistic)
+    p = min(1.0, len(lv.nulls) * tail)
+    level = lv.level(p)
+    rare = f"about {_one_in(tail)} clean models go this far" if tail < 0.5 else "as clean models commonly do"
+    details = {**details, "statistic": round(float(statistic), 4), "class": cls, "clean_tail": float(f"{tail:.4g}"),
+               "p": float(f"{p:.4g}")}
+    classes = (cls,) if cls is not None and level != NO_EVIDENCE else ()
+    return Evidence(NAMES[detector], level, classes, lv.score(p), f"{sentence} ({rare})", details)
+
+
+def _one_in(tail: float) -> str:
+    """0.02 -> '1 in 50'; 3e-7 -> 'fewer than 1 in a million'."""
+    if tail < 1e-6:
+        return "fewer than 1 in a million"
+    n = 1.0 / tail
+    return f"1 in {n:,.0f}" if n >= 10 else f"{tail * 100:.0f} in 100"
+
+
+def from_cleanse(result: Any, lv: Optional[Levels] = None) -> Evidence:
+    """Neural Cleanse (a ``core.detect.model_level.cleanse.CleanseResult``): is one trigger abnormally small?"""
+    lv = lv or levels()
+    statistic, cls = nc_statistic(result.norms)
     details = {"anomaly_index": {str(c): finite_or_none(v) for c, v in result.anomaly_index.items()},
                "norms": {str(c): round(float(v), 2) for c, v in result.norms.items()},
                "median_norm": round(float(result.median), 2)}
-    if result.flagged_classes:
-        classes = tuple(int(c) for c in result.flagged_classes)
-        sizes = ", ".join(f"class {c}: {result.norms[c]:.0f} px, index {_fmt_index(result.anomaly_index[c])}" for c in classes)
-        return Evidence("Neural Cleanse", BACKDOORED, classes, max(score, 0.5),
-                        f"an abnormally small trigger reaches {sizes} (others need ~{result.median:.0f} px)", details)
-    if top is not None and index >= NC_SUSPICIOUS_INDEX:
-        return Evidence("Neural Cleanse", SUSPICIOUS, (int(top),), score,
-                        f"class {top} is easier to reach than the others ({result.norms[top]:.0f} px against ~{result.median:.0f} px, "
-                        f"index {index:.2f}, threshold 2)", details)
-    return Evidence("Neural Cleanse", NO_EVIDENCE, (), score,
-                    f"no class needs an abnormally small trigger (highest index {index:.2f}, threshold 2); "
-                    f"it cannot see large triggers", details)
+    if cls is None:
+        sentence = f"no class needs a smaller trigger than the median one (~{result.median:.0f} px)"
+    else:
+        sentence = (f"class {cls} needs a {result.norms[cls]:.0f} px trigger where the median class needs "
+                    f"~{result.median:.0f} px, {statistic:.1f} spreads smaller")
+    return _calibrated("nc", statistic, cls, sentence, details, lv)
 
 
-def from_mmbd(result: Any) -> Evidence:
-    """MM-BD (a ``core.detect.model_level.mmbd.MMBDResult``) as evidence."""
-    p_min = float(result.min_p_value)
-    raw = min(result.raw_p_values.values()) if result.raw_p_values else p_min
-    # calibrated p-values stop at 1/401: the paper's raw p-value breaks ties among the most extreme
-    score = _clip(0.9 * _p_score(p_min) + 0.1 * _p_score(raw))
-    ranked = sorted(result.p_values, key=lambda c: result.p_values[c])
-    details = {"margins": {str(c): round(float(v), 3) for c, v in result.margins.items()},
-               "p_values": {str(c): float(f"{v:.4g}") for c, v in result.p_values.items()}}
-    strong = tuple(int(c) for c in ranked if result.p_values[c] < MMBD_BACKDOORED_P)
-    weak = tuple(int(c) for c in ranked if result.p_values[c] < MMBD_SUSPICIOUS_P)
+def from_mmbd(result: Any, lv: Optional[Levels] = None) -> Evidence:
+    """MM-BD (a ``core.detect.model_level.mmbd.MMBDResult``): can inputs be pushed abnormally far to one class?"""
+    lv = lv or levels()
+    statistic, cls = mmbd_statistic(result.margins)
+    median = float(np.median(list(result.margins.values())))
+    details = {"margins": {str(c): round(float(v), 3) for c, v in result.margins.items()}, "median_margin": round(median, 3),
+               "clean_margin": None if result.clean_margin is None else round(float(result.clean_margin), 3)}
+    sentence = (f"inputs can be pushed to class {cls} with a logit margin of {result.margins[cls]:.0f} where the median "
+                f"class reaches {median:.0f}, {statistic:.1f} spreads beyond (log scale)")
+    return _calibrated("mmbd", statistic, cls, sentence, details, lv)
 
-    def said(classes: Sequence[int]) -> str:
-        return ", ".join(f"class {c} (margin {result.margins[c]:.0f}, p = {result.p_values[c]:.1g})" for c in classes)
 
-    if strong:
-        return Evidence("MM-BD", BACKDOORED, strong, score,
-                        f"inputs can be pushed to {said(strong)} far beyond any other class, as to a backdoor target", details)
-    if weak:
-        return Evidence("MM-BD", SUSPICIOUS, weak, score,
-                        f"{said(weak)} can be pushed unusually far beyond the other classes", details)
-    return Evidence("MM-BD", NO_EVIDENCE, (), score,
-                    f"no class's maximum logit margin stands out (smallest p = {p_min:.2g}, threshold {MMBD_SUSPICIOUS_P})", details)
+def from_warp(result: Any, lv: Optional[Levels] = None) -> Evidence:
+    """Warp inversion (a ``core.detect.model_level.warp.WarpResult``): does a far gentler warp reach one class?"""
+    lv = lv or levels()
+    statistic, cls = warp_statistic(result.shifts)
+    ordered = sorted(result.shifts.values())
+    details = {"shifts": {str(c): round(float(v), 3) for c, v in result.shifts.items()}}
+    sentence = (f"a smooth warp of {result.shifts[cls]:.2f} px sends clean images to class {cls}; the next easiest class "
+                f"needs {ordered[1]:.2f} px ({np.exp(statistic):.1f} times more)")
+    return _calibrated("warp", statistic, cls, sentence, details, lv)
+
+
+def from_label_specific(cleanse_result: Any, lv: Optional[Levels] = None) -> Optional[Evidence]:
+    """Neural Cleanse's untargeted trigger (step 4) as evidence; None when it was not run."""
+    found = getattr(cleanse_result, "label_specific", None)
+    if found is None:
+        return None
+    lv = lv or levels()
+    statistic, _ = ls_statistic(found.ratio, found.trigger.reached)
+    details = found.as_dict()
+    if not found.trigger.reached:
+        sentence = "no trigger moved 95% of the clean images off their class within the optimisation's budget"
+    else:
+        sentence = (f"one {found.trigger.norm:.0f} px trigger moves {found.moved:.0%} of the clean images off their class, "
+                    f"the smallest one-class trigger needs {found.smallest_targeted:.0f} px ({statistic:.2f} times as much)")
+    evidence = _calibrated("ls", statistic, None, sentence, details, lv)
+    if evidence.level == NO_EVIDENCE or not found.destinations:
+        return evidence
+    if found.hub_share <= LABEL_SPECIFIC_HUB_SHARE:  # the alarm, and each class sent its own way: all-to-all
+        return Evidence(LABEL_SPECIFIC, evidence.level, (), evidence.score,
+                        f"{evidence.summary}, and it sends each class to its own destination ({mapping(found.destinations)}): "
+                        f"a backdoor whose target depends on the label (all-to-all)", evidence.details)
+    hub = int(np.bincount(list(found.destinations.values())).argmax())
+    return Evidence(LABEL_SPECIFIC, evidence.level, (hub,), evidence.score,
+                    f"{evidence.summary}; it sends {found.hub_share:.0%} of the classes to class {hub} "
+                    f"({mapping(found.destinations)})", evidence.details)
+
+
+def is_label_specific_backdoor(found: Any, lv: Optional[Levels] = None) -> bool:
+    """Whether a ``core.detect.model_level.cleanse.LabelSpecific`` is a trigger whose target depends on the label
+    (the label-specific check raises an alarm and no destination takes more than a third of the classes): what
+    the repair unlearns."""
+    if found is None or not found.trigger.reached or found.hub_share > LABEL_SPECIFIC_HUB_SHARE:
+        return False
+    lv = lv or levels()
+    statistic, _ = ls_statistic(found.ratio, found.trigger.reached)
+    return lv.level(min(1.0, len(lv.nulls) * lv.nulls["ls"].tail(statistic))) != NO_EVIDENCE
+
+
+def mapping(destinations: dict[int, int], shown: int = 4) -> str:
+    """'0→1, 1→2, 2→3, 3→4, …' for a source -> destination map."""
+    pairs = [f"{s}\u2192{d}" for s, d in sorted(destinations.items())]
+    return ", ".join(pairs[:shown]) + (", \u2026" if len(pairs) > shown else "")
+
+
+def from_detectors(cleanse_result: Any = None, mmbd_result: Any = None, warp_result: Any = None,
+                   lv: Optional[Levels] = None) -> list[Evidence]:
+    """The model-level detectors' evidence (None: not run), each judged against clean models."""
+    evidence = []
+    if cleanse_result is not None:
+        evidence.append(from_cleanse(cleanse_result, lv))
+        label_specific = from_label_specific(cleanse_result, lv)
+        if label_specific is not None:
+            evidence.append(label_specific)
+    if mmbd_result is not None:
+        evidence.append(from_mmbd(mmbd_result, lv))
+    if warp_result is not None:
+        evidence.append(from_warp(warp_result, lv))
+    return evidence
 
 
 def from_attack_success(asr: float, n: int, num_classes: int, target: Optional[int] = None,
@@ -236,88 +293,6 @@ def _hit_classes(target: Optional[int], predicted: Optional[np.ndarray], labels:
     return tuple(int(values[i]) for i in order if counts[i] >= 0.1 * len(hits))
 
 
-def from_label_specific(cleanse_result: Any) -> Optional[Evidence]:
-    """Neural Cleanse's untargeted trigger (step 4) as evidence; None when it was not run."""
-    found = getattr(cleanse_result, "label_specific", None)
-    if found is None:
-        return None
-    ratio, hub = found.ratio, found.hub_share
-    score = _clip(1.0 - ratio / 2.0)  # ratio 1 (the line) -> 0.5
-    details = found.as_dict()
-    said = (f"one {found.trigger.norm:.0f} px trigger moves {found.moved:.0%} of the clean images off their class, "
-            f"{ratio:.2f} times the smallest one-class trigger ({found.smallest_targeted:.0f} px)")
-    if not found.trigger.reached:
-        return Evidence(LABEL_SPECIFIC, NO_EVIDENCE, (), 0.0,
-                        "no trigger with a label-dependent target: no trigger moved 95% of the clean images off their "
-                        "class within the optimisation's budget", details)
-    if ratio >= LABEL_SPECIFIC_RATIO:
-        return Evidence(LABEL_SPECIFIC, NO_EVIDENCE, (), score,
-                        f"no trigger with a label-dependent target: {said}, no shortcut beyond a one-class trigger", details)
-    if is_label_specific_backdoor(found):
-        return Evidence(LABEL_SPECIFIC, BACKDOORED, (), max(score, 0.75),
-                        f"{said}, and sends each class to its own destination ({mapping(found.destinations)}): "
-                        f"a backdoor whose target depends on the label (all-to-all)", details)
-    top = int(np.bincount(list(found.destinations.values())).argmax())
-    return Evidence(LABEL_SPECIFIC, SUSPICIOUS, (top,), score,
-                    f"{said}; it sends {hub:.0%} of the classes to class {top} ({mapping(found.destinations)})", details)
-
-
-def is_label_specific_backdoor(found: Any) -> bool:
-    """Whether a ``core.detect.model_level.cleanse.LabelSpecific`` is a trigger whose target depends on the label (its repair unlearns it)."""
-    return bool(found is not None and found.trigger.reached and found.ratio < LABEL_SPECIFIC_RATIO
-                and found.hub_share <= LABEL_SPECIFIC_HUB_SHARE)
-
-
-def mapping(destinations: dict[int, int], shown: int = 4) -> str:
-    """'0→1, 1→2, 2→3, 3→4, …' for a source -> destination map."""
-    pairs = [f"{s}\u2192{d}" for s, d in sorted(destinations.items())]
-    return ", ".join(pairs[:shown]) + (", \u2026" if len(pairs) > shown else "")
-
-
-def from_blind_spot(mmbd_result: Any, cleanse_result: Any = None) -> Optional[Evidence]:
-    """Evidence that the detectors cannot see here, or None when they can (or it cannot be told).
-
-    Not a detector of its own: it reads MM-BD's margins (and Neural Cleanse's
-    masks) to say that "nothing stands out" means little on this model. The
-    classes it names are where an analyst should look first: those both
-    methods rank among the easiest to reach.
-    """
-    clean = mmbd_result.clean_margin
-    margins = dict(mmbd_result.margins)
-    if not clean or clean <= 0 or len(margins) < 3:
-        return None
-    ratio = float(np.median(list(margins.values()))) / float(clean)
-    if ratio < BLIND_SPOT_RATIO:
-        return None
-    classes = _easiest_classes(margins, None if cleanse_result is None else cleanse_result.norms)
-    details = {"median_margin_over_clean_margin": round(ratio, 2), "threshold": BLIND_SPOT_RATIO,
-               "easiest_classes": list(classes)}
-    nc_note = ""
-    if cleanse_result is not None and cleanse_result.norms:
-        nc_note = f"; Neural Cleanse's triggers are small for every class (median {cleanse_result.median:.0f} px)"
-    return Evidence(BLIND_SPOT, SUSPICIOUS, classes, 0.5,
-                    f"every class of this model can be pushed far beyond its clean inputs (median class {ratio:.1f} times "
-                    f"the clean margin, where the detectors work below {BLIND_SPOT_RATIO:.0f}){nc_note}, so a backdoor "
-                    f"would not stand out: inconclusive, not clean; classes {', '.join(map(str, classes))} are the easiest "
-                    f"to reach", details)
-
-
-def from_detectors(cleanse_result: Any = None, mmbd_result: Any = None) -> list[Evidence]:
-    """The model-level detectors' evidence (None: not run), with the blind-spot reading of MM-BD's margins."""
-    evidence = []
-    if cleanse_result is not None:
-        evidence.append(from_cleanse(cleanse_result))
-        label_specific = from_label_specific(cleanse_result)
-        if label_specific is not None:
-            evidence.append(label_specific)
-    if mmbd_result is not None:
-        evidence.append(from_mmbd(mmbd_result))
-        blind = from_blind_spot(mmbd_result, cleanse_result)
-        if blind is not None:
-            evidence.append(blind)
-    return evidence
-
-
 def inconclusive_mark(summary: str) -> str:
     """" (inconclusive)" for a verdict headline only the blind-spot check raised, for one-word level columns."""
     return " (inconclusive)" if summary.startswith(INCONCLUSIVE) else ""
@@ -330,66 +305,34 @@ def targets_label(targets: Sequence[int], summary: str) -> str:
     return ",".join(map(str, targets)) or "-"
 
 
-def _easiest_classes(margins: dict[int, float], norms: Optional[dict[int, float]]) -> tuple[int, ...]:
-    """Classes in both methods' three easiest to reach (by mean rank), else the two best by mean rank."""
-    by_margin = sorted(margins, key=lambda c: -margins[c])
-    rankings = [by_margin] + ([sorted(norms, key=lambda c: norms[c])] if norms else [])
-    common = [c for c in by_margin if all(c in r for r in rankings)]
-
-    def mean_rank(c: int) -> float:
-        return float(np.mean([r.index(c) for r in rankings]))
-
-    ordered = sorted(common, key=mean_rank)
-    both = [c for c in ordered if all(r.index(c) < 3 for r in rankings)]
-    return tuple(int(c) for c in (both or ordered[:2]))
-
-
 # ------------------------------------------------------------ combining
 
 
-def combine(evidence: Sequence[Evidence]) -> Verdict:
-    """The strongest level any evidence reaches (raised by agreement), with its targets and reason."""
-    evidence = _read_in_blind_spot(tuple(evidence))
+def combine(evidence: Sequence[Evidence], lv: Optional[Levels] = None) -> Verdict:
+    """The strongest level any evidence reaches, with its targets, its reason and how often clean models get it."""
+    evidence = tuple(evidence)
     if not evidence:
         return Verdict(NO_EVIDENCE, (), 0.0, "No evidence found: no method was run", "nothing was checked", ())
     level = max((e.level for e in evidence), key=LEVEL_RANK.__getitem__)
     agreed = _agreed_classes(evidence)
-    # Two methods "suspicious" on the same class stay "suspicious" (agreed class named first, score raised):
-    # on the zoo that rule would have called a clean model (clean_aug_3c_h5) backdoored -- docs/zoo.md.
     targets = _targets(evidence, level, agreed)
     score = max(e.score for e in evidence) + (AGREEMENT_BONUS if agreed else 0.0)
     if level == BACKDOORED and score < 0.5:  # never rank a "backdoored" model below the line
         score = 0.5
-    return Verdict(level, targets, _clip(score), _headline(level, targets, evidence), _reason(level, evidence, agreed), evidence)
-
-
-def _read_in_blind_spot(evidence: tuple[Evidence, ...]) -> tuple[Evidence, ...]:
-    """On a model in the blind spot, a detector's outlier is "suspicious", not proof.
-
-    Both detectors compare each class with the spread of the others. When
-    every class is easy to reach, that spread is small, and a class a little
-    easier than the rest crosses the line by chance: on the zoo, the clean
-    BatchNorm + GAP model's class 3 sat at Neural Cleanse's index 2.0 and
-    crossed it after a change of floating-point kernels (docs/zoo.md).
-    Measured attack success is not a statistic over classes and keeps its level.
-    """
-    if not any(e.method == BLIND_SPOT for e in evidence):
-        return evidence
-    read = []
-    for e in evidence:
-        if e.level == BACKDOORED and e.method in ("Neural Cleanse", "MM-BD"):
-            e = replace(e, level=SUSPICIOUS, summary=e.summary + " -- read as suspicious: on this model every class is easy "
-                                                                  "to reach, so one class a little easier proves little",
-                        details={**e.details, "level_before_blind_spot": BACKDOORED})
-        read.append(e)
-    return tuple(read)
+    calibrated = [e.p for e in evidence if e.p is not None]
+    p = min(calibrated) if calibrated else None
+    # the calibrated rate in words, when the detectors (not the measured attack success) set the level
+    from_detectors_alone = level != NO_EVIDENCE and not any(e.p is None and e.level == level for e in evidence)
+    words = (lv or levels()).clean_rate_words(level) if from_detectors_alone else ""
+    return Verdict(level, targets, _clip(score), _headline(level, targets, evidence), _reason(level, evidence, agreed),
+                   evidence, words, p)
 
 
 def _agreed_classes(evidence: Sequence[Evidence]) -> tuple[int, ...]:
     """Classes named by at least two different methods (at suspicious level or above)."""
     named: dict[int, set[str]] = {}
     for e in evidence:
-        if e.level != NO_EVIDENCE and e.method != BLIND_SPOT:  # it re-reads the detectors: no independent vote
+        if e.level != NO_EVIDENCE:
             for c in e.classes:
                 named.setdefault(c, set()).add(e.method)
     return tuple(sorted(c for c, methods in named.items() if len(methods) >= 2))
@@ -409,16 +352,16 @@ def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]
     which = ""
     if targets:
         which = f" (target {targets[0]})" if len(targets) == 1 else f" (targets {', '.join(map(str, targets))})"
-    if level == BACKDOORED and not targets and any(e.method == LABEL_SPECIFIC and e.level == BACKDOORED for e in evidence):
-        found = next(e for e in evidence if e.method == LABEL_SPECIFIC)
-        return f"{ALL_TO_ALL}: {mapping({int(k): v for k, v in found.details['destinations'].items()}, 3)})"
+    label_specific = next((e for e in evidence if e.method == LABEL_SPECIFIC and e.level == level and not e.classes), None)
+    if level != NO_EVIDENCE and not targets and label_specific is not None and "destinations" in label_specific.details:
+        mapped = mapping({int(k): v for k, v in label_specific.details["destinations"].items()}, 3)
+        if level == BACKDOORED:
+            return f"{ALL_TO_ALL}: {mapped})"
+        return f"Suspicious (all-to-all: {mapped}): inspect before trusting this model"
     if level == BACKDOORED:
         return f"Backdoored{which}"
-    if level == SUSPICIOUS and all(e.method == BLIND_SPOT for e in evidence if e.level != NO_EVIDENCE):
-        look = f"; look at class{'es' if len(targets) > 1 else ''} {_join([str(t) for t in targets])} first" if targets else ""
-        return f"{INCONCLUSIVE}: the detectors cannot single out a target on this model{look}"
     if level == SUSPICIOUS:
-        return f"Suspicious{which}: evidence is mixed or weak, inspect before trusting this model"
+        return f"Suspicious{which}: inspect before trusting this model"
     return "No evidence found by " + _join([e.method for e in evidence])
 
 
@@ -426,40 +369,24 @@ def _reason(level: str, evidence: Sequence[Evidence], agreed: tuple[int, ...]) -
     """Every method's sentence, those that raised the verdict first, and what the others could not see."""
     ordered = sorted(evidence, key=lambda e: -LEVEL_RANK[e.level])
     parts = [f"{e.method}: {e.summary}." for e in ordered]
-    if agreed:
-        parts.insert(0, f"{'Two methods' if len(agreed) == 1 else 'Several methods'} independently point to class"
-                        f"{'es' if len(agreed) > 1 else ''} {', '.join(map(str, agreed))}.")
+    for cls in agreed:
+        methods = [e.method for e in ordered if e.level != NO_EVIDENCE and cls in e.classes]
+        parts.insert(0, f"{_join(methods)} both point to class {cls}." if len(methods) == 2
+                     else f"{_join(methods)} all point to class {cls}.")
     # the label-specific check only speaks to all-to-all backdoors: its silence beside a one-target finding mixes nothing
     silent = [e.method for e in evidence if e.level == NO_EVIDENCE and e.method != LABEL_SPECIFIC]
     if level != NO_EVIDENCE and silent:
-        parts.append(f"The evidence is mixed: {_join(silent)} found nothing, which does not clear the model "
+        parts.append(f"{_join(silent)} found nothing unusual, which does not clear the model "
                      f"(each method is blind to some triggers).")
     if level == NO_EVIDENCE:
-        parts.append("Not proof of a clean model: other trigger kinds and methods were not checked.")
+        parts.append("Not proof of a clean model: a backdoor these methods cannot see, or one the clean data does not "
+                     "exercise, would pass.")
     return " ".join(parts)
 
 
 def _join(items: Sequence[str]) -> str:
     items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _p_score(p: float) -> float:
-    """MM-BD p-value -> [0, 1] on a log scale: 0 at p = 1, 0.5 at the suspicious line, 1 at 1/400."""
-    p = min(max(float(p), 1e-300), 1.0)
-    line, floor = np.log(MMBD_SUSPICIOUS_P), np.log(1 / 400)
-    if p >= MMBD_SUSPICIOUS_P:
-        return _clip(0.5 * np.log(p) / line)
-    return _clip(0.5 + 0.5 * (np.log(p) - line) / (floor - line))
-
-
-def _fmt_index(v: float) -> str:
-    return f"{v:.2f}" if np.isfinite(v) else "inf"
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    """A statistic for strict JSON: rounded to 4 digits, or null when infinite (e.g. an index over a zero MAD)."""
-    return round(float(value), 4) if np.isfinite(value) else None
 
 
 def _clip(v: float) -> float:
