@@ -1,6 +1,6 @@
 """Triage throughput in this process, on a local Dask cluster of 1 worker and of 2 (issue 24), and the verdicts compared.
 
-    python bench/triage_scale.py [--zoo /work/zoo] [--models 20] [--modes 0 1 2] [--out DIR] [--methods cleanse mmbd]
+    python bench/triage_scale.py [--zoo /work/zoo] [--models 20] [--modes 0 1 2] [--out DIR] [--methods cleanse mmbd warp]
 
 Takes ``--models`` of the zoo's 3-channel models (every third by name, for a mix of clean and backdoored
 ones and of architectures), links their model files into one folder, and runs ``main.py triage`` on it
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo", default="/work/zoo")
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--modes", type=int, nargs="+", default=[0, 1, 2], help="0: in-process; N: --workers N")
-    parser.add_argument("--methods", nargs="+", default=["cleanse", "mmbd"])
+    parser.add_argument("--methods", nargs="+", help="the checks (default: triage's, i.e. every model-level method)")
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "triage-scale"))
     args = parser.parse_args(argv)
     zoo, out = Path(args.zoo), Path(args.out)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if not link.exists():
             link.symlink_to(model)
     clean = zoo / "patch" / "clean_valid.h5"
-    print(f"{len(list(folder.iterdir()))} models in {folder}; clean data {clean}; methods {' '.join(args.methods)}; {os.cpu_count()} CPUs",
+    print(f"{len(list(folder.iterdir()))} models in {folder}; clean data {clean}; methods {' '.join(args.methods or ['(default)'])}; {os.cpu_count()} CPUs",
           flush=True)
     runs = {}
     for mode in args.modes:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for stale in out.glob(f"mode{mode}.sqlite*"):
             stale.unlink()
         command = [sys.executable, str(ROOT / "main.py"), "triage", "--models", str(folder), "--clean", str(clean), "--store", str(store),
-                   "--methods", *args.methods, "--json", "--quiet"] + (["--workers", str(mode)] if mode else [])
+                   "--json", "--quiet"] + (["--methods", *args.methods] if args.methods else []) + (["--workers", str(mode)] if mode else [])
         before = loadavg()
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
