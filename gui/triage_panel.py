@@ -317,13 +317,15 @@ class TriagePanel(QWidget):
         self._redraw.stop()
         self.result = result
         self._show(result.rows, ranked=True)
-        self._show_skipped(result.skipped, result.failed)
+        self._show_skipped(result.skipped, result.failed, result.pending)
         flagged = sum(r.level != "no evidence" for r in result.rows)
         earlier = f" ({result.reused} from earlier runs)" if result.reused else ""
         pending = (f" {len(result.pending)} not judged yet: Run triage continues with them." if result.pending else "")
         failed = f", {len(result.failed)} failed" if result.failed else ""
         self.headline.setText(f"{len(result.rows)} model(s) judged{earlier}: {flagged} backdoored or suspicious, "
                               f"{len(result.skipped)} skipped{failed}. Most suspicious first.{pending}")
+        self.window.status.setText(f"Triage of {result.folder}: {len(result.rows)} judged, {len(result.pending)} not judged yet "
+                                   f"(results kept in {result.store or 'memory'})")
         self._refresh()
 
     def _show(self, rows: list[Any], ranked: bool) -> None:
@@ -349,14 +351,17 @@ class TriagePanel(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 table.setItem(i, col, item)
 
-    def _show_skipped(self, skipped: list[Any], failed: Sequence[Any] = ()) -> None:
+    def _show_skipped(self, skipped: list[Any], failed: Sequence[Any] = (), pending: Sequence[str] = ()) -> None:
         self.skipped_list.clear()
         for s in skipped:
             self.skipped_list.addItem(f"{Path(s.source).name}: {s.reason}")
         for s in failed:
             self.skipped_list.addItem(f"{Path(s.source).name}: failed, tried again by the next run: {s.reason}")
+        for source in pending:
+            self.skipped_list.addItem(f"{Path(source).name}: not judged yet")
         counted = len(skipped) + len(failed)
-        self.skipped_label.setText(f"Skipped files ({counted})" if counted else "Skipped files: none")
+        label = f"Skipped files ({counted})" if counted else "Skipped files: none"
+        self.skipped_label.setText(label + (f"; not judged yet: {len(pending)}" if pending else ""))
 
     # ---------------------------------------------------------------- export
 
