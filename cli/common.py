@@ -28,6 +28,9 @@ SETTING_FLAGS = {
     "triggers": ("--triggers",),
     "resize": ("--resize",),
     "channels": ("--channels",),
+    "store": ("--store",),
+    "scheduler": ("--scheduler",),
+    "workers": ("--workers",),
 }
 
 

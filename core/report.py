@@ -37,8 +37,11 @@ from core.intake.atomic import atomic_path, refuse_overwriting
 from core.errors import TrojanScopeError
 from core.jobs import Job, Progress, rescaled
 
-# Section ids, in report order (tests and the self-test check each is present).
+# Section ids, in report order, of a model's report; a triage report (a folder of models ranked) has "triage" alone,
+# and a model's report gains it at the end when its findings carry a triage.
 SECTIONS = ("summary", "evaluation", "pruning", "strip", "inspector", "cleanse", "repair")
+TRIAGE = "triage"
+MAX_TRIAGE_LISTED = 500  # refused / failed / pending files named in the triage section (all are in the JSON)
 TOP_INSPECTED = 4  # heat-maps for the lowest-entropy flagged images
 MAX_FLAGGED_SHOWN = 24
 MAX_FLAGGED_LISTED = 200  # flagged files named in each scan's table (all are in the JSON)
@@ -81,6 +84,7 @@ class Findings:
     scans: list[Any] = field(default_factory=list)  # every core.detect.input_level.strip.ScanResult; ``scan`` is the last one
     inspected: list[tuple[Any, Any]] = field(default_factory=list)  # (Inspection, Transplant or None) the analyst ran
     measured_on: dict[str, str] = field(default_factory=dict)  # section -> the images its figures were measured on
+    triage: Any = None  # core.detect.model_level.triage.TriageResult: a folder of models ranked (from its results store)
 
     def strip_profile(self) -> Any:
         return self.profile if self.profile is not None else getattr(self.scan, "profile", None)
@@ -204,10 +208,11 @@ def json_path_for(out: str | Path) -> Path:
     return out.with_suffix(".json") if out.suffix.lower() in (".html", ".htm") else out.with_name(out.name + ".json")
 
 
-def write_report(findings: Findings, out: str | Path, inputs: Iterable[Any] = ()) -> tuple[Path, Path]:
+def write_report(findings: Findings, out: str | Path, inputs: Iterable[Any] = (), sections: Optional[Sequence[str]] = None) -> tuple[Path, Path]:
     """Write ``out`` (HTML) and its JSON beside it, each atomically; returns both paths.
 
-    Refuses to write over any of the analyst's input files.
+    Refuses to write over any of the analyst's input files. ``sections``: which to write (default :data:`SECTIONS`,
+    and the triage section when ``findings.triage`` is set; a triage report is ``(TRIAGE,)``).
     """
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
@@ -216,7 +221,7 @@ def write_report(findings: Findings, out: str | Path, inputs: Iterable[Any] = ()
     sources = [p for p in (*findings.inputs.values(), *inputs) if p]
     refuse_overwriting(out, *sources)
     refuse_overwriting(json_out, *sources)
-    page, record = render(findings)
+    page, record = render(findings, sections)
     with atomic_path(json_out) as tmp:
         tmp.write_text(json.dumps(record, indent=2, allow_nan=False), encoding="utf-8")
     with atomic_path(out) as tmp:
@@ -224,14 +229,16 @@ def write_report(findings: Findings, out: str | Path, inputs: Iterable[Any] = ()
     return out, json_out
 
 
-def render(findings: Findings) -> tuple[str, dict[str, Any]]:
+def render(findings: Findings, sections: Optional[Sequence[str]] = None) -> tuple[str, dict[str, Any]]:
     """(the HTML page, the JSON record) for ``findings``."""
+    if sections is None:
+        sections = SECTIONS + ((TRIAGE,) if findings.triage is not None else ())
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     record: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": generated,
                               "inputs": dict(findings.inputs), "notes": list(findings.notes),
                               "conversions": list(findings.conversions), "sections": {}}
     parts = []
-    for section in SECTIONS:
+    for section in sections:
         body, data = _SECTION_RENDERERS[section](findings)
         record["sections"][section] = "run" if data is not None else "not run"
         record[section] = data
@@ -239,7 +246,8 @@ def render(findings: Findings) -> tuple[str, dict[str, Any]]:
         parts.append(f'<section id="{section}"><h2>{title}</h2>\n{body}\n</section>')
     page = _PAGE.format(
         css=_CSS, generated=html.escape(generated), key=_key_findings(findings),
-        model=html.escape(Path(findings.summary.path).name if findings.summary else "no model"),
+        model=html.escape(Path(findings.summary.path).name if findings.summary else
+                          f"triage of {findings.triage.folder}" if findings.triage is not None else "no model"),
         sections="\n".join(parts),
     )
     return page, _clean_json(record)
@@ -253,6 +261,7 @@ _TITLES = {
     "inspector": "Inspector: where the flagged images' decisions come from",
     "cleanse": "Neural Cleanse",
     "repair": "Repair (Verdict panel): unlearning and fine-pruning",
+    "triage": "Triage: models ranked by suspicion",
 }
 _CLI_TITLES = {"repair": "Repair (the repair command): unlearning and fine-pruning"}
 
@@ -544,8 +553,95 @@ def _repair(f: Findings) -> tuple[str, Optional[dict]]:
     return "\n".join(parts), {"repairs": runs}
 
 
+TRIAGE_WORDS = {"backdoored": "Backdoored", "suspicious": "Suspicious", "no evidence": "No evidence found"}
+
+
+def _triage(f: Findings) -> tuple[str, Optional[dict]]:
+    t = f.triage
+    if t is None:
+        return _not_run("no folder of models was triaged", "Triage panel, or the triage command."), None
+    from core.detect.model_level.verdict import inconclusive_mark, targets_label
+
+    total = len(t.rows) + len(t.skipped) + len(t.failed) + len(t.pending)
+    state = ("complete" if t.complete else
+             f"partial: {len(t.pending)} not judged yet" + (f", {len(t.failed)} failed (tried again by the next run)" if t.failed else ""))
+    rows = [("Folder", t.folder), ("Model files", total), ("Judged", len(t.rows)), ("Refused", len(t.skipped)),
+            ("Failed", len(t.failed)), ("Not judged yet", len(t.pending)), ("Table", state),
+            ("Results store", t.store or "in memory (not kept)"), ("Settings id", (t.settings or "")[:16])]
+    parts = [_table(rows)]
+    cells = []
+    for n, r in enumerate(t.rows, 1):
+        level = r.level.replace(" ", "-")
+        cells.append(f"<tr><td>{n}</td><td><code>{html.escape(_relative(r.source, t.folder))}</code></td>"
+                     f'<td class="verdict {level}">{html.escape(TRIAGE_WORDS.get(r.level, r.level) + inconclusive_mark(r.summary))}</td>'
+                     f"<td>{r.score:.3f}</td><td>{html.escape(targets_label(r.targets, r.summary))}</td><td>{r.seconds:.1f}</td>"
+                     f"<td>{html.escape(r.summary)}</td></tr>")
+    if cells:
+        parts.append('<table class="grid"><tr><th>#</th><th>Model file</th><th>Verdict</th><th>Score</th><th>Targets</th>'
+                     f'<th>Seconds</th><th>Why</th></tr>{"".join(cells)}</table>')
+    for title, items in (("Refused (not judged, with the reason)", [(s.source, s.reason) for s in t.skipped]),
+                         ("Failed (the work died; the next run tries again)", [(s.source, s.reason) for s in t.failed]),
+                         ("Not judged yet", [(p, "") for p in t.pending])):
+        if items:
+            listed = "".join(f"<li><code>{html.escape(_relative(src, t.folder))}</code>{': ' + html.escape(why) if why else ''}</li>"
+                             for src, why in items[:MAX_TRIAGE_LISTED])
+            more = f"<p>… and {len(items) - MAX_TRIAGE_LISTED} more (all in the JSON).</p>" if len(items) > MAX_TRIAGE_LISTED else ""
+            parts.append(f"<h3>{html.escape(title)}: {len(items)}</h3><ul>{listed}</ul>{more}")
+    return "\n".join(parts), {**t.as_dict(), "details": t.details}
+
+
+def _relative(source: str, folder: str) -> str:
+    path, base = Path(source), Path(folder)
+    return str(path.relative_to(base)) if path.is_relative_to(base) else source
+
+
+def triage_csv(result: Any) -> str:
+    """The ranked table as CSV: judged models in rank order, then refused, failed and not-yet-judged files.
+
+    The verdict column is in words ("no evidence found", never "clean"); ``level`` is the machine value.
+    """
+    import csv
+
+    from core.detect.model_level.verdict import inconclusive_mark, targets_label
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", "source", "verdict", "level", "score", "targets", "seconds", "summary", "num_classes", "input_shape",
+                     "scale", "conversions", "status", "reason"])
+    for n, r in enumerate(result.rows, 1):
+        words = TRIAGE_WORDS.get(r.level, r.level).lower() + inconclusive_mark(r.summary)
+        writer.writerow([n, r.source, words, r.level, f"{r.score:.4f}", targets_label(r.targets, r.summary), f"{r.seconds:.1f}", r.summary,
+                         r.num_classes, "x".join(map(str, r.input_shape)), r.scale, "; ".join(r.conversions), "judged", ""])
+    for status, items in (("refused", result.skipped), ("failed", result.failed)):
+        for s in items:
+            writer.writerow(["", s.source, "", "", "", "", "", "", "", "", "", "", status, s.reason])
+    for source in result.pending:
+        writer.writerow(["", source, "", "", "", "", "", "", "", "", "", "", "pending", ""])
+    return buffer.getvalue()
+
+
+TRIAGE_OUTPUTS = (".csv", ".json", ".html", ".htm")
+
+
+def write_triage(result: Any, out: str | Path, inputs: Iterable[Any] = ()) -> list[Path]:
+    """Write the ranked table to ``out`` by its suffix: .csv, .json (the triage command's JSON), or .html (the report's
+    triage section, and its JSON beside it). Atomic; never over an input file. Returns the paths written."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in TRIAGE_OUTPUTS:
+        raise TrojanScopeError(f"the triage table is written as .csv, .json or .html; received {out}", fixed_by=("output",))
+    sources = [p for p in (result.store, *inputs) if p]
+    if suffix in (".html", ".htm"):
+        return list(write_report(Findings(triage=result, origin="cli"), out, inputs=sources, sections=(TRIAGE,)))
+    refuse_overwriting(out, *sources)
+    text = triage_csv(result) if suffix == ".csv" else json.dumps(_clean_json(result.as_dict()), indent=2, allow_nan=False)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return [out]
+
+
 _SECTION_RENDERERS = {"summary": _summary, "evaluation": _evaluation, "pruning": _pruning, "strip": _strip,
-                      "inspector": _inspector, "cleanse": _cleanse, "repair": _repair}
+                      "inspector": _inspector, "cleanse": _cleanse, "repair": _repair, TRIAGE: _triage}
 
 
 def _key_findings(f: Findings) -> str:
@@ -578,6 +674,12 @@ def _key_findings(f: Findings) -> str:
     for r in f.repairs:
         lines.append(f"Repair ({r.method}): attack success {_pct(r.before.attack_success_rate)} → {_pct(r.after.attack_success_rate)}, "
                      f"clean accuracy {_pct(r.before.clean_accuracy)} → {_pct(r.after.clean_accuracy)}.")
+    if f.triage is not None:
+        t = f.triage
+        levels = [r.level for r in t.rows]
+        lines.append(f"Triage of {t.folder}: {len(t.rows)} model(s) judged: {levels.count('backdoored')} backdoored, "
+                     f"{levels.count('suspicious')} suspicious, {levels.count('no evidence')} with no evidence found; "
+                     f"{len(t.skipped)} refused, {len(t.failed)} failed, {len(t.pending)} not judged yet.")
     if not lines:
         return '<p class="not-run">No analysis has been run yet.</p>'
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"

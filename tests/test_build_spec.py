@@ -31,7 +31,7 @@ def test_spec_parses_and_builds_one_folder_with_the_data_it_needs():
     text = SPEC.read_text(encoding="utf-8")
     ast.parse(text)
     assert "COLLECT(" in text and "exclude_binaries=True" in text  # one folder, not one file
-    assert "mnist_5k.csv.gz" in text and '"resources"' in text
+    assert "mnist_5k.csv.gz" in text and '"resources"' in text and '"levels.json"' in text  # every verdict reads levels.json
     assert 'console=sys.platform.startswith("linux")' in text
 
 

@@ -62,3 +62,46 @@ def test_triage_ranks_models_lists_skipped_and_opens_a_row(qtbot, window, demo_b
     panel.open_button.click()
     wait_idle(qtbot, window)
     assert str(window.state.loaded.summary.path) == shown[0]
+
+
+def test_finished_models_are_kept_across_a_restart_and_a_rerun_judges_only_the_rest(qtbot, window, demo_bundle, tmp_path):
+    """A second window (the app restarted) shows what the first judged, from the store, and Run triage recomputes nothing."""
+    from gui.main_window import MainWindow
+
+    folder = _folder(tmp_path, demo_bundle)
+    panel = window.panels["TriagePanel"]
+    window.open_data("clean_valid", str(demo_bundle.clean_valid))
+    wait_idle(qtbot, window)
+    panel.folder_edit.setText(str(folder))
+    panel.use_cleanse.setChecked(False)
+    panel.mmbd_steps.setValue(60)
+    assert panel.run_triage()
+    wait_idle(qtbot, window, timeout=300_000)
+    first = panel.result
+    assert first.computed == 3 and len(first.rows) == 2
+
+    again = MainWindow()
+    qtbot.addWidget(again)
+    later = again.panels["TriagePanel"]
+    assert later.folder_edit.text() == str(folder)  # the last run's folder, restored
+    again.open_data("clean_valid", str(demo_bundle.clean_valid))
+    wait_idle(qtbot, again)
+    later.use_cleanse.setChecked(False)
+    later.mmbd_steps.setValue(60)
+    assert later.show_stored()
+    wait_idle(qtbot, again)
+    stored = later.result
+    assert [(r.source, r.verdict, r.score) for r in stored.rows] == [(r.source, r.verdict, r.score) for r in first.rows]
+    assert stored.computed == 0 and stored.complete and later.table.rowCount() == 2
+    assert later.skipped_list.count() == 1
+
+    assert later.run_triage()
+    wait_idle(qtbot, again, timeout=300_000)
+    assert later.result.computed == 0 and later.result.reused == 3  # nothing judged twice
+    assert "from earlier runs" in later.headline.text()
+
+    written = later.export(tmp_path / "table.csv")
+    lines = written[0].read_text().splitlines()
+    assert len(lines) == 1 + 3 and lines[1].split(",")[1] == first.rows[0].source
+    again.runner.cancel()
+    again.runner.wait(10_000)

@@ -411,6 +411,64 @@ class FolderSource(DataSource):
             yield Batch(x, y, sources, np.asarray(indices, np.int64), skipped)
 
 
+class DecodedImages(DataSource):
+    """Images of a folder decoded once and held in memory, each converted to a model's shape when asked, as
+    :class:`FolderSource` converts them: what :func:`in_memory` makes of a folder."""
+
+    def __init__(self, path: Path, kind: str, images: list[np.ndarray], labels: Optional[list[int]], sources: list[str],
+                 skipped: list[Skipped]) -> None:
+        super().__init__(path, len(images), labels is not None)
+        self.kind = kind
+        self.images = images
+        self.labels = labels
+        self.sources = sources
+        self.skipped = skipped
+
+    def batches(self, shape: Sequence[int], batch_size: int = DEFAULT_BATCH) -> Iterator[Batch]:
+        for start in range(0, self.count, batch_size):
+            stop = min(start + batch_size, self.count)
+            images = [conform(image[None].astype(np.float32), shape)[0] for image in self.images[start:stop]]
+            x = np.stack(images) if images else np.zeros((0, *shape), np.float32)
+            y = np.asarray(self.labels[start:stop], np.int64) if self.labels is not None else None
+            yield Batch(x, y, self.sources[start:stop], np.arange(start, stop), self.skipped if start == 0 else [])
+
+
+def in_memory(source: DataSource, limit: int) -> DataSource:
+    """The first ``limit`` readable images of ``source``, as stored, held in memory (read once for many models).
+
+    Each model still gets them converted to its own input shape, exactly as ``source`` would convert them
+    (``load_arrays(in_memory(s, n), shape, n)`` equals ``load_arrays(s, shape, n)``); the conversions the analyst
+    allowed travel with them. Triage reads its clean data once this way and hands the copy to every model and worker.
+    """
+    if type(source) in (ArraySource, DecodedImages) and source.count <= limit:
+        return source  # already in memory
+    if isinstance(source, ArraySource):
+        try:
+            x = np.asarray(source.x[:limit])
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DataError(f"{source.path}: images 0-{limit - 1} cannot be read ({_short(exc)}): damaged file?") from None
+        y = None if source.y is None else np.asarray(source.y[:limit])
+        copy = ArraySource(x, y, str(source.path), source.conversion)
+        copy.path = source.path
+        copy.kind = source.kind
+        return copy
+    if isinstance(source, FolderSource):
+        images, labels, sources, skipped = [], [], [], list(source.listing_skipped)
+        for i, file in enumerate(source.files):
+            if len(images) >= limit:
+                break
+            try:
+                images.append(read_image(file))
+            except ImageUnreadable as exc:
+                skipped.append(Skipped(str(file), str(exc)))
+                continue
+            sources.append(str(file))
+            if source.labels is not None:
+                labels.append(source.labels[i])
+        return DecodedImages(source.path, source.kind, images, labels if source.labels is not None else None, sources, skipped)
+    raise DataError(f"{source.path}: cannot hold a {source.kind or type(source).__name__} data set in memory")
+
+
 def _open_folder(path: Path) -> FolderSource:
     """List a folder in either layout; links are resolved and every odd entry is listed in ``skipped``.
 
@@ -729,6 +787,7 @@ __all__ = [
     "check_labels",
     "conform",
     "encode_png",
+    "in_memory",
     "load_arrays",
     "open_data",
     "read_image",

@@ -27,7 +27,7 @@ from typing import Any, Optional
 from core.intake import budget as budget_module
 from core.intake import safety
 from core.intake.budget import Budget, setting_hint, size_text
-from core.errors import ModelError, UnsafeModelError, WeightsOnlyError
+from core.errors import ModelError, TrojanScopeError, UnsafeModelError, WeightsOnlyError
 from core.intake.isolation import run_isolated
 from core.jobs import Job
 from core.intake.tf_env import keras as _keras
@@ -111,12 +111,68 @@ def load_model(path: str | Path, arch: str | Path | None = None) -> LoadedModel:
         _load_weights(model, scanned, path, Path(arch))
         return _describe(model, path, "weights+arch", scanned, arch_path=str(arch))
     if scanned.kind.startswith("h5-weights"):
-        raise WeightsOnlyError(
-            f"{path} holds weights only (no model config): give a model file of the same network for its architecture",
-            fixed_by=("architecture",),
-        )
+        raise _weights_only(path)
     model = _load_full(scanned, path)
     return _describe(model, path, "keras" if scanned.kind == "keras" else "h5", scanned)
+
+
+def _weights_only(path: Path) -> WeightsOnlyError:
+    return WeightsOnlyError(
+        f"{path} holds weights only (no model config): give a model file of the same network for its architecture",
+        fixed_by=("architecture",),
+    )
+
+
+# ------------------------------------------------- scanned here, loaded elsewhere
+# Triage (core.detect.model_level.triage) scans every file where the analyst runs it and hands only the bytes
+# that passed to whoever judges them: this process, or a Dask worker on another machine. The worker scans
+# them again (the same isolated pre-scan: nothing it receives is trusted more than a file) before Keras sees them.
+
+
+@dataclass(frozen=True)
+class ScannedModel:
+    """A full model file's bytes that passed the isolated pre-scan, with what the scan learnt."""
+
+    path: str  # the analyst's file, named in every message
+    data: bytes
+    kind: str  # "keras" or "h5-model"
+    keras_version: Optional[str]
+    sha256: str
+
+
+def scan_model(path: str | Path) -> ScannedModel:
+    """The pre-scan :func:`load_model` runs (isolated child, budgets), without loading: refuses what it would refuse."""
+    path = Path(path)
+    scanned = _scan_isolated(path)
+    if scanned.kind.startswith("h5-weights"):
+        raise _weights_only(path)
+    return ScannedModel(str(path), scanned.data, scanned.kind, scanned.keras_version, hashlib.sha256(scanned.data).hexdigest())
+
+
+def load_scanned(scanned: ScannedModel, rescan: bool = True) -> LoadedModel:
+    """Load the bytes of :func:`scan_model`; ``rescan`` scans them again first, in isolation (bytes that crossed a network)."""
+    if hashlib.sha256(scanned.data).hexdigest() != scanned.sha256:
+        raise ModelError(f"{scanned.path}: the bytes received are not the ones that were checked (SHA-256 differs): refusing them")
+    if scanned.kind not in ("keras", "h5-model"):
+        raise ModelError(f"{scanned.path}: not a full model ({scanned.kind})")
+    inner = _Scanned(scanned.data, scanned.kind, scanned.keras_version)
+    path = Path(scanned.path)
+    if rescan:
+        _rescan(scanned)
+    model = _load_full(inner, path)
+    return _describe(model, path, "keras" if scanned.kind == "keras" else "h5", inner)
+
+
+def _rescan(scanned: ScannedModel) -> None:
+    """The isolated pre-scan of bytes held in memory: written to a private file for the child, messages naming the original."""
+    tmpdir, copy = _private_copy(scanned.data, ".keras" if scanned.kind == "keras" else ".h5")
+    with tmpdir:
+        try:
+            kind, _version, digest = run_isolated("core.intake.models:prescan", (str(copy),), scanned.path, budget_module.current(), ModelError)
+        except TrojanScopeError as exc:
+            raise type(exc)(str(exc).replace(str(copy), scanned.path), fixed_by=exc.fixed_by) from None
+    if digest != scanned.sha256 or kind != scanned.kind:
+        raise ModelError(f"{scanned.path}: the second check of its bytes disagrees with the first: refusing it")
 
 
 # ------------------------------------------------------------------ scanning
