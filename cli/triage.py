@@ -14,7 +14,7 @@ from core.detect.model_level.mmbd import MMBDSettings
 from core.detect.model_level.triage import duration, stored_table, triage
 from core.detect.model_level.triage_store import default_store
 from core.detect.model_level.warp import WarpSettings
-from core.detect.model_level.verdict import NO_EVIDENCE, inconclusive_mark, targets_label
+from core.detect.model_level.verdict import NO_EVIDENCE, rate_words, targets_label
 from core.errors import DataError
 from core.intake.atomic import refuse_overwriting
 from core.intake.data import Conversion
@@ -84,8 +84,9 @@ def run(args: argparse.Namespace) -> dict:
     for n, row in enumerate(result.rows, start=1):
         targets = targets_label(row.targets, row.summary)
         # the words the product promises ("no evidence found"), never "clean"; the JSON keeps the machine value
-        verdict = (row.level + (" found" if row.level == NO_EVIDENCE else "")) + inconclusive_mark(row.summary)
-        say(args, f"{n:3d}. {verdict:26s} score {row.score:.2f} targets {targets:8s} {row.seconds:6.1f} s  {row.source}")
+        verdict = row.level + (" found" if row.level == NO_EVIDENCE else "")
+        say(args, f"{n:3d}. {verdict:17s} {rate_words(row.false_alarm):22s} score {row.score:.2f} targets {targets:8s} "
+                  f"{row.seconds:6.1f} s  {row.source}")
     for s in result.skipped:
         say(args, f"  skipped {s.source}: {s.reason}")
     for s in result.failed:

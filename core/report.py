@@ -560,7 +560,7 @@ def _triage(f: Findings) -> tuple[str, Optional[dict]]:
     t = f.triage
     if t is None:
         return _not_run("no folder of models was triaged", "Triage panel, or the triage command."), None
-    from core.detect.model_level.verdict import inconclusive_mark, targets_label
+    from core.detect.model_level.verdict import targets_label
 
     total = len(t.rows) + len(t.skipped) + len(t.failed) + len(t.pending)
     state = ("complete" if t.complete else
@@ -573,11 +573,12 @@ def _triage(f: Findings) -> tuple[str, Optional[dict]]:
     for n, r in enumerate(t.rows, 1):
         level = r.level.replace(" ", "-")
         cells.append(f"<tr><td>{n}</td><td><code>{html.escape(_relative(r.source, t.folder))}</code></td>"
-                     f'<td class="verdict {level}">{html.escape(TRIAGE_WORDS.get(r.level, r.level) + inconclusive_mark(r.summary))}</td>'
+                     f'<td class="verdict {level}">{html.escape(TRIAGE_WORDS.get(r.level, r.level))}</td>'
+                     f"<td>{html.escape(r.false_alarm or '-')}</td>"
                      f"<td>{r.score:.3f}</td><td>{html.escape(targets_label(r.targets, r.summary))}</td><td>{r.seconds:.1f}</td>"
                      f"<td>{html.escape(r.summary)}</td></tr>")
     if cells:
-        parts.append('<table class="grid"><tr><th>#</th><th>Model file</th><th>Verdict</th><th>Score</th><th>Targets</th>'
+        parts.append('<table class="grid"><tr><th>#</th><th>Model file</th><th>Verdict</th><th>Clean models with this answer</th><th>Score</th><th>Targets</th>'
                      f'<th>Seconds</th><th>Why</th></tr>{"".join(cells)}</table>')
     for title, items in (("Refused (not judged, with the reason)", [(s.source, s.reason) for s in t.skipped]),
                          ("Failed (the work died; the next run tries again)", [(s.source, s.reason) for s in t.failed]),
@@ -602,15 +603,15 @@ def triage_csv(result: Any) -> str:
     """
     import csv
 
-    from core.detect.model_level.verdict import inconclusive_mark, targets_label
+    from core.detect.model_level.verdict import targets_label
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rank", "source", "verdict", "level", "score", "targets", "seconds", "summary", "num_classes", "input_shape",
-                     "scale", "conversions", "status", "reason"])
+    writer.writerow(["rank", "source", "verdict", "level", "false_alarm", "score", "targets", "seconds", "summary", "num_classes",
+                     "input_shape", "scale", "conversions", "status", "reason"])
     for n, r in enumerate(result.rows, 1):
-        words = TRIAGE_WORDS.get(r.level, r.level).lower() + inconclusive_mark(r.summary)
-        writer.writerow([n, r.source, words, r.level, f"{r.score:.4f}", targets_label(r.targets, r.summary), f"{r.seconds:.1f}", r.summary,
+        words = TRIAGE_WORDS.get(r.level, r.level).lower()
+        writer.writerow([n, r.source, words, r.level, r.false_alarm, f"{r.score:.4f}", targets_label(r.targets, r.summary), f"{r.seconds:.1f}", r.summary,
                          r.num_classes, "x".join(map(str, r.input_shape)), r.scale, "; ".join(r.conversions), "judged", ""])
     for status, items in (("refused", result.skipped), ("failed", result.failed)):
         for s in items:

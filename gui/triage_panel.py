@@ -329,7 +329,7 @@ class TriagePanel(QWidget):
         self._refresh()
 
     def _show(self, rows: list[Any], ranked: bool) -> None:
-        from core.detect.model_level.verdict import inconclusive_mark, targets_label
+        from core.detect.model_level.verdict import rate_words, targets_label
 
         table = self.table
         table.setRowCount(len(rows))
@@ -337,7 +337,7 @@ class TriagePanel(QWidget):
         for i, r in enumerate(rows):
             path = Path(r.source)
             name = str(path.relative_to(base)) if base is not None and path.is_relative_to(base) else path.name
-            level = LEVEL_WORDS.get(r.level, r.level) + inconclusive_mark(r.summary)
+            level = LEVEL_WORDS.get(r.level, r.level) + (f" ({rate_words(r.false_alarm)})" if r.false_alarm else "")
             cells = [str(i + 1) if ranked else "", name, level, f"{r.score:.3f}",
                      targets_label(r.targets, r.summary).replace(",", ", "), f"{r.seconds:.1f}"]
             for col, text in enumerate(cells):

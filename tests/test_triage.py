@@ -97,15 +97,15 @@ def test_empty_folder_is_a_clear_error(tmp_path):
         collect(triage(tmp_path / "models", open_data(tmp_path / "clean.npz"), "1"))
 
 
-def test_triage_cli_lines_mark_a_verdict_only_the_blind_spot_raised(folder, capsys, monkeypatch):
+def test_triage_cli_lines_say_how_often_clean_models_get_each_answer(folder, capsys, monkeypatch):
+    """Issue 22: the triage table shows the calibrated false-alarm rate in words beside the verdict."""
     import cli
     import cli.triage as cli_triage
     from core.detect.model_level.triage import TriageResult, TriageRow
-    from core.detect.model_level.verdict import INCONCLUSIVE
 
-    rows = [TriageRow("/m/bn_gap.keras", "suspicious", "suspicious", 0.5, (3, 5), f"{INCONCLUSIVE}: the detectors cannot ...",
-                      1.0, 10, (28, 28, 3), "255"),
-            TriageRow("/m/plain.keras", "suspicious", "suspicious", 0.6, (8,), "Suspicious (target 8): ...", 1.0, 10, (28, 28, 3), "255")]
+    rows = [TriageRow("/m/bad.keras", "backdoored", "backdoored", 0.9, (3,), "Backdoored (target 3)", 1.0, 10, (28, 28, 3), "255",
+                      false_alarm="about 2 in 100 clean models get this answer (95% interval 1-5)"),
+            TriageRow("/m/quiet.keras", "clean", "no evidence", 0.1, (), "No evidence found by ...", 1.0, 10, (28, 28, 3), "255")]
 
     def judged(*_args, **_kwargs):
         yield from ()
@@ -115,5 +115,5 @@ def test_triage_cli_lines_mark_a_verdict_only_the_blind_spot_raised(folder, caps
     models, clean = folder
     assert cli.main(["triage", "--models", str(models), "--clean", str(clean)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "/m/" in line]
-    assert "suspicious (inconclusive)" in lines[0] and "bn_gap" in lines[0]
-    assert "inconclusive" not in lines[1]
+    assert "backdoored" in lines[0] and "~2 in 100 clean models" in lines[0]
+    assert "no evidence found" in lines[1] and "in 100" not in lines[1]

@@ -65,6 +65,7 @@ class TriageRow:
     input_shape: tuple[int, int, int]
     scale: str
     conversions: tuple[str, ...] = ()  # what the clean data needed to fit this model (allowed by the analyst)
+    false_alarm: str = ""  # "about 2 in 100 clean models get this answer (...)": the verdict's calibrated rate in words
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class TriageRow:
             "scale": self.scale,
             "conversions": list(self.conversions),
             "level": self.level,
+            "false_alarm": self.false_alarm,
         }
 
     @classmethod
@@ -103,11 +105,14 @@ class TriageRow:
         num_classes = d.get("num_classes")
         if not _is_int(num_classes):
             raise ValueError("num_classes must be a whole number")
+        false_alarm = d.get("false_alarm", "")
+        if not isinstance(false_alarm, str):
+            raise ValueError("false_alarm must be a string")
         return cls(
             source if source is not None else _str(d, "source"), verdict, level,
             _number(score if score is not None else d.get("score"), "score"), tuple(int(t) for t in targets), summary,
             _number(seconds if seconds is not None else d.get("seconds"), "seconds"), int(num_classes),
-            (int(shape[0]), int(shape[1]), int(shape[2])), scale, tuple(conversions),
+            (int(shape[0]), int(shape[1]), int(shape[2])), scale, tuple(conversions), false_alarm,
         )
 
 
@@ -197,7 +202,7 @@ def judge_scanned(scanned: ScannedModel, clean: DataSource, settings: TriageSett
                                  mmbd_settings=settings.mmbd, pixel_max=pairing.pixel_max, warp_settings=settings.warp)
     v = judgement.verdict
     row = TriageRow(scanned.path, v.machine_verdict, v.level, v.score, v.targets, v.summary, time.perf_counter() - one_started,
-                    loaded.num_classes, tuple(loaded.input_shape), pairing.scale, converted)
+                    loaded.num_classes, tuple(loaded.input_shape), pairing.scale, converted, v.false_alarm)
     return outcome("judged", scanned.path, scanned.sha256, time.perf_counter() - started, worker=worker, score=float(v.score),
                    row=row.as_dict(), judgement=plain_json(judgement.as_dict()), judge_seconds=row.seconds)
 

@@ -63,7 +63,6 @@ AGREEMENT_BONUS = 0.1
 LABEL_SPECIFIC_HUB_SHARE = 1 / 3
 LABEL_SPECIFIC = NAMES["ls"]
 ALL_TO_ALL = "Backdoored (all-to-all"  # the headline's start when the label-specific check raised the verdict
-INCONCLUSIVE = "Suspicious, inconclusive"  # kept for saved results and tables: earlier verdicts' blind-spot headline
 __all__ = ["finite_or_none"]  # re-exported for callers of the earlier module
 
 
@@ -310,9 +309,11 @@ def _hit_classes(target: Optional[int], predicted: Optional[np.ndarray], labels:
     return tuple(int(values[i]) for i in order if counts[i] >= 0.1 * len(hits))
 
 
-def inconclusive_mark(summary: str) -> str:
-    """" (inconclusive)" for a verdict headline only the blind-spot check raised, for one-word level columns."""
-    return " (inconclusive)" if summary.startswith(INCONCLUSIVE) else ""
+def rate_words(false_alarm: str) -> str:
+    """'about 2 in 100 clean models get this answer (95% interval 1-5)' -> '~2 in 100 clean models', for narrow columns."""
+    if not false_alarm.startswith("about "):
+        return ""
+    return "~" + false_alarm[len("about "):].split(" get this answer")[0]
 
 
 def targets_label(targets: Sequence[int], summary: str) -> str:
