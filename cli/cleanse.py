@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
     out["model"] = loaded.summary.path
     out["conversions"] = conversions(fits)
     out["triggers_file"] = _save_triggers(args, result, verdict.targets, loaded.summary.sha256) if args.save_triggers else None
-    say(args, f"{verdict.summary}." + (f" ({verdict.false_alarm[0].upper()}{verdict.false_alarm[1:]}.)" if verdict.false_alarm else ""))
+    say(args, f"{verdict.summary}." + (f" {verdict.false_alarm[0].upper()}{verdict.false_alarm[1:]}." if verdict.false_alarm else ""))
     say(args, verdict.reason)
     if result is not None:
         for cls in result.candidates:

@@ -1,7 +1,7 @@
 """The README's command-line session runs verbatim on the demo (issue 23).
 
 The lines between the README's ``walkthrough`` markers are run one by one, as written, from a folder that
-looks like the checkout (``main.py`` and ``venv/bin/python`` linked to this interpreter), so a README
+looks like the checkout (``main.py`` and ``venv/bin/python`` a script running this interpreter), so a README
 that drifts from the commands fails here.
 """
 
@@ -30,7 +30,10 @@ def test_readme_walkthrough_runs_verbatim(tmp_path, demo_settings, demo_bundle):
     assert [shlex.split(line)[2] for line in lines] == ["demo", "evaluate", "cleanse", "scan", "classify", "inspect", "repair", "report"]
     (tmp_path / "main.py").symlink_to(ROOT / "main.py")
     (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    # a script, not a link: a link to the venv's python would leave the venv (its site-packages) behind
+    python = tmp_path / "venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     # the session's cache holds the small test demo under these settings: `demo` copies it instead of training for minutes
     env = {**os.environ, "TROJANSCOPE_DEMO_SETTINGS": json.dumps(demo_settings.__dict__)}
     outputs = {}
@@ -39,7 +42,8 @@ def test_readme_walkthrough_runs_verbatim(tmp_path, demo_settings, demo_bundle):
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
         outputs[shlex.split(line)[2]] = proc.stdout
     assert "attack success rate" in outputs["evaluate"]
-    assert outputs["cleanse"].startswith("Backdoored (target 7)")
+    verdict = [line for line in outputs["cleanse"].splitlines() if not line.startswith("scale ")][0]
+    assert verdict.startswith("Backdoored (target 7). About "), outputs["cleanse"]
     assert (tmp_path / "demo" / "triggers.npz").is_file() and (tmp_path / "demo" / "profile.npz").is_file()
     assert "class 10 = N+1" in outputs["classify"]
     assert (tmp_path / "demo" / "inspect.png").is_file() and (tmp_path / "demo" / "repaired.keras").is_file()

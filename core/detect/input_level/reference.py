@@ -80,6 +80,7 @@ from core.intake.inference import predict_proba, scale_factor
 from core.jobs import Job, Progress
 from core.detect.input_level.masking import suspected_targets
 from core.detect.twin import (  # noqa: F401 -- re-exported: the twin is this detector's network
+    ARCHITECTURES,
     MAX_TWIN_MACS,
     MAX_TWIN_PARAMS,
     Network,

@@ -136,6 +136,10 @@ class Verdict:
 def _calibrated(detector: str, statistic: float, cls: Optional[int], sentence: str, details: dict[str, Any],
                 lv: Levels) -> Evidence:
     """A detector's statistic judged against clean models: its level, score and sentence."""
+    if detector not in lv.nulls:  # levels fitted before this detector existed: it informs, it does not decide
+        details = {**details, "statistic": round(float(statistic), 4), "class": cls, "clean_tail": None, "p": None}
+        return Evidence(NAMES[detector], NO_EVIDENCE, (), 0.0,
+                        f"{sentence} (not calibrated on clean models yet: left out of the verdict)", details)
     tail = lv.nulls[detector].tail(statistic)
     p = min(1.0, len(lv.nulls) * tail)
     level = lv.level(p)
