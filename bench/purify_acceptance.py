@@ -14,7 +14,8 @@ analyst would run it (``cleanse --save-triggers`` then ``purify``):
    default_rng(seed + 1000))``, exactly the images of ``poisoned_test.h5``, which the bench checks pixel for
    pixel) and ``clean_test`` go through the guarded classifier with purification
    (:func:`core.repair.purify.scan_and_purify`): an input nothing flags keeps the model's answer, a flagged
-   one gets its purified label, or N when it cannot be purified.
+   one gets its purified label, or N when it cannot be purified. Both sets go through one scan together, as an
+   analyst's folder would mix them (what the flagged inputs share is read from both).
 
 Per model: the model's clean accuracy; on the triggered images, attack success before, recovered accuracy
 (answer = true label; "cannot purify" counts as a failure) and attack success after (answer = the attacker's
@@ -124,7 +125,7 @@ def guarded(loaded: Any, profile: scanner.ScanProfile, evidence: purify.Evidence
     return run_job(purify.scan_and_purify(loaded, profile, ArraySource(x, None, name), evidence, thumbnails=False))
 
 
-def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int]) -> dict[str, Any]:
+def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limit: Optional[int] = None) -> dict[str, Any]:
     from core.inspect.trigger import salient_boxes
 
     folder = cache / spec.name
@@ -140,20 +141,28 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int]) -> dict[st
     xp, truth, attacker = triggered_with_truth(spec, entry, loaded)
     keep = subsample(len(xp), limit)
     xp, truth, attacker = xp[keep], truth[keep], attacker[keep]
-    keep_c = subsample(len(clean.x), limit)
+    keep_c = subsample(len(clean.x), clean_limit)
     xc, yc = clean.x[keep_c], clean.y[keep_c]
 
-    trig = guarded(loaded, profile, evidence, xp, "triggered")
-    final = np.asarray(trig.labels())
-    before = np.asarray([p.label for p in trig.purified])
-    flagged = np.asarray([p.flagged for p in trig.purified])
-    cln = guarded(loaded, profile, evidence, xc, "clean")
-    final_c = np.asarray(cln.labels())
-    flagged_c = np.asarray([p.flagged for p in cln.purified])
+    # One scan of the triggered and the clean images together, as an analyst's folder would mix them: what the
+    # flagged inputs share is read from both.
+    both = guarded(loaded, profile, evidence, np.concatenate([xp, xc]), "triggered+clean")
+    n_t = len(xp)
+    labels = np.asarray(both.labels())
+    final, final_c = labels[:n_t], labels[n_t:]
+    trig_p, clean_p = both.purified[:n_t], both.purified[n_t:]
+    before = np.asarray([p.label for p in trig_p])
+    flagged = np.asarray([p.flagged for p in trig_p])
+    flagged_c = np.asarray([p.flagged for p in clean_p])
     n_purified = int(flagged.sum() + flagged_c.sum())
     by_method: dict[str, dict[str, int]] = {}
-    for p, t in zip(trig.purified, truth):
+    for p, t in zip(trig_p, truth):
         d = by_method.setdefault(p.method, {"n": 0, "right": 0})
+        d["n"] += 1
+        d["right"] += int(p.guarded(loaded.num_classes) == t)
+    clean_methods: dict[str, dict[str, int]] = {}
+    for p, t in zip(clean_p, yc):
+        d = clean_methods.setdefault(p.method, {"n": 0, "right": 0})
         d["n"] += 1
         d["right"] += int(p.guarded(loaded.num_classes) == t)
     kind = spec.attack
@@ -170,13 +179,14 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int]) -> dict[st
         "methods_triggered": by_method,
         "clean_flagged": float(np.mean(flagged_c)),
         "clean_guarded_accuracy": float(np.mean(final_c == yc)),
-        "clean_rejecting_accuracy": float(np.mean(np.where(flagged_c, -1, [p.label for p in cln.purified]) == yc)),
-        "clean_model_accuracy_subset": float(np.mean(np.asarray([p.label for p in cln.purified]) == yc)),
-        "methods_clean": cln.counts(),
-        "purify_seconds": trig.purify_seconds + cln.purify_seconds,
+        "clean_rejecting_accuracy": float(np.mean(np.where(flagged_c, -1, [p.label for p in clean_p]) == yc)),
+        "clean_model_accuracy_subset": float(np.mean(np.asarray([p.label for p in clean_p]) == yc)),
+        "methods_clean": clean_methods,
+        "evidence": both.evidence,
+        "purify_seconds": both.purify_seconds,
         "n_purified": n_purified,
-        "seconds_per_purified": (trig.purify_seconds + cln.purify_seconds) / max(n_purified, 1),
-        "seconds_per_image": (trig.seconds + cln.seconds) / (len(xp) + len(xc)),
+        "seconds_per_purified": both.purify_seconds / max(n_purified, 1),
+        "seconds_per_image": both.seconds / (len(xp) + len(xc)),
         "prepare_seconds": round(prepared, 1),
     }
     row["clean_loss_points"] = 100 * (row["clean_model_accuracy_subset"] - row["clean_guarded_accuracy"])
@@ -198,7 +208,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--half", choices=("dev", "test"), default="test", help="the zoo half (default: the locked test half)")
     parser.add_argument("--names", help="comma-separated zoo model names (default: every backdoored model of the half)")
-    parser.add_argument("--limit", type=int, help="a seeded random subset of this many triggered and clean images per model")
+    parser.add_argument("--limit", type=int, help="a seeded random subset of this many triggered images per model")
+    parser.add_argument("--clean-limit", type=int, help="a seeded random subset of this many clean images per model (default all 1,000)")
     parser.add_argument("--cache", help="where the verdicts' triggers and the scan profiles are cached")
     parser.add_argument("--json", help="write the rows to this JSON file (after each model)")
     args = parser.parse_args()
@@ -214,7 +225,7 @@ def main() -> int:
         if entry is None:
             print(f"{spec.name}: not built in {root}, skipped", file=sys.stderr, flush=True)
             continue
-        row = measure(spec, entry, cache, args.limit)
+        row = measure(spec, entry, cache, args.limit, args.clean_limit)
         row["load"] = round(os.getloadavg()[0], 1)
         rows.append(row)
         print(f"{row['model']:<24} {row['kind']:<18} clean {row['clean_accuracy']:.1%} ASR {row['asr_before']:.1%} -> "

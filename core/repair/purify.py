@@ -7,30 +7,43 @@ region: find the region, cut it out, fill the hole from its surroundings (image 
 The course project TrojanScope grew from proposed the same ("More method": Grad-CAM's region, inpainted; or
 occlusion until the decision changes back).
 
+Where the trigger is, best evidence first:
+
+- **the shared trigger**: the pixels that the flagged inputs the model sends to the same class share exactly
+  (at least :data:`SHARE` of at least :data:`MIN_SHARED` of them, within one 8-bit level) while at most
+  :data:`RARE` of the clean images have that value there. A trigger stamped at a fixed place (a sticker, two
+  bars, a frame) is the same in every triggered input, pixel for pixel; clean images of one class share no
+  such pixels (measured on MNIST: at most 3 px for 10 clean images of a class, none for 20). Spread over more
+  than :data:`IMAGE_WIDE` of the image (a blended pattern, a sinusoid), it is not a region;
+- **the reversed trigger**: the verdict's reversed mask of the class (Neural Cleanse's, above half its peak):
+  a sparse subset of the real trigger (39 of a two-bar trigger's 84 px on the zoo), so filled with a margin;
+- **salient boxes**: occlusion at several patch sizes, smallest first (:func:`core.inspect.trigger.salient_boxes`,
+  passed in by the caller): a sticker at a random place is never where the reversed one was.
+
 A fill is a guess, so an answer is given only when independent pieces of evidence agree (the rule, in order):
 
-1. **Kept.** The clean reference networks (the twins of :mod:`core.detect.input_level.reference`, trained
-   from scratch on clean images, so they carry no backdoor) give the model's own answer: the input was flagged
-   by another detector, but what it shows *is* that class. The answer stands.
-2. **Reversed trigger.** When the model's answer is a suspected target, the verdict's reversed trigger of that
-   class (Neural Cleanse's mask, above half its peak, one pixel of margin) is cut out and filled twice, by
-   Telea's and by the Navier-Stokes inpainting (OpenCV). The new answer is accepted only when both fills move
-   the model off the suspected class *to the same class*, and the clean reference networks, shown the filled
-   image, agree (without them, the two fills' agreement is the only check).
-3. **Salient box.** Else the same with the boxes a salient-region finder gives (occlusion at several patch
-   sizes, smallest first: :func:`core.inspect.trigger.salient_boxes`, passed in by the caller): a sticker at a
-   random place is never where the reversed one was.
-4. **Clean reference.** A trigger that covers the whole image (a blended pattern, a warp, a sinusoid) leaves
-   no region to cut out: the clean reference networks' answer is given when most of them agree on a class
-   other than the model's.
+1. **A region filled.** Each region of the model's answer p (shared, then reversed) is cut out and filled
+   twice, by Telea's and by the Navier-Stokes inpainting (OpenCV). The new answer a is accepted when both fills
+   move the model off p *to the same class* and the clean reference networks (the twins of
+   :mod:`core.detect.input_level.reference`, trained from scratch on clean images: they carry no backdoor),
+   shown the filled image, agree; without them, the two fills' agreement is the only check.
+2. **Kept.** The clean reference networks give p themselves, and no trigger region, filled, moves the model
+   off p: the input was flagged, but what it shows *is* p (a clean image the scanners doubted).
+3. **Salient boxes**, as in 1, when p is a suspected target (or no target is known) and the inputs sent to p
+   share no image-wide trigger: searching boxes on an image whose trigger covers it all finds only strokes.
+4. **Clean reference.** A trigger that covers the whole image (a blend, a warp, a sinusoid) leaves no region
+   to cut out: most of the clean reference networks agreeing on a class other than p give it (shown the first
+   filled image, when a region was filled: a two-bar trigger confuses them less once cut out).
 5. **Cannot purify**, with the reason: never a silent guess. The guarded classifier then answers N, as without
    purification.
 
 Everything the rule needs comes from what the scan profile already holds (the masking detector's regions, the
-reference detector's weights), or from a reversed-triggers file: nothing is trained again.
+reference detector's weights, STRIP's clean overlay images), a reversed-triggers file, or the flagged inputs
+themselves: nothing is trained again.
 
-Top-down: :func:`evidence_from` gathers the evidence; :func:`purify_images` applies the rule to images in memory;
-:func:`scan_and_purify` is the job that scans a data source and purifies its flagged inputs, chunk by chunk.
+Top-down: :func:`evidence_from` gathers the evidence; :func:`shared_triggers` reads the flagged inputs;
+:func:`purify_images` applies the rule to images in memory; :func:`scan_and_purify` is the job that scans a data
+source, then purifies its flagged inputs.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -57,13 +71,20 @@ Locate = Callable[[np.ndarray, np.ndarray], list[list[Box]]]
 FILLS = ("telea", "ns")
 FILL_NAMES = {"telea": "Telea", "ns": "Navier-Stokes"}
 DEFAULT_RADIUS = 3  # px of neighbourhood the inpainting reads round each filled pixel
-DEFAULT_MARGIN = 1  # px added round a region before it is filled: the reversed mask and the boxes are tight
+DEFAULT_MARGIN = 1  # px added round the reversed trigger and the boxes before they are filled: both are tight
 CHUNK = 32  # flagged inputs purified between two progress events (each may need a salient-box search)
+MIN_SHARED = 10  # flagged inputs sent to one class before what they share is read as its trigger
+SHARE = 0.9  # of them that must share a pixel's value
+RARE = 0.2  # of the clean images that may have that value there
+IMAGE_WIDE = 0.25  # of the image a shared trigger may cover before it counts as image-wide (no region to cut out)
 
 # Methods (the JSON's machine values) and how the panel and the CLI name them.
-NOT_FLAGGED, KEPT, TRIGGER, BOX, REFERENCE, CANNOT = "not_flagged", "kept", "reversed_trigger", "salient_box", "reference", "cannot_purify"
-METHOD_LABELS = {NOT_FLAGGED: "not flagged", KEPT: "kept (the clean reference agrees)", TRIGGER: "reversed trigger inpainted",
-                 BOX: "salient box inpainted", REFERENCE: "clean reference's answer", CANNOT: "cannot purify"}
+NOT_FLAGGED, KEPT, SHARED, TRIGGER, BOX, REFERENCE, CANNOT = (
+    "not_flagged", "kept", "shared_trigger", "reversed_trigger", "salient_box", "reference", "cannot_purify")
+METHOD_LABELS = {NOT_FLAGGED: "not flagged", KEPT: "kept (the clean reference agrees)", SHARED: "shared trigger inpainted",
+                 TRIGGER: "reversed trigger inpainted", BOX: "salient box inpainted", REFERENCE: "clean reference's answer",
+                 CANNOT: "cannot purify"}
+REGION_WORDS = {SHARED: "the trigger the flagged inputs share", TRIGGER: "the reversed trigger", BOX: "a salient box"}
 
 
 @dataclass(frozen=True)
@@ -72,14 +93,25 @@ class PurifySettings:
     radius: int = DEFAULT_RADIUS
     margin: int = DEFAULT_MARGIN
     chunk: int = CHUNK
+    min_shared: int = MIN_SHARED
 
     def __post_init__(self) -> None:
         from core.errors import DataError
 
         if not self.fills or any(f not in FILLS for f in self.fills):
             raise DataError(f"inpainting fills must be among {', '.join(FILLS)}; received {list(self.fills)}")
-        if self.radius < 1 or self.margin < 0 or self.chunk < 1:
+        if self.radius < 1 or self.margin < 0 or self.chunk < 1 or self.min_shared < 2:
             raise DataError(f"inpainting radius must be >= 1 px and the margin >= 0 px; received {self.radius} and {self.margin}")
+
+
+@dataclass(frozen=True)
+class SharedTrigger:
+    """What the flagged inputs the model sends to one class share: the pixels of a trigger stamped at a fixed place."""
+
+    cls: int
+    region: np.ndarray  # (H, W) bool
+    n: int  # flagged inputs it was read from
+    image_wide: bool  # covers more than IMAGE_WIDE of the image: not a region to cut out
 
 
 @dataclass
@@ -93,10 +125,19 @@ class Evidence:
     regions: dict[int, np.ndarray] = field(default_factory=dict)  # suspected class -> (H, W) bool: its reversed trigger
     twins: list[Any] = field(default_factory=list)  # reference.Network: clean reference networks (empty: none)
     locate: Optional[Locate] = None  # the salient-box finder (None: no box search)
+    clean: Optional[np.ndarray] = None  # clean images (N, H, W, C): what clean data has at each pixel
+    shared: dict[int, SharedTrigger] = field(default_factory=dict)  # read from the flagged inputs (shared_triggers)
+    targets: tuple[int, ...] = ()  # the verdict's suspected targets (empty: unknown, every flagged answer is suspect)
+
+    def suspect(self, cls: int) -> bool:
+        return not self.targets or int(cls) in self.targets
 
     def describe(self) -> str:
         parts = [f"the reversed trigger of class{'es' if len(self.regions) > 1 else ''} "
                  + ", ".join(f"{c} ({int(r.sum())} px)" for c, r in sorted(self.regions.items()))] if self.regions else []
+        for c, t in sorted(self.shared.items()):
+            parts.append(f"the trigger the {t.n} flagged inputs sent to {c} share "
+                         + ("(image-wide)" if t.image_wide else f"({int(t.region.sum())} px)"))
         if self.locate is not None:
             parts.append("salient boxes (occlusion)")
         if self.twins:
@@ -106,8 +147,9 @@ class Evidence:
 
 def evidence_from(loaded: LoadedModel, profile: Optional[scanner.ScanProfile] = None, triggers: Optional[masking.Triggers] = None,
                   locate: Optional[Locate] = None, scale: Optional[str] = None) -> Evidence:
-    """The evidence a scan profile holds (its masking detector's regions, its reference detector's networks), else the
-    reversed-triggers file's regions; ``locate`` finds salient boxes (the caller's: core.inspect.trigger.salient_boxes)."""
+    """The evidence a scan profile holds (its masking detector's regions, its reference detector's networks, STRIP's
+    clean overlays), else the reversed-triggers file's regions; ``locate`` finds salient boxes (the caller's:
+    core.inspect.trigger.salient_boxes, which core/repair does not import)."""
     dets = profile.detectors if profile is not None else {}
     scale = scale or (profile.scale if profile is not None else "255")
     pixel_max = float(next((getattr(d, "pixel_max") for d in dets.values() if hasattr(d, "pixel_max")), 255.0))
@@ -117,8 +159,37 @@ def evidence_from(loaded: LoadedModel, profile: Optional[scanner.ScanProfile] = 
     elif triggers is not None and triggers.classes:
         masking.check_fits(triggers, loaded)
         regions = {int(c): r for c, r in zip(triggers.classes, triggers.regions())}
+    targets: set[int] = set(regions)
+    for name in scanner.WITH_TRIGGERS:
+        targets.update(int(c) for c in getattr(dets.get(name), "classes", None) or getattr(dets.get(name), "targets", None) or ())
     twins = dets["reference"].networks(loaded) if "reference" in dets else []
-    return Evidence(scale, loaded.num_classes, tuple(loaded.input_shape), pixel_max, regions, list(twins), locate)
+    clean = np.asarray(dets["strip"].overlays, np.float32) if "strip" in dets and len(dets["strip"].overlays) else None
+    return Evidence(scale, loaded.num_classes, tuple(loaded.input_shape), pixel_max, regions, list(twins), locate, clean,
+                    targets=tuple(sorted(targets)))
+
+
+def shared_triggers(x: np.ndarray, predicted: np.ndarray, clean: Optional[np.ndarray], pixel_max: float = 255.0,
+                    min_inputs: int = MIN_SHARED) -> dict[int, SharedTrigger]:
+    """For each class the model sends at least ``min_inputs`` of the flagged inputs ``x`` to: the pixels (every channel
+    within one 8-bit level) that :data:`SHARE` of them share and at most :data:`RARE` of the ``clean`` images have."""
+    out: dict[int, SharedTrigger] = {}
+    if clean is None or not len(clean) or not len(x):
+        return out
+    to_byte = 255.0 / float(pixel_max)
+    q = np.rint(np.asarray(x, np.float32) * to_byte)
+    cq = np.rint(np.asarray(clean, np.float32) * to_byte)
+    predicted = np.asarray(predicted)
+    for c in np.unique(predicted):
+        mine = q[predicted == c]
+        if len(mine) < min_inputs:
+            continue
+        value = np.median(mine, axis=0)  # where most share a value, the median is it
+        shared = np.mean(np.all(np.abs(mine - value) <= 1, axis=-1), axis=0)
+        common = np.mean(np.all(np.abs(cq - value) <= 1, axis=-1), axis=0)
+        region = (shared >= SHARE) & (common <= RARE)
+        if region.any():
+            out[int(c)] = SharedTrigger(int(c), region, len(mine), bool(region.mean() > IMAGE_WIDE))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,68 +291,90 @@ def agreement(probs: np.ndarray) -> Agreement:
     return Agreement(answer, votes, mean[np.arange(len(answer)), answer], probs.shape[0])
 
 
+@dataclass
+class _Case:
+    """One flagged input on its way through the rule."""
+
+    image: np.ndarray
+    model: int  # the model's answer
+    confidence: float
+    tried: list[str] = field(default_factory=list)  # what was tried and why it was not accepted, in words
+    moved: bool = False  # a filled trigger region moved the model off its answer
+    first_fill: Optional[np.ndarray] = None  # the first filled image (the references are asked about it last)
+    done: Optional[Purified] = None
+
+
 def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settings: PurifySettings = PurifySettings()) -> list[Purified]:
     """Apply the rule (module docstring) to flagged images ``x`` (N, H, W, C), pixel values as stored."""
     x = np.asarray(x, np.float32)
-    n = len(x)
-    if not n:
+    if not len(x):
         return []
     factor = np.float32(scale_factor(evidence.scale))
     probs = predict_proba(loaded, x * factor)
-    model = probs.argmax(axis=1)
+    cases = [_Case(x[i], int(probs[i].argmax()), float(probs[i].max())) for i in range(len(x))]
+
+    # 1. the trigger regions of the model's answer: the shared one, then the reversed one
+    for method in (SHARED, TRIGGER):
+        now = [(c, r) for c in cases if c.done is None and (r := _region(evidence, method, c.model, settings)) is not None]
+        _try_regions(loaded, now, evidence, settings, method)
+
+    # 2. kept: the clean references give the model's answer, and no trigger region filled moved it
     twins = _twins(evidence, x)
-    out: list[Optional[Purified]] = [None] * n
-    tried: list[list[str]] = [[] for _ in range(n)]
+    if twins is not None:
+        for i, c in enumerate(cases):
+            if c.done is None and not c.moved and twins.backs(i, c.model):
+                c.done = Purified(c.model, True, c.model, c.confidence, KEPT,
+                                  f"{twins.votes[i]} of {twins.folds} clean reference networks also answer {c.model}"
+                                  + (f", and {'; '.join(c.tried)}" if c.tried else "") + ": the answer stands", before=c.image)
 
-    if twins is not None:  # 1. kept: the clean references give the model's answer
-        for i in range(n):
-            if twins.backs(i, model[i]):
-                out[i] = Purified(int(model[i]), True, int(model[i]), float(probs[i, model[i]]), KEPT,
-                                  f"{twins.votes[i]} of {twins.folds} clean reference networks also answer {model[i]}: the answer stands",
-                                  before=x[i])
-
-    # 2. the reversed trigger of the model's answer, when it is a suspected target
-    pending = [i for i in range(n) if out[i] is None and int(model[i]) in evidence.regions]
-    if pending:
-        regions = [widen(evidence.regions[int(model[i])], settings.margin) for i in pending]
-        found = _try_regions(loaded, x, model, pending, regions, evidence, settings, TRIGGER, tried)
-        for i, p in found.items():
-            out[i] = p
-
-    # 3. salient boxes, smallest first
-    pending = [i for i in range(n) if out[i] is None]
+    # 3. salient boxes, smallest first, for suspected answers whose trigger is not image-wide
+    pending = [c for c in cases if c.done is None and evidence.suspect(c.model) and not _image_wide(evidence, c.model)]
     if pending and evidence.locate is not None:
-        boxes = evidence.locate(x[pending], model[pending])
-        rank = 0
-        while True:
-            now = [(i, b[rank]) for i, b in zip(pending, boxes) if out[i] is None and rank < len(b)]
-            if not now:
-                break
-            regions = [widen(box_region(b, x.shape[1:]), settings.margin) for _, b in now]
-            found = _try_regions(loaded, x, model, [i for i, _ in now], regions, evidence, settings, BOX, tried)
-            for i, p in found.items():
-                out[i] = p
-            rank += 1
+        boxes = evidence.locate(np.stack([c.image for c in pending]), np.asarray([c.model for c in pending]))
+        for rank in range(max((len(b) for b in boxes), default=0)):
+            now = [(c, widen(box_region(b[rank], x.shape[1:]), settings.margin))
+                   for c, b in zip(pending, boxes) if c.done is None and rank < len(b)]
+            _try_regions(loaded, now, evidence, settings, BOX)
 
     # 4. the clean references' answer; 5. cannot purify
-    for i in range(n):
-        if out[i] is not None:
-            continue
-        m = int(model[i])
-        attempts = "; ".join(tried[i]) if tried[i] else "no region to cut out (no reversed trigger for this class, no salient box)"
-        if twins is not None and twins.backs(i, twins.answer[i]) and int(twins.answer[i]) != m:
-            c = int(twins.answer[i])
-            out[i] = Purified(m, True, c, float(twins.probability[i]), REFERENCE,
-                              f"{twins.votes[i]} of {twins.folds} clean reference networks answer {c} ({attempts})", before=x[i])
-        elif twins is not None:
-            out[i] = Purified(m, True, None, None, CANNOT,
-                              f"cannot purify: the clean reference networks do not agree on a class (at most {twins.votes[i]} of "
-                              f"{twins.folds} answer {int(twins.answer[i])}), and {attempts}", before=x[i])
-        else:
-            out[i] = Purified(m, True, None, None, CANNOT,
+    left = [c for c in cases if c.done is None]
+    late = _twins(evidence, np.stack([c.first_fill if c.first_fill is not None else c.image for c in left])) if left else None
+    for k, c in enumerate(left):
+        attempts = "; ".join(c.tried) if c.tried else "no region to cut out"
+        wide = _image_wide(evidence, c.model)
+        if wide:
+            attempts += f"; the {evidence.shared[c.model].n} flagged inputs sent to {c.model} share an image-wide trigger"
+        if late is None:
+            c.done = Purified(c.model, True, None, None, CANNOT,
                               f"cannot purify: {attempts}; no clean reference networks to ask (calibrate the scan with the "
-                              "suspected targets' reversed triggers)", before=x[i])
-    return [p for p in out if p is not None]
+                              "suspected targets' reversed triggers)", before=c.image)
+            continue
+        shown = "the first filled image" if c.first_fill is not None else "the input"
+        answer = int(late.answer[k])
+        if late.backs(k, answer) and answer != c.model:
+            c.done = Purified(c.model, True, answer, float(late.probability[k]), REFERENCE,
+                              f"{late.votes[k]} of {late.folds} clean reference networks, shown {shown}, answer {answer} ({attempts})",
+                              before=c.image)
+        else:
+            why = (f"they give the model's answer {answer}, which no evidence confirms" if answer == c.model
+                   else f"at most {late.votes[k]} of {late.folds} answer {answer}")
+            c.done = Purified(c.model, True, None, None, CANNOT,
+                              f"cannot purify: {attempts}; the clean reference networks, shown {shown}, do not settle it ({why})",
+                              before=c.image)
+    return [c.done for c in cases if c.done is not None]
+
+
+def _region(evidence: Evidence, method: str, cls: int, settings: PurifySettings) -> Optional[np.ndarray]:
+    if method == SHARED:
+        shared = evidence.shared.get(int(cls))
+        return None if shared is None or shared.image_wide else shared.region
+    region = evidence.regions.get(int(cls))
+    return None if region is None or not region.any() else widen(region, settings.margin)
+
+
+def _image_wide(evidence: Evidence, cls: int) -> bool:
+    shared = evidence.shared.get(int(cls))
+    return shared is not None and shared.image_wide
 
 
 def _twins(evidence: Evidence, x: np.ndarray) -> Optional[Agreement]:
@@ -290,52 +383,44 @@ def _twins(evidence: Evidence, x: np.ndarray) -> Optional[Agreement]:
     return agreement(reference.probabilities(evidence.twins, x * np.float32(scale_factor(evidence.scale))))
 
 
-def _try_regions(loaded: LoadedModel, x: np.ndarray, model: np.ndarray, rows: list[int], regions: list[np.ndarray], evidence: Evidence,
-                 settings: PurifySettings, method: str, tried: list[list[str]]) -> dict[int, Purified]:
-    """Fill each row's region with every fill; the rows whose fills agree on a class other than the model's (and the
-    references, shown the filled image, too) get it."""
+def _try_regions(loaded: LoadedModel, now: list[tuple[_Case, np.ndarray]], evidence: Evidence, settings: PurifySettings, method: str) -> None:
+    """Fill each case's region with every fill; a case whose fills agree on a class other than the model's (and the
+    references, shown the filled image, too) gets it."""
+    if not now:
+        return
     fills = settings.fills
-    filled = np.stack([inpaint(x[i], r, f, settings.radius, evidence.pixel_max) for i, r in zip(rows, regions) for f in fills])
+    filled = np.stack([inpaint(c.image, r, f, settings.radius, evidence.pixel_max) for c, r in now for f in fills])
     factor = np.float32(scale_factor(evidence.scale))
-    probs = predict_proba(loaded, filled * factor).reshape(len(rows), len(fills), -1)
+    probs = predict_proba(loaded, filled * factor).reshape(len(now), len(fills), -1)
     answers = probs.argmax(axis=2)
     twins = None
     if evidence.twins:
-        ref = reference.probabilities(evidence.twins, filled * factor)  # (folds, rows x fills, K)
-        ref = ref.reshape(ref.shape[0], len(rows), len(fills), -1).mean(axis=2)  # each network's answer over the fills
-        twins = agreement(ref)
-    what = "the reversed trigger" if method == TRIGGER else "a salient box"
-    found: dict[int, Purified] = {}
-    for k, (i, region) in enumerate(zip(rows, regions)):
-        m, a = int(model[i]), int(answers[k, 0])
-        names = " and ".join(FILL_NAMES[f] for f in fills)
+        ref = reference.probabilities(evidence.twins, filled * factor)  # (folds, cases x fills, K)
+        twins = agreement(ref.reshape(ref.shape[0], len(now), len(fills), -1).mean(axis=2))  # each network over the fills
+    what = REGION_WORDS[method]
+    names = " and ".join(FILL_NAMES[f] for f in fills)
+    for k, (c, region) in enumerate(now):
+        a, px = int(answers[k, 0]), int(region.sum())
+        if c.first_fill is None:
+            c.first_fill = filled[k * len(fills)]
+        if method != BOX and np.any(answers[k] != c.model):
+            c.moved = True
         if not np.all(answers[k] == a):
-            tried[i].append(f"the {names} fills of {what} ({int(region.sum())} px) disagree "
-                            f"({', '.join(str(int(v)) for v in answers[k])})")
-            continue
-        if a == m:
-            tried[i].append(f"filling {what} ({int(region.sum())} px) leaves the answer {m}")
-            continue
-        if twins is not None and not twins.backs(k, a):
-            tried[i].append(f"filling {what} ({int(region.sum())} px) gives {a}, but the clean reference networks answer "
-                            f"{int(twins.answer[k])} ({twins.votes[k]} of {twins.folds})")
-            continue
-        check = (f", and {twins.votes[k]} of {twins.folds} clean reference networks agree" if twins is not None
-                 else " (no clean reference networks to ask)")
-        found[i] = Purified(m, True, a, float(probs[k, :, a].mean()), method,
-                            f"filling {what} ({int(region.sum())} px) by {names} moves the answer from {m} to {a}{check}",
-                            mask=region, before=x[i], after=filled[k * len(fills)], fill=fills[0])
-    return found
+            c.tried.append(f"the {names} fills of {what} ({px} px) disagree ({', '.join(str(int(v)) for v in answers[k])})")
+        elif a == c.model:
+            c.tried.append(f"filling {what} ({px} px) leaves the answer {a}")
+        elif twins is not None and not twins.backs(k, a):
+            c.tried.append(f"filling {what} ({px} px) gives {a}, but the clean reference networks answer "
+                           f"{int(twins.answer[k])} ({twins.votes[k]} of {twins.folds})")
+        else:
+            check = (f", and {twins.votes[k]} of {twins.folds} clean reference networks agree" if twins is not None
+                     else " (no clean reference networks to ask)")
+            c.done = Purified(c.model, True, a, float(probs[k, :, a].mean()), method,
+                              f"filling {what} ({px} px) by {names} moves the answer from {c.model} to {a}{check}",
+                              mask=region, before=c.image, after=filled[k * len(fills)], fill=fills[0])
 
 
 # --------------------------------------------------------------------------------------------- the job
-
-
-@dataclass(frozen=True, eq=False)
-class PurifiedRows(scanner.ScannerRows):
-    """A chunk of scanned rows (with thumbnails), each with its purification."""
-
-    purified: tuple[Purified, ...] = ()
 
 
 @dataclass
@@ -343,6 +428,7 @@ class PurifyResult:
     scan: scanner.ScannerResult
     purified: list[Purified]  # one per scanned row, in the rows' order
     evidence: str  # Evidence.describe()
+    pixel_max: float = 255.0  # of the images (for writing them out)
     seconds: float = 0.0
     purify_seconds: float = 0.0  # of which purifying the flagged inputs
 
@@ -381,48 +467,110 @@ class PurifyResult:
 
 def _in_array(source: str) -> bool:
     """Whether a row's source is an image inside an array file (HDF5, .npz, memory) rather than an image file of its own."""
-    from pathlib import Path
-
     path = Path(source)
     return path.suffix.lower() in (".h5", ".hdf5", ".npz") or not path.is_file()
 
 
+@dataclass(frozen=True, eq=False)
+class PurifiedChunk:
+    """Purifications of some of the scanned rows (``positions`` index the rows the scan yielded, in order)."""
+
+    positions: tuple[int, ...]
+    purified: tuple[Purified, ...]
+
+
 def scan_and_purify(loaded: LoadedModel, profile: scanner.ScanProfile, source: DataSource, evidence: Evidence,
                     settings: PurifySettings = PurifySettings(), thumbnails: bool = True) -> Job[PurifyResult]:
-    """Scan ``source`` with ``profile`` and purify every flagged input; yields :class:`PurifiedRows` per chunk."""
+    """Scan ``source`` with ``profile`` (yielding :class:`~core.detect.input_level.scanner.ScannerRows` as the scan does),
+    read what its flagged inputs share, then purify them (yielding :class:`PurifiedChunk`)."""
     from core.detect.input_level import strip
 
     started = time.perf_counter()
     warnings = scanner.check_profile(loaded, profile)
     for w in warnings:
         yield Progress(0.0, w)
-    yield Progress(0.0, evidence.describe())
     fns = {k: scanner.score_fn(loaded, d) for k, d in profile.detectors.items()}
     rows: list[scanner.ScannerRow] = []
-    purified: list[Purified] = []
     skipped: list[Skipped] = []
-    done, spent = 0, 0.0
+    flagged_x: list[np.ndarray] = []
+    done = 0
     total = max(source.count, 1)
     for batch in source.batches(loaded.input_shape, scanner.scan_step(loaded, profile)):
         skipped.extend(batch.skipped)
         new = scanner.batch_rows(loaded, profile, batch, fns)
-        flagged = [k for k, r in enumerate(new) if r.flagged]
-        mine: dict[int, Purified] = {}
-        for start in range(0, len(flagged), settings.chunk):
-            part = flagged[start : start + settings.chunk]
-            t0 = time.perf_counter()
-            mine.update(zip(part, purify_images(loaded, batch.x[part], evidence, settings)))
-            spent += time.perf_counter() - t0
-            yield Progress((done + len(batch.x) * (start + len(part)) / max(len(flagged), 1)) / total,
-                           f"Purifying {source.path.name}: {sum(p.flagged for p in purified) + start + len(part)} flagged inputs so far")
-        chunk = [mine.get(k) or not_flagged(r.predicted, r.confidence) for k, r in enumerate(new)]
+        flagged_x.extend(batch.x[k] for k, r in enumerate(new) if r.flagged)
         rows.extend(new)
-        purified.extend(chunk)
         done += len(batch.x) + len(batch.skipped)
         thumbs = strip.make_thumbnails(batch.x) if thumbnails else np.zeros((len(new), 0, 0, 0), np.uint8)
-        yield PurifiedRows(tuple(new), thumbs, tuple(batch.skipped), done, source.count, tuple(chunk))
-        got = sum(p.flagged and p.purified_label is not None for p in purified)
-        yield Progress(done / total, f"Scanning and purifying {source.path.name}: {done}/{source.count}, "
-                                     f"{sum(r.flagged for r in rows)} flagged, {got} purified")
+        yield scanner.ScannerRows(tuple(new), thumbs, tuple(batch.skipped), done, source.count)
+        yield Progress(0.5 * done / total, f"Scanning {source.path.name}: {done}/{source.count}, {sum(r.flagged for r in rows)} flagged")
+
+    t0 = time.perf_counter()
+    positions = [k for k, r in enumerate(rows) if r.flagged]
+    x = np.stack(flagged_x) if flagged_x else np.zeros((0, *loaded.input_shape), np.float32)
+    predicted = np.asarray([rows[k].predicted for k in positions], np.int64)
+    evidence.shared = shared_triggers(x, predicted, evidence.clean, evidence.pixel_max, settings.min_shared)
+    yield Progress(0.5, evidence.describe())
+    purified: list[Purified] = [not_flagged(r.predicted, r.confidence) for r in rows]
+    got = 0
+    for start in range(0, len(positions), settings.chunk):
+        part = positions[start : start + settings.chunk]
+        answers = purify_images(loaded, x[start : start + len(part)], evidence, settings)
+        for k, p in zip(part, answers):
+            purified[k] = p
+        got += sum(p.purified_label is not None for p in answers)
+        yield PurifiedChunk(tuple(part), tuple(answers))
+        yield Progress(0.5 + 0.5 * (start + len(part)) / len(positions),
+                       f"Purifying: {start + len(part)}/{len(positions)} flagged inputs, {got} given a label back")
+    spent = time.perf_counter() - t0
     scan = scanner.ScannerResult(profile, rows, skipped, warnings, str(source.path), time.perf_counter() - started)
-    return PurifyResult(scan, purified, evidence.describe(), time.perf_counter() - started, spent)
+    return PurifyResult(scan, purified, evidence.describe(), evidence.pixel_max, time.perf_counter() - started, spent)
+
+
+# --------------------------------------------------------------------------------------------- writing it out
+
+RECORD = "purify.json"
+
+
+def check_output_folder(folder: str | Path) -> None:
+    """The output folder is replaced whole: refuse one that holds anything but an earlier purification's output."""
+    from core.errors import DataError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is a file: the purification writes a folder of images", fixed_by=("output",))
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / RECORD).is_file():
+        raise DataError(f"{folder} already holds other files: choose a new folder (the purification's output replaces "
+                        "the folder it writes)", fixed_by=("output",))
+
+
+def save_outputs(result: PurifyResult, folder: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` (the JSON) and, for every flagged input, its before, mask and after images into ``folder``, atomically.
+
+    Files are named after the input's position in the results: ``00012_before.png``, ``00012_mask.png`` (white = the
+    pixels cut out and filled), ``00012_after.png`` (the filled image the answer was read from; none when nothing was filled).
+    """
+    import json
+
+    from core.intake.atomic import atomic_dir, json_default
+    from core.intake.data import write_png
+
+    folder = Path(folder)
+    check_output_folder(folder)
+    to_byte = 255.0 / float(result.pixel_max)
+    with atomic_dir(folder) as tmp:
+        for k, p in enumerate(result.purified):
+            if not p.flagged or p.before is None:
+                continue
+            write_png(tmp / f"{k:05d}_before.png", _rgb(p.before * to_byte))
+            if p.mask is not None:
+                write_png(tmp / f"{k:05d}_mask.png", np.asarray(p.mask, np.uint8) * 255)
+            if p.after is not None:
+                write_png(tmp / f"{k:05d}_after.png", _rgb(p.after * to_byte))
+        (tmp / RECORD).write_text(json.dumps(record, indent=1, allow_nan=False, default=json_default), encoding="utf-8")
+    return folder
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.clip(np.rint(np.asarray(image, np.float32)), 0, 255).astype(np.uint8)
+    return image[..., 0] if image.shape[-1] == 1 else image[..., :3]
