@@ -76,10 +76,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def salient_box_finder(loaded: Any, scale: str) -> Any:
-    """The Inspector's occlusion boxes, for purification (core/repair does not import core/inspect: the shells join them)."""
+    """The Inspector's occlusion boxes, for purification (core/repair does not import core/inspect: the shells join them).
+
+    Patches up to a quarter of the image's side (4 and 7 px at 28x28): purification cuts out no box over a tenth of the
+    image (core.repair.purify.MAX_BOX), and the Inspector's largest patch maps the object, not a sticker."""
     from core.inspect.trigger import salient_boxes
 
-    return lambda x, classes: salient_boxes(loaded, x, scale, classes)
+    largest = max(2, min(loaded.input_shape[:2]) // 4)
+    return lambda x, classes: salient_boxes(loaded, x, scale, classes, largest=largest)
 
 
 def _say(args: argparse.Namespace, result: Any, saved: Optional[str]) -> None:

@@ -178,10 +178,10 @@ def test_the_filled_trigger_gives_the_content_when_the_clean_references_agree(ru
     assert np.array_equal(out[0].before, image(3, sticker=True)) and "5 of 5 clean reference networks agree" in out[0].reason
 
 
-def test_a_fill_the_clean_references_contradict_is_not_accepted(rule):
+def test_a_fill_the_clean_references_contradict_is_not_accepted_nor_replaced_by_their_answer(rule):
     out = rule(sticker_model, [image(3, sticker=True)], answer=lambda x: np.full(len(x), 4))
-    assert out[0].method == purify.REFERENCE and out[0].purified_label == 4  # their own majority answer, said so
-    assert "gives 3, but the clean reference networks answer 4 (5 of 5)" in out[0].reason
+    assert out[0].method == purify.CANNOT and out[0].purified_label is None  # two sources disagree: no answer
+    assert "the evidence disagrees" in out[0].reason and "gives 3, but the clean reference networks answer 4 (5 of 5)" in out[0].reason
 
 
 def test_split_references_leave_a_contradicted_fill_unpurified(rule):
@@ -215,6 +215,12 @@ def test_an_image_wide_trigger_gets_the_clean_references_answer(rule):
     assert out[0].mask is None and out[0].after is None  # nothing was cut out
 
 
+def test_the_references_alone_answer_only_when_every_one_of_them_agrees(rule):
+    four_of_five = lambda x: np.stack([content(x) if k else np.full(len(x), 1) for k in range(5)], axis=1)  # noqa: E731
+    out = rule(blend_model, [image(3, background=40.0)], answer=four_of_five)
+    assert out[0].method == purify.CANNOT and "only 4 of 5 answer 3" in out[0].reason
+
+
 def test_salient_boxes_are_tried_when_no_trigger_region_explains_the_answer(rule, monkeypatch):
     asked = []
 
@@ -229,6 +235,14 @@ def test_salient_boxes_are_tried_when_no_trigger_region_explains_the_answer(rule
     assert asked == [[TARGET]]  # the image sent to 2 (not a suspected target, confirmed by the references) is kept, not searched
     assert out[0].method == purify.BOX and out[0].purified_label == 4 and out[0].mask[9:11, 9:11].all()
     assert out[1].method == purify.KEPT
+
+
+def test_a_salient_box_over_a_tenth_of_the_image_is_not_cut_out(rule, monkeypatch):
+    monkeypatch.setattr(purify, "predict_proba", sticker_model)
+    ev = purify.Evidence("255", 10, (SIDE, SIDE, 1), twins=[object()] * 5, locate=lambda x, c: [[(4, 4, 12, 12)] for _ in x],
+                         targets=(TARGET,))  # 64 px of 144: it would remove the sticker, and anything else there
+    out = purify.purify_images(SimpleNamespace(num_classes=10), image(4, sticker=True)[None], ev, purify.PurifySettings(margin=0))
+    assert out[0].method != purify.BOX and "a salient box of 64 px is too large to be a trigger" in out[0].reason
 
 
 def test_settings_refuse_unknown_fills():

@@ -94,13 +94,15 @@ def salient_boxes(
     classes: Sequence[int],
     threshold: float = DEFAULT_THRESHOLD,
     settings: OcclusionSettings = OcclusionSettings(),
+    largest: Optional[int] = None,
 ) -> list[list[Box]]:
     """For each image, the salient box of every occlusion patch size (smallest first): where covering lowers ``classes``.
 
     What purification asks when the verdict's reversed trigger does not explain an input (a sticker at a random place):
     the same multi-size occlusion as :func:`inspect`, for many images at once, at a stride of half the patch (the
     Inspector's quarter costs 4x the forward passes for a box one or two pixels tighter, and purification fills a margin
-    round the box anyway). Images whose maps are empty get fewer boxes (none when every map is).
+    round the box anyway). Images whose maps are empty get fewer boxes (none when every map is). ``largest`` keeps only
+    the patch sizes up to that many pixels a side (a patch bigger than a sticker maps the object).
     """
     from core.inspect.occlusion import occlusion
     from core.jobs import run_job
@@ -109,7 +111,10 @@ def salient_boxes(
     out: list[list[Box]] = [[] for _ in range(len(x))]
     if not len(x):
         return out
-    for s in settings.candidates(x.shape[1:]):
+    sizes = settings.candidates(x.shape[1:])
+    if largest is not None:
+        sizes = [s for s in sizes if s.patch <= largest] or sizes[:1]
+    for s in sizes:
         coarse = OcclusionSettings(s.patch, settings.stride or max(1, s.patch // 2), s.fill, s.fill_value)
         occ = run_job(occlusion(loaded, x, scale, coarse, [int(c) for c in classes]))
         for i, heat in enumerate(occ.maps):
