@@ -126,7 +126,7 @@ def guarded(loaded: Any, profile: scanner.ScanProfile, evidence: purify.Evidence
 
 
 def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limit: Optional[int] = None) -> dict[str, Any]:
-    from cli.purify import salient_box_finder
+    from core.inspect.trigger import box_finder
 
     folder = cache / spec.name
     started = time.perf_counter()
@@ -135,7 +135,7 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limi
     profile = scan_profile(entry, loaded, triggers, folder)
     prepared = time.perf_counter() - started
     scale = profile.scale
-    evidence = purify.evidence_from(loaded, profile, locate=salient_box_finder(loaded, scale))
+    evidence = purify.evidence_from(loaded, profile, locate=box_finder(loaded, scale))
     clean = load_arrays(open_data(entry.clean_test), loaded.input_shape)
     model_clean = float(np.mean(predict_labels(loaded, clean.x, scale) == clean.y))
     xp, truth, attacker = triggered_with_truth(spec, entry, loaded)

@@ -44,10 +44,10 @@ def run(args: argparse.Namespace) -> dict:
     args.quiet = True if not args.json else args.quiet
     purified = None
     if args.purify:
-        from cli.purify import salient_box_finder
+        from core.inspect.trigger import box_finder
         from core.repair import purify
 
-        evidence = purify.evidence_from(loaded, profile, locate=salient_box_finder(loaded, profile.scale))
+        evidence = purify.evidence_from(loaded, profile, locate=box_finder(loaded, profile.scale))
         purified = drive(purify.scan_and_purify(loaded, profile, source, evidence, thumbnails=False), args)
         result = purified.scan
     else:

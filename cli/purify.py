@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from core.inspect.trigger import box_finder
     from core.intake.atomic import refuse_overwriting
     from core.repair import purify
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
         profile = drive(scanner.calibrate(loaded, clean, settings, args.scale), args)
     for warning in scanner.check_profile(loaded, profile):
         print(warning, file=sys.stderr)
-    evidence = purify.evidence_from(loaded, profile, triggers, locate=salient_box_finder(loaded, profile.scale))
+    evidence = purify.evidence_from(loaded, profile, triggers, locate=box_finder(loaded, profile.scale))
     result = drive(purify.scan_and_purify(loaded, profile, target, evidence, thumbnails=False), args)
     out = result.as_dict()
     out["skipped"] = skipped_list(result.scan.skipped) + skipped_list(profile.skipped)
@@ -73,17 +74,6 @@ def run(args: argparse.Namespace) -> dict:
     out["saved"] = str(purify.save_outputs(result, args.out, out)) if args.out else None
     _say(args, result, out["saved"])
     return out
-
-
-def salient_box_finder(loaded: Any, scale: str) -> Any:
-    """The Inspector's occlusion boxes, for purification (core/repair does not import core/inspect: the shells join them).
-
-    Patches up to a quarter of the image's side (4 and 7 px at 28x28): purification cuts out no box over a tenth of the
-    image (core.repair.purify.MAX_BOX), and the Inspector's largest patch maps the object, not a sticker."""
-    from core.inspect.trigger import salient_boxes
-
-    largest = max(2, min(loaded.input_shape[:2]) // 4)
-    return lambda x, classes: salient_boxes(loaded, x, scale, classes, largest=largest)
 
 
 def _say(args: argparse.Namespace, result: Any, saved: Optional[str]) -> None:
