@@ -224,22 +224,24 @@ def test_the_references_alone_answer_only_when_every_one_of_them_agrees(rule):
 def test_salient_boxes_are_tried_when_no_trigger_region_explains_the_answer(rule, monkeypatch):
     asked = []
 
-    def locate(x, classes):
-        asked.append(list(classes))
-        return [[(0, 0, 3, 3), (9, 9, 11, 11)] for _ in x]  # the content first (refused: nothing agrees), then the sticker
+    def locate(x, classes, rank):
+        asked.append((list(classes), rank))
+        boxes = [(0, 0, 3, 3), (9, 9, 11, 11)]  # the content first (refused: nothing agrees), then the sticker
+        return None if rank >= len(boxes) else [[boxes[rank]] for _ in x]
 
     monkeypatch.setattr(purify, "predict_proba", sticker_model)
     ev = purify.Evidence("255", 10, (SIDE, SIDE, 1), twins=[object()] * 5, locate=locate, targets=(TARGET,))
     out = purify.purify_images(SimpleNamespace(num_classes=10), np.stack([image(4, sticker=True), image(2)]), ev,
                                purify.PurifySettings(margin=0))
-    assert asked == [[TARGET]]  # the image sent to 2 (not a suspected target, confirmed by the references) is kept, not searched
+    assert asked == [([TARGET], 0), ([TARGET], 1)]  # the image sent to 2 (confirmed by the references) is kept, not searched
     assert out[0].method == purify.BOX and out[0].purified_label == 4 and out[0].mask[9:11, 9:11].all()
     assert out[1].method == purify.KEPT
 
 
 def test_a_salient_box_over_a_tenth_of_the_image_is_not_cut_out(rule, monkeypatch):
     monkeypatch.setattr(purify, "predict_proba", sticker_model)
-    ev = purify.Evidence("255", 10, (SIDE, SIDE, 1), twins=[object()] * 5, locate=lambda x, c: [[(4, 4, 12, 12)] for _ in x],
+    ev = purify.Evidence("255", 10, (SIDE, SIDE, 1), twins=[object()] * 5,
+                         locate=lambda x, c, rank: None if rank else [[(4, 4, 12, 12)] for _ in x],
                          targets=(TARGET,))  # 64 px of 144: it would remove the sticker, and anything else there
     out = purify.purify_images(SimpleNamespace(num_classes=10), image(4, sticker=True)[None], ev, purify.PurifySettings(margin=0))
     assert out[0].method != purify.BOX and "a salient box of 64 px is too large to be a trigger" in out[0].reason

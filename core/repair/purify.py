@@ -68,8 +68,9 @@ from core.intake.models import LoadedModel
 from core.jobs import Job, Progress
 
 Box = tuple[int, int, int, int]  # row0, col0, row1, col1 (exclusive ends)
-# (images (N, H, W, C) as stored, the class to explain for each) -> the candidate boxes of each image, in the order to try
-Locate = Callable[[np.ndarray, np.ndarray], list[list[Box]]]
+# (images (N, H, W, C) as stored, the class to explain for each, which search: 0, 1, ...) -> the candidate boxes of each image
+# from that search (smallest first), or None when there is no such search
+Locate = Callable[[np.ndarray, np.ndarray, int], Optional[list[list[Box]]]]
 
 FILLS = ("telea", "ns")
 FILL_NAMES = {"telea": "Telea", "ns": "Navier-Stokes"}
@@ -335,20 +336,23 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
 
     # 3. salient boxes, smallest first, for suspected answers whose inputs share no trigger
     pending = [c for c in cases if c.done is None and evidence.suspect(c.model) and c.model not in evidence.shared]
-    if pending and evidence.locate is not None:
-        boxes = evidence.locate(np.stack([c.image for c in pending]), np.asarray([c.model for c in pending]))
-        largest = MAX_BOX * x.shape[1] * x.shape[2]
-        for rank in range(max((len(b) for b in boxes), default=0)):
-            now = []
-            for c, b in zip(pending, boxes):
-                if c.done is not None or rank >= len(b):
-                    continue
-                region = widen(box_region(b[rank], x.shape[1:]), settings.margin)
+    largest = MAX_BOX * x.shape[1] * x.shape[2]
+    rank = 0
+    while pending and evidence.locate is not None:
+        boxes = evidence.locate(np.stack([c.image for c in pending]), np.asarray([c.model for c in pending]), rank)
+        if boxes is None:
+            break
+        now = []
+        for c, found in zip(pending, boxes):
+            for box in found[:1]:  # one box per search and image
+                region = widen(box_region(box, x.shape[1:]), settings.margin)
                 if region.sum() > largest:
                     c.tried.append(f"a salient box of {int(region.sum())} px is too large to be a trigger (it holds the object)")
                 else:
                     now.append((c, region))
-            _try_regions(loaded, now, evidence, settings, BOX)
+        _try_regions(loaded, now, evidence, settings, BOX)
+        pending = [c for c in pending if c.done is None]
+        rank += 1
 
     # 4. the clean references' answer; 5. cannot purify
     left = [c for c in cases if c.done is None]
