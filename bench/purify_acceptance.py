@@ -19,9 +19,9 @@ analyst would run it (``cleanse --save-triggers`` then ``purify``):
 
 Per model: the model's clean accuracy; on the triggered images, attack success before, recovered accuracy
 (answer = true label; "cannot purify" counts as a failure) and attack success after (answer = the attacker's
-label); on the clean images, the accuracy through the same guard (the loss against the model's own, in
-points); seconds per purified image (flagged inputs only: the scan's cost is docs/scan.md's) and per image
-through scan and purification.
+label); on the clean images, the accuracy through the same guard and with *every* clean image purified as if
+flagged (each against the model's own accuracy, in points); seconds per purified image (flagged inputs only:
+the scan's cost is docs/scan.md's) and per image through scan and purification.
 
 Steps 1 and 2 cost 20-60 s per model on two cores and are cached under ``--cache`` (default
 ``<user cache>/trojanscope/purify-bench``), never in the zoo. Everything is seeded.
@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -165,6 +166,13 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limi
         d = clean_methods.setdefault(p.method, {"n": 0, "right": 0})
         d["n"] += 1
         d["right"] += int(p.guarded(loaded.num_classes) == t)
+    # Every clean image through purification, as if each had been flagged (with the evidence the scan gathered).
+    t0 = time.perf_counter()
+    forced = []
+    for start in range(0, len(xc), purify.CHUNK):
+        forced += purify.purify_images(loaded, xc[start : start + purify.CHUNK], evidence)
+    forced_seconds = time.perf_counter() - t0
+    forced_labels = np.asarray([p.guarded(loaded.num_classes) for p in forced])
     kind = spec.attack
     row = {
         "model": spec.name, "attack": kind, "kind": KIND_NAMES.get(kind, kind), "arch": spec.arch, "targets": list(spec.targets),
@@ -182,6 +190,10 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limi
         "clean_rejecting_accuracy": float(np.mean(np.where(flagged_c, -1, [p.label for p in clean_p]) == yc)),
         "clean_model_accuracy_subset": float(np.mean(np.asarray([p.label for p in clean_p]) == yc)),
         "methods_clean": clean_methods,
+        "clean_forced_accuracy": float(np.mean(forced_labels == yc)),
+        "clean_forced_cannot": float(np.mean(forced_labels == loaded.num_classes)),
+        "methods_clean_forced": dict(Counter(p.method for p in forced)),
+        "forced_seconds_per_image": forced_seconds / max(len(xc), 1),
         "evidence": both.evidence,
         "purify_seconds": both.purify_seconds,
         "n_purified": n_purified,
@@ -190,6 +202,7 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limi
         "prepare_seconds": round(prepared, 1),
     }
     row["clean_loss_points"] = 100 * (row["clean_model_accuracy_subset"] - row["clean_guarded_accuracy"])
+    row["clean_forced_loss_points"] = 100 * (row["clean_model_accuracy_subset"] - row["clean_forced_accuracy"])
     row["meets"] = meets(row)
     return row
 
@@ -230,7 +243,8 @@ def main() -> int:
         rows.append(row)
         print(f"{row['model']:<24} {row['kind']:<18} clean {row['clean_accuracy']:.1%} ASR {row['asr_before']:.1%} -> "
               f"{row['asr_after']:.1%}, recovered {row['recovered_accuracy']:.1%} (cannot {row['cannot_purify_triggered']:.1%}), "
-              f"clean loss {row['clean_loss_points']:+.1f} pt, {1 / max(row['seconds_per_purified'], 1e-9):.0f} purified/s "
+              f"clean loss {row['clean_loss_points']:+.1f} pt (all purified {row['clean_forced_loss_points']:+.1f}), "
+              f"{1 / max(row['seconds_per_purified'], 1e-9):.0f} purified/s "
               f"{'' if row['meets'] is None else ('meets' if row['meets'] else 'FAILS')}  {row['methods_triggered']}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -82,31 +82,33 @@ def digits(n: int, rng: np.random.Generator) -> np.ndarray:
 def test_the_shared_trigger_is_the_stickers_pixels_that_clean_images_lack():
     rng = np.random.default_rng(0)
     clean = digits(50, rng)
-    flagged = digits(12, rng)
-    flagged[:, 9, 9] = flagged[:, 10, 10] = 255.0  # a checkerboard sticker: two white cells and two black ones
-    found = purify.shared_triggers(flagged, np.full(12, TARGET), clean)
+    flagged = digits(24, rng)
+    flagged[:18, 9, 9] = flagged[:18, 10, 10] = 255.0  # a checkerboard sticker (two white cells, two black) on 18 of 24 (75%)
+    found = purify.shared_triggers(flagged, np.full(24, TARGET), clean)
     expected = np.zeros((SIDE, SIDE), bool)
     expected[9, 9] = expected[10, 10] = True  # the black cells are what clean images have there: not the trigger
     assert set(found) == {TARGET} and np.array_equal(found[TARGET].region, expected)
-    assert found[TARGET].n == 12 and not found[TARGET].image_wide
+    assert found[TARGET].n == 24 and not found[TARGET].image_wide
+    flagged[:8, 9, 9] = 0.0  # now 16 of 24 (67%) carry that cell: below the share, it is not read as the trigger's
+    assert purify.shared_triggers(flagged, np.full(24, TARGET), clean)[TARGET].region.sum() == 1
 
 
 def test_clean_images_share_no_trigger_and_few_inputs_say_nothing():
     rng = np.random.default_rng(1)
     clean = digits(50, rng)
-    assert purify.shared_triggers(digits(20, rng), np.full(20, 3), clean) == {}
-    stamped = digits(9, rng)
+    assert purify.shared_triggers(digits(40, rng), np.full(40, 3), clean) == {}
+    stamped = digits(19, rng)
     stamped[:, 9, 9] = 255.0
-    assert purify.shared_triggers(stamped, np.full(9, TARGET), clean) == {}  # below MIN_SHARED inputs
-    assert purify.shared_triggers(stamped, np.full(9, TARGET), clean, min_inputs=9)[TARGET].region.sum() == 1
+    assert purify.shared_triggers(stamped, np.full(19, TARGET), clean) == {}  # below MIN_SHARED inputs
+    assert purify.shared_triggers(stamped, np.full(19, TARGET), clean, min_inputs=19)[TARGET].region.sum() == 1
 
 
 def test_a_blended_pattern_is_shared_everywhere_so_it_is_image_wide():
     rng = np.random.default_rng(2)
     clean = digits(50, rng)
     pattern = rng.uniform(0, 255, (SIDE, SIDE, 1)).astype(np.float32)
-    blended = np.rint(0.85 * digits(15, rng) + 0.15 * pattern)
-    found = purify.shared_triggers(blended, np.full(15, TARGET), clean)
+    blended = np.rint(0.85 * digits(25, rng) + 0.15 * pattern)
+    found = purify.shared_triggers(blended, np.full(25, TARGET), clean)
     assert found[TARGET].image_wide and found[TARGET].region.mean() > purify.IMAGE_WIDE
 
 
