@@ -201,7 +201,21 @@ def test_without_references_the_two_fills_agreeing_is_enough(rule):
 def test_a_flagged_clean_image_the_references_confirm_is_kept(rule):
     out = rule(sticker_model, [image(TARGET), image(2)])
     assert [p.method for p in out] == [purify.KEPT, purify.KEPT] and [p.purified_label for p in out] == [TARGET, 2]
-    assert "leaves the answer 7" in out[0].reason  # the target's trigger region was filled: the answer did not move
+    assert out[0].reason.startswith("all 5 clean reference networks also answer 7") and out[0].mask is None  # nothing cut out
+
+
+def test_a_clean_image_of_the_target_most_references_back_is_kept_once_its_trigger_region_changes_nothing(rule):
+    three_of_five = lambda x: np.stack([content(x) if k < 3 else np.full(len(x), 1) for k in range(5)], axis=1)  # noqa: E731
+    out = rule(sticker_model, [image(TARGET)], answer=three_of_five)
+    assert out[0].method == purify.KEPT and out[0].purified_label == TARGET
+    assert "3 of 5 clean reference networks also answer 7" in out[0].reason and "leaves the answer 7" in out[0].reason
+
+
+def test_an_answer_no_backdoor_points_to_is_kept_even_when_the_references_split(rule):
+    split = lambda x: np.stack([np.full(len(x), k % 3) for k in range(5)], axis=1)  # noqa: E731 (votes 2, 2, 1)
+    out = rule(sticker_model, [image(4), image(TARGET)], answer=split)
+    assert out[0].method == purify.KEPT and out[0].purified_label == 4 and "4 is not a suspected class" in out[0].reason
+    assert out[1].method == purify.CANNOT  # 7 is the verdict's target: the split references cannot vouch for it
 
 
 def test_an_image_wide_trigger_cannot_be_purified_without_references(rule):

@@ -23,6 +23,10 @@ Where the trigger is, best evidence first:
 
 A fill is a guess, so an answer is given only when independent pieces of evidence agree (the rule, in order):
 
+0. **Confirmed.** Every clean reference network gives the model's answer p: what the input shows is p (a clean
+   image the scanners doubted), and nothing is cut out of it. On the zoo, all five back the target on 0-0.8% of
+   the triggered inputs sent to it, and on 74-98% of the clean images of the target (filling a two-bar trigger's
+   rows out of a clean 0 changed its class: 1.9 points of clean accuracy when every clean image was purified).
 1. **A region filled.** Each region of the model's answer p (shared, then reversed) is cut out and filled
    twice, by Telea's and by the Navier-Stokes inpainting (OpenCV). The new answer a is accepted when both fills
    move the model off p *to the same class* and the clean reference networks (the twins of
@@ -327,6 +331,14 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
     factor = np.float32(scale_factor(evidence.scale))
     probs = predict_proba(loaded, x * factor)
     cases = [_Case(x[i], int(probs[i].argmax()), float(probs[i].max())) for i in range(len(x))]
+    twins = _twins(evidence, x)
+
+    # 0. confirmed: every clean reference network gives the model's answer
+    if twins is not None:
+        for i, c in enumerate(cases):
+            if int(twins.answer[i]) == c.model and int(twins.votes[i]) == twins.folds:
+                c.done = Purified(c.model, True, c.model, c.confidence, KEPT, f"all {twins.folds} clean reference networks also "
+                                  f"answer {c.model}: what the input shows is {c.model}, the answer stands", before=c.image)
 
     # 1. the trigger regions of the model's answer: the shared one, then the reversed one
     for method in (SHARED, TRIGGER):
@@ -334,7 +346,6 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
         _try_regions(loaded, now, evidence, settings, method)
 
     # 2. kept: no trigger region filled moved the model, and the clean references give its answer or it is not suspected
-    twins = _twins(evidence, x)
     for i, c in enumerate(cases):
         if c.done is not None or c.moved:
             continue
