@@ -209,7 +209,7 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limi
 
 def meets(row: dict[str, Any]) -> Optional[bool]:
     """The issue's acceptance for this row's kind (None: a kind the acceptance does not name)."""
-    clean_ok = row["clean_loss_points"] <= 1.0
+    clean_ok = max(row["clean_loss_points"], row["clean_forced_loss_points"]) <= 1.0  # through the guard, and every image purified
     if row["attack"] in LOCALIZED:
         return clean_ok and row["recovered_accuracy"] >= 0.9 * row["clean_accuracy"] and row["asr_after"] <= 0.03
     if row["attack"] in IMAGE_WIDE:
