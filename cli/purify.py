@@ -77,17 +77,20 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _say(args: argparse.Namespace, result: Any, saved: Optional[str]) -> None:
+    from core.repair import purify
+
     n = result.num_classes
     flagged = [p for p in result.purified if p.flagged]
     say(args, result.evidence)
     say(args, f"scanned {len(result.purified)}, flagged {len(flagged)}: {sum(p.purified_label is not None for p in flagged)} purified, "
               f"{sum(p.purified_label is None for p in flagged)} cannot be purified (they get {reject_class(n)})")
     for row, p in zip(result.scan.rows, result.purified):
+        name = f"{row.source}#{row.index}" if purify.in_array(row.source) else row.source
         if not p.flagged:
-            say(args, f"{row.source}#{row.index}\t{p.label}\tok")
+            say(args, f"{name}\t{p.label}\tok")
             continue
-        got = "cannot purify" if p.purified_label is None else f"purified {p.purified_label}"
-        say(args, f"{row.source}#{row.index}\t{p.label}\tflagged -> {got} ({p.method}): {p.reason}")
+        got = f"cannot purify -> {n}" if p.purified_label is None else f"purified {p.purified_label}"
+        say(args, f"{name}\t{p.label}\tflagged -> {got} ({p.method}): {p.reason}")
     for item in skipped_list(result.scan.skipped):
         say(args, f"skipped {item['source']}: {item['reason']}")
     if saved:

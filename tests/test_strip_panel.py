@@ -138,6 +138,7 @@ def _fake_loaded(window, monkeypatch, scan):
     window.state.data["scan"] = types.SimpleNamespace(path=Path("/data"))
     monkeypatch.setattr(strip, "scan", scan)
     panel = window.panels["StripPanel"]
+    panel.purify_check.setChecked(False)  # the streaming of STRIP's rows is measured here (purification: tests/test_purify_gui.py)
     panel.set_profile(_fake_profile())
     return panel
 

@@ -494,7 +494,7 @@ class PurifyResult:
         out = self.scan.as_dict()
         results = []
         for row, scanned, p in zip(self.scan.rows, out["results"], self.purified):
-            path = row.source if not _in_array(row.source) else None
+            path = row.source if not in_array(row.source) else None
             results.append({**scanned, "index": row.index, "path": path, "label": p.label, "flagged": p.flagged,
                             "purified_label": p.purified_label, "confidence": p.confidence, "method": p.method,
                             "reason": p.reason, "guarded_label": p.guarded(self.num_classes),
@@ -511,7 +511,7 @@ class PurifyResult:
         return out
 
 
-def _in_array(source: str) -> bool:
+def in_array(source: str) -> bool:
     """Whether a row's source is an image inside an array file (HDF5, .npz, memory) rather than an image file of its own."""
     path = Path(source)
     return path.suffix.lower() in (".h5", ".hdf5", ".npz") or not path.is_file()
