@@ -115,3 +115,39 @@ def test_purify_bad_input_exits_2_in_one_line(demo_bundle, demo_profile, tmp_pat
     assert code == 2 and out == "" and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert (busy / "notes.txt").read_text() == "the analyst's" and sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_a_cancelled_purification_writes_nothing(demo_bundle, demo_profile, tmp_path, capsys, monkeypatch):
+    from core.jobs import collect
+    from core.repair import purify
+
+    _triggers, profile = demo_profile
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt  # what Ctrl-C does in the middle of the purification pass
+
+    monkeypatch.setattr(purify, "purify_images", interrupted)
+    out_dir = tmp_path / "purified"
+    code, out, err = run_cli(capsys, "purify", "--model", demo_bundle.model, "--profile", profile, "--scan", demo_bundle.scan_dir,
+                             "--out", out_dir, "--quiet")
+    assert code == 130 and calls and "cancelled" in err and not out_dir.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    # the job itself: closing it after its first purified chunk (the GUI's Cancel) ends it cleanly
+    from core.detect.input_level import scanner
+    from core.intake.data import open_data
+    from core.intake.models import load_model
+
+    loaded = load_model(demo_bundle.model)
+    prof = scanner.load_profile(profile)
+    job = purify.scan_and_purify(loaded, prof, open_data(demo_bundle.scan_dir), purify.evidence_from(loaded, prof),
+                                 purify.PurifySettings(chunk=4))
+    for event in job:
+        if isinstance(event, purify.PurifiedChunk):
+            break
+    job.close()
+    assert len(event.positions) == len(event.purified) <= 4
+    _events, result = collect(purify.scan_and_purify(loaded, prof, open_data(demo_bundle.scan_dir), purify.evidence_from(loaded, prof)))
+    assert len(result.purified) == len(result.scan.rows) == len(read_manifest(demo_bundle.manifest))
