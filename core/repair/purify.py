@@ -97,7 +97,7 @@ MAX_BOX = 0.1  # of the image a salient box may cover: a larger one holds the ob
 # Methods (the JSON's machine values) and how the panel and the CLI name them.
 NOT_FLAGGED, KEPT, SHARED, TRIGGER, BOX, REFERENCE, CANNOT = (
     "not_flagged", "kept", "shared_trigger", "reversed_trigger", "salient_box", "reference", "cannot_purify")
-METHOD_LABELS = {NOT_FLAGGED: "not flagged", KEPT: "kept (the clean reference agrees)", SHARED: "shared trigger inpainted",
+METHOD_LABELS = {NOT_FLAGGED: "not flagged", KEPT: "kept (the model's answer stands)", SHARED: "shared trigger inpainted",
                  TRIGGER: "reversed trigger inpainted", BOX: "salient box inpainted", REFERENCE: "clean reference's answer",
                  CANNOT: "cannot purify"}
 REGION_WORDS = {SHARED: "the trigger the flagged inputs share", TRIGGER: "the reversed trigger", BOX: "a salient box"}
@@ -117,7 +117,9 @@ class PurifySettings:
         if not self.fills or any(f not in FILLS for f in self.fills):
             raise DataError(f"inpainting fills must be among {', '.join(FILLS)}; received {list(self.fills)}")
         if self.radius < 1 or self.margin < 0 or self.chunk < 1 or self.min_shared < 2:
-            raise DataError(f"inpainting radius must be >= 1 px and the margin >= 0 px; received {self.radius} and {self.margin}")
+            raise DataError(f"purification needs an inpainting radius >= 1 px, a margin >= 0 px, chunks of >= 1 input and >= 2 "
+                            f"flagged inputs to read a shared trigger from; received {self.radius}, {self.margin}, {self.chunk} "
+                            f"and {self.min_shared}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def evidence_from(loaded: LoadedModel, profile: Optional[scanner.ScanProfile] = 
                   locate: Optional[Locate] = None, scale: Optional[str] = None) -> Evidence:
     """The evidence a scan profile holds (its masking detector's regions, its reference detector's networks, STRIP's
     clean overlays), else the reversed-triggers file's regions; ``locate`` finds salient boxes (the caller's:
-    core.inspect.trigger.salient_boxes, which core/repair does not import)."""
+    core.inspect.trigger.box_finder, which core/repair does not import)."""
     dets = profile.detectors if profile is not None else {}
     scale = scale or (profile.scale if profile is not None else "255")
     pixel_max = float(next((getattr(d, "pixel_max") for d in dets.values() if hasattr(d, "pixel_max")), 255.0))
