@@ -268,3 +268,33 @@ def test_settings_refuse_unknown_fills():
 
     with pytest.raises(DataError, match="fills"):
         purify.PurifySettings(fills=("blur",))
+
+
+def test_references_fooled_by_the_shared_trigger_do_not_keep_the_target(rule, monkeypatch):
+    """A blended pattern the references read as the target: an input that carries the trigger the flagged inputs sent
+    to the target share is never kept; a clean image of the target, which does not carry it, still is."""
+    rng = np.random.default_rng(3)
+    pattern = rng.uniform(60, 255, (SIDE, SIDE, 1)).astype(np.float32)
+    # a faint pattern over the whole image, never below 21: what the blend model's trigger is
+    blended = np.stack([np.maximum(np.rint(0.85 * image(k % 10) + 0.15 * pattern), 21.0) for k in range(25)])
+    monkeypatch.setattr(purify, "predict_proba", blend_model)
+    fooled = lambda x: np.where(x.min(axis=(1, 2, 3)) > 20, TARGET, content(x))  # noqa: E731 (the noise reads as 7)
+    rule(blend_model, [image(1)], answer=fooled)  # installs the fooled references
+    shared = purify.shared_triggers(blended, np.full(25, TARGET), np.stack([image(k % 10) for k in range(30)]))
+    assert shared[TARGET].image_wide
+    ev = purify.Evidence("255", 10, (SIDE, SIDE, 1), twins=[object()] * 5, shared=shared, targets=(TARGET,))
+    out = purify.purify_images(SimpleNamespace(num_classes=10), np.stack([blended[3], image(TARGET)]), ev)
+    assert out[0].method == purify.CANNOT and "carries the trigger the 25 flagged inputs sent to 7 share" in out[0].reason
+    assert out[1].method == purify.KEPT and out[1].purified_label == TARGET
+
+
+def test_without_a_verdict_a_shared_trigger_names_the_suspected_class(rule, monkeypatch):
+    monkeypatch.setattr(purify, "predict_proba", sticker_model)
+    stamped = np.stack([image(k % 7, sticker=True) for k in range(25)])
+    shared = purify.shared_triggers(stamped, np.full(25, TARGET), np.stack([image(k % 10) for k in range(30)]))
+    ev = purify.Evidence("255", 10, (SIDE, SIDE, 1), shared=shared)  # no verdict target, no references
+    assert ev.suspect(TARGET) and not ev.suspect(4)
+    out = purify.purify_images(SimpleNamespace(num_classes=10), np.stack([image(4), stamped[2]]), ev, purify.PurifySettings(margin=0))
+    assert out[0].method == purify.KEPT and "4 is not a suspected class" in out[0].reason
+    assert out[1].method == purify.SHARED and out[1].purified_label == 2
+    assert purify.Evidence("255", 10, (SIDE, SIDE, 1)).suspect(4)  # with no evidence at all, every class is suspected

@@ -24,7 +24,10 @@ Where the trigger is, best evidence first:
 A fill is a guess, so an answer is given only when independent pieces of evidence agree (the rule, in order):
 
 0. **Confirmed.** Every clean reference network gives the model's answer p: what the input shows is p (a clean
-   image the scanners doubted), and nothing is cut out of it. On the zoo, all five back the target on 0-0.8% of
+   image the scanners doubted), and nothing is cut out of it. Not when the input carries the trigger the flagged
+   inputs sent to p share (at least :data:`SHARE` of its pixels at their value): the references can be fooled
+   by a trigger's noise itself (on a BatchNorm + global-average-pooling twin, a blended pattern read as the
+   target: 45% attack success after purification until this check). On the zoo, all five back the target on 0-0.8% of
    the triggered inputs sent to it, and on 74-98% of the clean images of the target (filling a two-bar trigger's
    rows out of a clean 0 changed its class: 1.9 points of clean accuracy when every clean image was purified).
 1. **A region filled.** Each region of the model's answer p (shared, then reversed) is cut out and filled
@@ -32,13 +35,14 @@ A fill is a guess, so an answer is given only when independent pieces of evidenc
    move the model off p *to the same class* and the clean reference networks (the twins of
    :mod:`core.detect.input_level.reference`, trained from scratch on clean images: they carry no backdoor),
    shown the filled image, agree; without them, the two fills' agreement is the only check.
-2. **Kept.** No trigger region, filled, moves the model off p, and either the clean reference networks give p
-   themselves (the input was flagged, but what it shows *is* p: a clean image the scanners doubted), or p is not
-   a suspected class: neither a target the verdict names nor a class whose flagged inputs share a trigger, so
-   no backdoor known sends inputs there. (With no target known, every class is suspected.) Rejecting such
-   inputs cost 3 points of clean accuracy on the zoo's patch BadNet when every clean image was purified: the
-   references, trained on a few hundred images, disagree with the model on 5% of clean digits.
-3. **Salient boxes**, as in 1, when p is a suspected target (or no target is known) and the inputs sent to p
+2. **Kept.** The input carries no shared trigger, no trigger region, filled, moves the model off p, and either
+   the clean reference networks give p themselves (the input was flagged, but what it shows *is* p: a clean
+   image the scanners doubted), or p is not a suspected class: neither a target the verdict names nor a class
+   whose flagged inputs share a trigger, so no backdoor known sends inputs there (when neither names a class,
+   every class is suspected). Rejecting such inputs cost 3 points of clean accuracy on the zoo's patch BadNet
+   when every clean image was purified: the references, trained on a few hundred images, disagree with the
+   model on 5% of clean digits.
+3. **Salient boxes**, as in 1, when p is a suspected class and the inputs sent to p
    share no trigger (where they do, it is the better region, and where it is image-wide a box finds only
    strokes); a box over more than :data:`MAX_BOX` of the image holds the object, not a sticker, and is not cut out.
 4. **Clean reference.** A trigger that covers the whole image (a blend, a warp, a sinusoid) leaves no region
@@ -130,6 +134,13 @@ class SharedTrigger:
     region: np.ndarray  # (H, W) bool
     n: int  # flagged inputs it was read from
     image_wide: bool  # covers more than IMAGE_WIDE of the image: not a region to cut out
+    value: Optional[np.ndarray] = None  # (H, W, C) the shared pixel values, in 8-bit levels
+
+    def carried_by(self, x: np.ndarray, pixel_max: float = 255.0) -> np.ndarray:
+        """(N,) whether each image carries the trigger: :data:`SHARE` of the region's pixels at the shared value."""
+        q = np.rint(np.asarray(x, np.float32) * (255.0 / float(pixel_max)))
+        same = np.all(np.abs(q - self.value[None]) <= 1, axis=-1)[:, self.region]
+        return same.mean(axis=1) >= SHARE
 
 
 @dataclass
@@ -145,12 +156,12 @@ class Evidence:
     locate: Optional[Locate] = None  # the salient-box finder (None: no box search)
     clean: Optional[np.ndarray] = None  # clean images (N, H, W, C): what clean data has at each pixel
     shared: dict[int, SharedTrigger] = field(default_factory=dict)  # read from the flagged inputs (shared_triggers)
-    targets: tuple[int, ...] = ()  # the verdict's suspected targets (empty: unknown, every flagged answer is suspect)
+    targets: tuple[int, ...] = ()  # the verdict's suspected targets (empty: unknown)
 
     def suspect(self, cls: int) -> bool:
         """A class a backdoor is known to send inputs to: a target of the verdict, or one whose flagged inputs share a
-        trigger; every class when no target is known."""
-        return not self.targets or int(cls) in self.targets or int(cls) in self.shared
+        trigger; every class when neither names one."""
+        return (not self.targets and not self.shared) or int(cls) in self.targets or int(cls) in self.shared
 
     def describe(self) -> str:
         parts = [f"the reversed trigger of class{'es' if len(self.regions) > 1 else ''} "
@@ -208,7 +219,7 @@ def shared_triggers(x: np.ndarray, predicted: np.ndarray, clean: Optional[np.nda
         common = np.mean(np.all(np.abs(cq - value) <= 1, axis=-1), axis=0)
         region = (shared >= SHARE) & (common <= RARE)
         if region.any():
-            out[int(c)] = SharedTrigger(int(c), region, len(mine), bool(region.mean() > IMAGE_WIDE))
+            out[int(c)] = SharedTrigger(int(c), region, len(mine), bool(region.mean() > IMAGE_WIDE), value)
     return out
 
 
@@ -334,11 +345,12 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
     probs = predict_proba(loaded, x * factor)
     cases = [_Case(x[i], int(probs[i].argmax()), float(probs[i].max())) for i in range(len(x))]
     twins = _twins(evidence, x)
+    carries = _carriers(evidence, x, cases)
 
-    # 0. confirmed: every clean reference network gives the model's answer
+    # 0. confirmed: every clean reference network gives the model's answer (unless the input carries its shared trigger)
     if twins is not None:
         for i, c in enumerate(cases):
-            if int(twins.answer[i]) == c.model and int(twins.votes[i]) == twins.folds:
+            if int(twins.answer[i]) == c.model and int(twins.votes[i]) == twins.folds and not carries[i]:
                 c.done = Purified(c.model, True, c.model, c.confidence, KEPT, f"all {twins.folds} clean reference networks also "
                                   f"answer {c.model}: what the input shows is {c.model}, the answer stands", before=c.image)
 
@@ -349,7 +361,7 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
 
     # 2. kept: no trigger region filled moved the model, and the clean references give its answer or it is not suspected
     for i, c in enumerate(cases):
-        if c.done is not None or c.moved:
+        if c.done is not None or c.moved or carries[i]:
             continue
         tried = f", and {'; '.join(c.tried)}" if c.tried else ""
         if twins is not None and twins.backs(i, c.model):
@@ -357,9 +369,9 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
                               f"networks also answer {c.model}{tried}: the answer stands", before=c.image)
         elif not evidence.suspect(c.model):
             c.done = Purified(c.model, True, c.model, c.confidence, KEPT,
-                              f"{c.model} is not a suspected class (the verdict names {', '.join(map(str, evidence.targets))}; the "
-                              f"flagged inputs sent to {c.model} share no trigger){tried}: no known backdoor sends inputs there, "
-                              "the answer stands", before=c.image)
+                              f"{c.model} is not a suspected class (the verdict names "
+                              f"{', '.join(map(str, evidence.targets)) or 'no target'}; the flagged inputs sent to {c.model} share "
+                              f"no trigger){tried}: no known backdoor sends inputs there, the answer stands", before=c.image)
 
     # 3. salient boxes, smallest first, for suspected answers whose inputs share no trigger
     pending = [c for c in cases if c.done is None and evidence.suspect(c.model) and c.model not in evidence.shared]
@@ -409,6 +421,20 @@ def purify_images(loaded: LoadedModel, x: np.ndarray, evidence: Evidence, settin
                               f"cannot purify: {attempts}; the clean reference networks, shown {shown}, do not settle it ({why})",
                               before=c.image)
     return [c.done for c in cases if c.done is not None]
+
+
+def _carriers(evidence: Evidence, x: np.ndarray, cases: list[_Case]) -> np.ndarray:
+    """Which inputs carry the trigger the flagged inputs sent to their class share: their answer is never kept."""
+    out = np.zeros(len(cases), bool)
+    for cls, shared in evidence.shared.items():
+        rows = [i for i, c in enumerate(cases) if c.model == cls]
+        if rows and shared.value is not None:
+            out[rows] = shared.carried_by(x[rows], evidence.pixel_max)
+            for i in rows:
+                if out[i]:
+                    cases[i].tried.append(f"it carries the trigger the {shared.n} flagged inputs sent to {cls} share"
+                                          + (" (image-wide)" if shared.image_wide else ""))
+    return out
 
 
 def _region(evidence: Evidence, method: str, cls: int, settings: PurifySettings) -> Optional[np.ndarray]:
