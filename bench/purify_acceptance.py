@@ -196,6 +196,7 @@ def measure(spec: Any, entry: Any, cache: Path, limit: Optional[int], clean_limi
         "forced_seconds_per_image": forced_seconds / max(len(xc), 1),
         "evidence": both.evidence,
         "purify_seconds": both.purify_seconds,
+        "purify_cpu_seconds": both.purify_cpu_seconds,
         "n_purified": n_purified,
         "seconds_per_purified": both.purify_seconds / max(n_purified, 1),
         "seconds_per_image": both.seconds / (len(xp) + len(xc)),
