@@ -21,7 +21,7 @@ from core.intake.atomic import json_default
 from core.errors import JobCancelled, TrojanScopeError
 
 # Module names under cli/, in the order --help lists them.
-COMMAND_MODULES = ["evaluate", "inspect", "prune", "demo", "strip", "scan", "classify", "report", "cleanse", "repair", "triage"]
+COMMAND_MODULES = ["evaluate", "inspect", "prune", "demo", "strip", "scan", "classify", "purify", "report", "cleanse", "repair", "triage"]
 
 
 def command_names() -> list[str]:

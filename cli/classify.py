@@ -1,4 +1,8 @@
-"""``classify``: the guarded classifier -- the model's class, or N when the profile's scanner flags the input."""
+"""``classify``: the guarded classifier -- the model's class, or N when the profile's scanner flags the input.
+
+With ``--purify`` a flagged input gets its purified class instead (core/repair/purify.py), and N only when it
+cannot be purified.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ HELP = "print one class per image: the model's class in [0, N-1], or N when the 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--profile", required=True, help="profile saved by `strip --save-profile` or `scan --save-profile` (its method is applied)")
+    parser.add_argument("--purify", action="store_true",
+                        help="give a flagged image its purified class (the trigger cut out and inpainted, or the profile's clean "
+                             "reference model's answer); N only when it cannot be purified")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (a folder is searched recursively)")
     add_output_arguments(parser)
 
@@ -35,7 +42,17 @@ def run(args: argparse.Namespace) -> dict:
         print(warning, file=sys.stderr)
     source = FolderSource(Path("."), files, None, [])
     args.quiet = True if not args.json else args.quiet
-    result = drive(scanner.scan(loaded, profile, source, thumbnails=False), args)
+    purified = None
+    if args.purify:
+        from core.inspect.trigger import box_finder
+        from core.repair import purify
+
+        evidence = purify.evidence_from(loaded, profile, locate=box_finder(loaded, profile.scale))
+        purified = drive(purify.scan_and_purify(loaded, profile, source, evidence, thumbnails=False), args)
+        result = purified.scan
+    else:
+        result = drive(scanner.scan(loaded, profile, source, thumbnails=False), args)
+    answers = {row.index: p for row, p in zip(result.rows, purified.purified)} if purified is not None else {}
     by_index = {row.index: row for row in result.rows}
     reasons = {s.source: s.reason for s in result.skipped}
     if not args.json:
@@ -46,13 +63,27 @@ def run(args: argparse.Namespace) -> dict:
             if row is None:
                 print(f"{file}\tskipped" if named else "skipped")
                 print(f"skipped {file}: {reasons.get(str(file), 'unreadable')}", file=sys.stderr)
+            elif i in answers:
+                p = answers[i]
+                label = p.guarded(profile.num_classes)
+                if not named:
+                    print(label)
+                elif not p.flagged:
+                    print(f"{file}\t{label}")
+                elif p.purified_label is None:
+                    print(f"{file}\t{label}\t{flag_text(True, profile.num_classes, row.flagged_by)}; {p.reason}")
+                else:
+                    print(f"{file}\t{label}\tflagged by {'+'.join(row.flagged_by)}, purified: model class {p.label} -> {label} "
+                          f"({p.method})")
             elif named:
                 print(f"{file}\t{row.label}" + (f"\t{flag_text(True, profile.num_classes, row.flagged_by)}" if row.flagged else ""))
             else:
                 print(row.label)
-    out = result.as_dict()
+    out = purified.as_dict() if purified is not None else result.as_dict()
     for row in out["results"]:
         row["path"] = row["source"]
+        if purified is not None:
+            row["label"] = row["guarded_label"]  # the guarded classifier's answer, as without --purify (N: flagged, not purified)
     out["skipped"] = skipped_list(result.skipped)
     out["reject_class"] = profile.num_classes
     return out

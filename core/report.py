@@ -39,9 +39,10 @@ from core.jobs import Job, Progress, rescaled
 
 # Section ids, in report order, of a model's report; a triage report (a folder of models ranked) has "triage" alone,
 # and a model's report gains it at the end when its findings carry a triage.
-SECTIONS = ("summary", "evaluation", "pruning", "strip", "inspector", "cleanse", "repair")
+SECTIONS = ("summary", "evaluation", "pruning", "strip", "purification", "inspector", "cleanse", "repair")
 TRIAGE = "triage"
 MAX_TRIAGE_LISTED = 500  # refused / failed / pending files named in the triage section (all are in the JSON)
+MAX_PURIFIED_SHOWN = 8  # flagged images drawn with the region cut out and the purified image
 TOP_INSPECTED = 4  # heat-maps for the lowest-entropy flagged images
 MAX_FLAGGED_SHOWN = 24
 MAX_FLAGGED_LISTED = 200  # flagged files named in each scan's table (all are in the JSON)
@@ -74,6 +75,7 @@ class Findings:
     inspections: list[Any] = field(default_factory=list)  # core.inspect.trigger.Inspection
     cleanse: Any = None  # core.detect.model_level.cleanse.CleanseResult
     verdict: Any = None  # core.detect.model_level.verdict.Verdict: every method's evidence combined (the Verdict panel's headline)
+    purification: Any = None  # core.repair.purify.PurifyResult: a scan whose flagged inputs were given a class back
     inputs: dict[str, str] = field(default_factory=dict)  # role -> path, for the record
     notes: list[str] = field(default_factory=list)
     conversions: list[str] = field(default_factory=list)  # data converted to fit the model, allowed by the analyst (issue 23)
@@ -258,6 +260,7 @@ _TITLES = {
     "evaluation": "Evaluation",
     "pruning": "Fine-Pruning",
     "strip": "STRIP run-time detection",
+    "purification": "Purification: flagged inputs given their class back",
     "inspector": "Inspector: where the flagged images' decisions come from",
     "cleanse": "Neural Cleanse",
     "repair": "Repair (Verdict panel): unlearning and fine-pruning",
@@ -498,6 +501,71 @@ def _inspector(f: Findings) -> tuple[str, Optional[dict]]:
     return "\n".join(parts), data
 
 
+def _purification(f: Findings) -> tuple[str, Optional[dict]]:
+    from collections import Counter
+
+    from core.repair.purify import CANNOT, METHOD_LABELS
+
+    r = f.purification
+    if r is None:
+        return _not_run("no flagged input was purified", "STRIP > Scan with Purify flagged on, or the purify command."), None
+    flagged = [(row, p) for row, p in zip(r.scan.rows, r.purified) if p.flagged]
+    given = sum(p.purified_label is not None for _row, p in flagged)
+    counts = Counter(p.method for _row, p in flagged)
+    n = r.num_classes
+    parts = ["<p>A flagged input gets its class back only when independent evidence agrees: the trigger cut out and "
+             "inpainted (Telea and Navier-Stokes) moves the model to the same class under both fills and the clean "
+             "reference networks agree; for a trigger that covers the whole image, every clean reference network "
+             f"gives the same class. Otherwise it cannot be purified and keeps the reject class {n} (N).</p>"]
+    parts.append(_table([
+        ("Scanned", f"{len(r.purified)} images of {r.scan.source or 'the scan set'}"),
+        ("Flagged", len(flagged)),
+        ("Given a class back", f"{given} ({_pct(given / len(flagged) if flagged else None)} of the flagged)"),
+        ("Cannot purify (reject class N)", counts.get(CANNOT, 0)),
+        ("How", "; ".join(f"{METHOD_LABELS.get(m, m)}: {k}" for m, k in counts.most_common()) or "—"),
+        ("Evidence", r.evidence),
+        ("Measured on", f.measured_on.get("purification") or f"{len(r.purified)} images"),
+    ]))
+    shown = [(row, p) for row, p in flagged if p.before is not None][:MAX_PURIFIED_SHOWN]
+    if shown:
+        parts.append(f"<h3>Purified images ({len(shown)} of {len(flagged)}): original, region cut out, purified</h3>")
+        parts.append(_img(_purified_figure(shown, n), "Flagged images, the regions cut out and the purified images"))
+    listed = "".join(
+        f"<tr><td><code>{html.escape(item_name(row))}</code></td><td>{p.label}</td>"
+        f"<td>{'cannot purify → ' + str(n) if p.purified_label is None else p.purified_label}</td>"
+        f"<td>{html.escape(METHOD_LABELS.get(p.method, p.method))}</td><td>{html.escape(p.reason)}</td></tr>"
+        for row, p in flagged[:MAX_FLAGGED_LISTED])
+    if listed:
+        more = (f"<p>… and {len(flagged) - MAX_FLAGGED_LISTED} more (all in the JSON).</p>" if len(flagged) > MAX_FLAGGED_LISTED else "")
+        parts.append('<table class="grid"><tr><th>Flagged file (HDF5/npz: file#item)</th><th>Model class</th><th>Purified</th>'
+                     f'<th>How</th><th>Why</th></tr>{listed}</table>{more}')
+    data = {"scanned": len(r.purified), "flagged": len(flagged), "purified": given, "cannot_purify": counts.get(CANNOT, 0),
+            "methods": dict(counts), "evidence": r.evidence, "source": r.scan.source, "reject_class": n,
+            "results": [{"file": item_name(row), "source": row.source, "index": row.index, **p.as_dict()} for row, p in flagged]}
+    return "\n".join(parts), data
+
+
+def _purified_figure(shown: Sequence[tuple[Any, Any]], num_classes: int) -> Any:
+    """One row per flagged image: the original, the cut-out region in red, the purified image."""
+    fig = _figure(2.2 * 3, 2.2 * len(shown))
+    for k, (row, p) in enumerate(shown):
+        before = _display(p.before).astype(np.float32)
+        region = 0.6 * before
+        if p.mask is not None:
+            region[np.asarray(p.mask, bool)] = (230.0, 40.0, 40.0)
+        tiles = [(before, f"{textwrap.fill(Path(item_name(row)).name, TITLE_WIDTH)}\nmodel: {p.label}"),
+                 (region, "cut out" if p.mask is not None else "nothing cut out"),
+                 (_display(p.after) if p.after is not None else None,
+                  f"purified: {'cannot → ' + str(num_classes) if p.purified_label is None else p.purified_label}")]
+        for c, (tile, title) in enumerate(tiles):
+            ax = fig.add_subplot(len(shown), 3, 3 * k + c + 1)
+            ax.imshow(np.clip(tile if tile is not None else np.full_like(before, 255.0), 0, 255).astype(np.uint8), interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
 def _combined(v: Any) -> str:
     """The combined verdict as the Verdict panel shows it: headline, reason, one row per method."""
     level = v.level.replace(" ", "-")
@@ -642,7 +710,8 @@ def write_triage(result: Any, out: str | Path, inputs: Iterable[Any] = ()) -> li
 
 
 _SECTION_RENDERERS = {"summary": _summary, "evaluation": _evaluation, "pruning": _pruning, "strip": _strip,
-                      "inspector": _inspector, "cleanse": _cleanse, "repair": _repair, TRIAGE: _triage}
+                      "purification": _purification, "inspector": _inspector, "cleanse": _cleanse, "repair": _repair,
+                      TRIAGE: _triage}
 
 
 def _key_findings(f: Findings) -> str:
@@ -663,6 +732,11 @@ def _key_findings(f: Findings) -> str:
                      f"clean accuracy {_pct(s.clean_accuracy)}.")
     for scan in f.all_scans():
         lines.append(f"STRIP flagged {scan.flagged} of {len(scan.rows)} scanned images of {Path(scan.source).name or 'the scan set'}.")
+    if f.purification is not None:
+        flagged = [p for p in f.purification.purified if p.flagged]
+        given = sum(p.purified_label is not None for p in flagged)
+        lines.append(f"Purification gave {given} of {len(flagged)} flagged inputs a class back; {len(flagged) - given} cannot be "
+                     f"purified (reject class {f.purification.num_classes}).")
     for ins, tr in f.inspected:
         if tr is not None:
             lines.append(f"Transplant test of {Path(ins.source).name or 'an image'}: {tr.flip_rate:.0%} flipped to class "

@@ -8,7 +8,8 @@ core/inspect/occlusion.py, core/inspect/trigger.py.
 
 The panel lists images and runs the jobs; its parts: gui/inspector_settings.py
 (how to inspect), gui/inspector_views.py (the heat maps), gui/inspector_transplant.py
-(the transplant box), gui/inspector_reads.py (scale and clean images, read once).
+(the transplant box), gui/inspector_purify.py (a flagged row's purification, sent from the STRIP
+panel: original, region cut out, purified image), gui/inspector_reads.py (scale and clean images, read once).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.images import to_pixmap
+from gui.inspector_purify import PurificationBox
 from gui.inspector_reads import CachedReads
 from gui.inspector_transplant import TransplantBox
 from gui.inspector_transplant import FIRST_LINE as TRANSPLANT_LINE
@@ -76,6 +78,8 @@ class InspectorPanel(QWidget):
         splitter.setStretchFactor(1, 4)
         splitter.setSizes([220, 1000])
         layout.addWidget(splitter, 3)
+        self.purification_box = PurificationBox()
+        layout.addWidget(self.purification_box)
         self._transplant = TransplantBox()
         self.transplant_button, self.m_spin, self.transplant_label = (
             self._transplant.transplant_button, self._transplant.m_spin, self._transplant.transplant_label)
@@ -249,6 +253,7 @@ class InspectorPanel(QWidget):
                 failed()
             return False
         item = image_array_or_path
+        purified = item.get("purified") if isinstance(item, dict) else None
         if isinstance(item, dict):
             label = item.get("label", label)
             source = source or item_name(str(item.get("source", "")), item.get("index"))
@@ -269,6 +274,7 @@ class InspectorPanel(QWidget):
             if image.ndim == 2:
                 image = image[:, :, None]
         image = conform(image[None].astype(np.float32), loaded.input_shape)[0]
+        self.purification_box.show_purified(purified, image, loaded.num_classes)
         self.window.tabs.setCurrentWidget(self)
         factory = self._inspect_factory(image, None if label is None else int(label), source or "image")
 
@@ -399,6 +405,7 @@ class InspectorPanel(QWidget):
         self.image_list.clear()
         self._reads.forget()
         self._heat.clear("Model changed: choose an image on the left, open one, or send one here from another panel.")
+        self.purification_box.clear()
         self._transplant.clear(TRANSPLANT_LINE)
         self._refresh_buttons()
 

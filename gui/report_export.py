@@ -44,6 +44,7 @@ def gather_findings(window: Any) -> tuple[Any, Any, Any]:
     findings.prune = findings.prunes[-1] if findings.prunes else None
     findings.repairs = [e.value for e in current[Kind.REPAIR]]
     findings.verdict = results.value(Kind.VERDICT)  # the Verdict panel's headline, as shown
+    findings.purification = current[Kind.PURIFICATION][-1].value if current[Kind.PURIFICATION] else None
     if findings.sweep is None and findings.prune is not None:
         findings.sweep = findings.prune.sweep
     profile = findings.profile
@@ -60,7 +61,7 @@ def gather_findings(window: Any) -> tuple[Any, Any, Any]:
         transplants = [t.value for t in current[Kind.TRANSPLANT] if t.parent is entry]
         findings.inspected.append((entry.value, transplants[-1] if transplants else None))
     for kind, section in ((Kind.EVALUATION, "evaluation"), (Kind.SWEEP, "sweep"), (Kind.STRIP_PROFILE, "strip"),
-                          (Kind.CLEANSE, "cleanse"), (Kind.TRANSPLANT, "transplant")):
+                          (Kind.CLEANSE, "cleanse"), (Kind.TRANSPLANT, "transplant"), (Kind.PURIFICATION, "purification")):
         if current[kind] and current[kind][-1].note:
             findings.measured_on[section] = current[kind][-1].note
     for entry in results.entries():

@@ -43,6 +43,7 @@ class Kind(str, enum.Enum):
     TRANSPLANT = "transplant"  # core.inspect.trigger.Transplant (of the inspection published just before)
     CLEANSE = "cleanse"  # core.detect.model_level.cleanse.CleanseResult
     VERDICT = "verdict"  # core.detect.model_level.verdict.Verdict (Verdict panel: the detectors and the measured attack success, combined)
+    PURIFICATION = "purification"  # core.repair.purify.PurifyResult (STRIP panel: a scan whose flagged inputs were purified)
 
 
 # Kinds that keep every result of the session; the others keep only the last one.

@@ -9,6 +9,10 @@ calibrated threshold. Scan rows arrive in chunks on the worker thread's events,
 wait in a pending list, and a 100 ms timer moves them into the table model
 and redraws the histograms, so 5,000 rows never mean 5,000 repaints.
 
+With *Purify flagged* on (the default), the scan job is core.repair.purify.scan_and_purify: the rows
+stream in as before, then each flagged row's purified class fills the table's Purified column and the
+result is published for the report (Kind.PURIFICATION).
+
 The panel drives the jobs and owns the profile, the threshold and the stream;
 its parts: gui/strip_settings.py (the method and its settings),
 gui/strip_calibration.py (histograms, line, figures), gui/strip_scan_view.py
@@ -57,6 +61,8 @@ class StripPanel(QWidget):
         self.scan_name = ""
         self._profile_entry: Any = None  # the profile as published (its threshold follows the line)
         self._pending: list[tuple[list, list]] = []
+        self._pending_purified: list[tuple[tuple, tuple]] = []  # (row positions, purifications), applied once their rows are in
+        self.purify_result: Any = None  # core.repair.purify.PurifyResult of the last scan with purification
         self._streaming = False
         self._after_drain: Optional[Callable[[], None]] = None
         self._hist_dirty = False
@@ -102,6 +108,7 @@ class StripPanel(QWidget):
             c.plot, c.clean_curve, c.scan_curve, c.line, c.info, c.reset_button)
         self.scan_loaded_button, self.scan_folder_button, self.scan_file_button = v.scan_loaded_button, v.scan_folder_button, v.scan_file_button
         self.only_flagged, self.counts, self.export_csv_button, self.export_json_button = v.only_flagged, v.counts, v.export_csv_button, v.export_json_button
+        self.purify_check = v.purify_check
         self.model, self.proxy, self.table, self.skipped_label = v.model, v.proxy, v.table, v.skipped_label
 
         self.calibrate_button.clicked.connect(lambda: self.calibrate())
@@ -231,7 +238,9 @@ class StripPanel(QWidget):
         n = len(self.model.rows)
         flagged = int(self.model.flagged_mask().sum()) if n else 0
         if n:
-            self.counts.setText(f"{n} scanned, {flagged} flagged" + (f", {len(self.skipped)} skipped" if self.skipped else ""))
+            purified = sum(1 for r, p in self.model.purified.items() if p.purified_label is not None and self.model.is_flagged(r))
+            self.counts.setText(f"{n} scanned, {flagged} flagged" + (f", {purified} purified" if self.model.purified else "")
+                                + (f", {len(self.skipped)} skipped" if self.skipped else ""))
         self._calibration.show_figures(self.profile, self.current_profile(), self.threshold, n, flagged)
 
     def _draw_histograms(self) -> None:
@@ -252,6 +261,8 @@ class StripPanel(QWidget):
             self.window.status.setText("No folder to scan is open: choose one")
             return False
         preset = self.state.data.get("scan") if path is None else None
+        purifying = self.purify_check.isChecked()
+        triggers = self.session_triggers() if purifying and "masking" not in profile.detectors else None
 
         def job():
             from core.intake.data import open_data
@@ -259,16 +270,29 @@ class StripPanel(QWidget):
             if preset is None:
                 yield Progress(None, f"Opening {path}")
             source = preset if preset is not None else open_data(path)
+            if purifying:
+                from core.inspect.trigger import box_finder
+                from core.repair import purify
+
+                evidence = purify.evidence_from(loaded, profile, triggers, locate=box_finder(loaded, profile.scale))
+                return (yield from purify.scan_and_purify(loaded, profile, source, evidence))
             if profile.method == "strip":
                 return (yield from strip.scan(loaded, profile.first, source))
             return (yield from scanner.scan(loaded, profile, source))
 
         def event(item: Any) -> None:
+            from core.repair.purify import PurifiedChunk
+
             if isinstance(item, (strip.ScanRows, scanner.ScannerRows)):
                 self._pending.append((list(item.rows), list(item.thumbnails)))
                 self.skipped.extend(item.skipped)
+            elif isinstance(item, PurifiedChunk):
+                self._pending_purified.append((item.positions, item.purified))
             elif isinstance(item, Progress) and item.message.startswith("warning"):
                 self.skipped_label.setText(item.message)
+
+        def finished(result: Any) -> None:
+            self.purify_result = result if purifying else None
 
         def drained(outcome: str) -> None:
             # Rows already received stay (and are published) when the analyst presses Cancel.
@@ -279,6 +303,11 @@ class StripPanel(QWidget):
                 )
             if self.model.rows:
                 self._publish_scan(profile, outcome, ["scan"] if preset is not None else [])
+            if self.purify_result is not None and outcome == DONE:
+                result = self.purify_result
+                flagged = sum(p.flagged for p in result.purified)
+                self.state.publish(Kind.PURIFICATION, result, ["scan"] if preset is not None else [],
+                                   note=f"{flagged} flagged of {len(result.purified)} images of {Path(self.scan_name).name}")
             if done:
                 done()
 
@@ -291,8 +320,11 @@ class StripPanel(QWidget):
         self.skipped = []
         self.skipped_label.setText("")
         self._pending.clear()
+        self._pending_purified.clear()
+        self.purify_result = None
         self.scan_name = str(path or preset.path)
-        started = self.window.start_job(scan_title(profile.method, self.scan_name), job, None, event, on_end=ended)  # counted once drained
+        what = scan_title(profile.method, self.scan_name) + (" and purification" if purifying else "")
+        started = self.window.start_job(what, job, finished, event, on_end=ended)  # counted once drained
         if started:
             self._streaming = True
             self.flush_timer.start()
@@ -321,6 +353,11 @@ class StripPanel(QWidget):
                 thumbs.extend(t)
             self.model.append(rows, thumbs)
             self._hist_dirty = True
+        if self._pending_purified and not self._pending:
+            while self._pending_purified:
+                positions, purified = self._pending_purified.pop(0)
+                self.model.set_purified(positions, purified)
+            self._hist_dirty = True
         if self._hist_dirty:
             self._draw_histograms()
             self._update_info()
@@ -331,7 +368,7 @@ class StripPanel(QWidget):
                 f"{len(self.skipped)} file(s) skipped, e.g. {Path(first.source).name}: {first.reason}"
             )
             self.skipped_label.setToolTip("\n".join(f"{s.source}: {s.reason}" for s in self.skipped[:50]))
-        if not self._streaming and not self._pending:
+        if not self._streaming and not self._pending and not self._pending_purified:
             self.flush_timer.stop()
             after, self._after_drain = self._after_drain, None
             if after is not None:
@@ -422,7 +459,7 @@ class StripPanel(QWidget):
         self.send_to_inspector.emit({
             "source": row.source, "index": row.index, "image": full_image(self.model, r, self.state.loaded), "predicted": row.predicted,
             "entropy": row.entropy if isinstance(row, strip.StripRow) else row.scores.get("strip"),
-            "flagged": self.model.is_flagged(r), "name": display_name(row),
+            "flagged": self.model.is_flagged(r), "name": display_name(row), "purified": self.model.purification(r),
         })
 
     def show_row(self, r: int) -> None:
@@ -437,6 +474,7 @@ class StripPanel(QWidget):
         if self.profile is not None and loaded is not None and self.profile.model_sha256 != loaded.summary.sha256:
             self.profile = None
             self.scan_profile = None
+            self.purify_result = None
             self._profile_entry = None
             self.threshold = None
             self.model.clear()

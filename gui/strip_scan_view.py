@@ -1,4 +1,4 @@
-"""The STRIP panel's scan column: the scan and export buttons, the flagged-only filter, the live table with its row menu, the large-image dialog."""
+"""The STRIP panel's scan column: the scan and export buttons, the flagged-only and purify switches, the live table with its row menu, the large-image dialog."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ class ScanView(QWidget):
         buttons.addStretch(1)
         row.addLayout(buttons)
         tools = QHBoxLayout()
+        self.purify_check = QCheckBox("Purify flagged")
+        self.purify_check.setChecked(True)
+        self.purify_check.setToolTip(
+            "After the scan, give each flagged input its true class back: the trigger cut out and inpainted (the trigger the "
+            "flagged inputs share, the verdict's reversed trigger, or a salient box), accepted only when the fills and the "
+            "clean reference model agree; the clean reference's answer for image-wide triggers; otherwise 'cannot purify' "
+            "and the reject class")
+        tools.addWidget(self.purify_check)
         self.only_flagged = QCheckBox("Flagged only")
         self.export_csv_button = QPushButton("Export CSV…")
         self.export_json_button = QPushButton("Export JSON…")
@@ -74,7 +82,8 @@ class ScanView(QWidget):
         self.table.setIconSize(QSize(THUMB_PX, THUMB_PX))
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(StripTableModel.FILE, QHeaderView.ResizeMode.Stretch)
-        for col, width in ((StripTableModel.THUMB, THUMB_PX + 16), (StripTableModel.ENTROPY, 80), (StripTableModel.PREDICTED, 90), (StripTableModel.VERDICT, 110)):
+        for col, width in ((StripTableModel.THUMB, THUMB_PX + 16), (StripTableModel.ENTROPY, 80), (StripTableModel.PREDICTED, 90),
+                           (StripTableModel.VERDICT, 110), (StripTableModel.PURIFIED, 170)):
             header.resizeSection(col, width)
         self.table.doubleClicked.connect(self.open_row)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -126,6 +135,10 @@ class ScanView(QWidget):
             f"{' (flagged by ' + self.model.flagged_by(r) + ')' if flagged else ''}, model class {row.predicted} ({row.confidence:.0%}) → "
             f"<b style='color:{(FLAGGED if flagged else ACCEPTED).name()}'>{'FLAGGED, label ' + str(self.model.num_classes) if flagged else 'accepted'}</b>"
         )
+        purified = self.model.purification(r)
+        if purified is not None:
+            caption.setText(caption.text() + f"<br>Purified: {self.model.purified_text(r)}: {purified.reason}")
+            caption.setWordWrap(True)
         caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         send = QPushButton("Send to Inspector")
         send.clicked.connect(lambda: (dialog.close(), self.send_requested.emit(r)))

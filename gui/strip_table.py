@@ -1,4 +1,4 @@
-"""The STRIP panel's scan rows: the table model (verdicts at the current threshold), the flagged-only filter, and what is read off the rows (names, images, exports, the report's scan result)."""
+"""The STRIP panel's scan rows: the table model (verdicts at the current threshold, purified labels), the flagged-only filter, and what is read off the rows (names, images, exports, the report's scan result)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from PySide6.QtGui import QColor
 
 from core.detect.input_level import scanner
 from core.detect.input_level import strip
+from core.repair import purify
 from gui.images import to_pixmap
 
 THUMB_PX = 40
 FLAGGED = QColor("#b3261e")
 ACCEPTED = QColor("#1b7f3a")
+PURIFIED = QColor("#1f5fa8")
+SHORT_METHODS = {purify.KEPT: "kept", purify.SHARED: "shared trigger", purify.TRIGGER: "reversed trigger", purify.BOX: "salient box",
+                 purify.REFERENCE: "clean reference", purify.CANNOT: "cannot purify"}
 SCORE_HEADER = {"strip": "Entropy", "features": "Distance", "scaleup": "SCALE-UP", "masking": "Mask drop", "target_features": "Target distance",
                 "reference": "Disbelief x certainty"}
 
@@ -36,12 +40,13 @@ def flagged_by_others(row: Any, name: str) -> bool:
 class StripTableModel(QAbstractTableModel):
     """Scanned rows; verdicts follow the current threshold, not the one at scan time."""
 
-    HEADERS = ["Image", "File", "Entropy", "Predicted", "Verdict"]
-    THUMB, FILE, ENTROPY, PREDICTED, VERDICT = range(5)
+    HEADERS = ["Image", "File", "Entropy", "Predicted", "Verdict", "Purified"]
+    THUMB, FILE, ENTROPY, PREDICTED, VERDICT, PURIFIED = range(6)
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[Any] = []  # strip.StripRow or scanner.ScannerRow
+        self.purified: dict[int, purify.Purified] = {}  # row -> its purification (flagged rows of a scan with purification)
         self.thumbs: list[np.ndarray] = []
         self.names: list[str] = []
         self.entropy = np.zeros(1024)  # the line's detector's score; doubles when full (cheap appends, vectorised verdicts)
@@ -55,6 +60,7 @@ class StripTableModel(QAbstractTableModel):
     def clear(self) -> None:
         self.beginResetModel()
         self.rows, self.thumbs, self.names = [], [], []
+        self.purified = {}
         self.endResetModel()
 
     def append(self, rows: list[Any], thumbs: list[np.ndarray]) -> None:
@@ -72,10 +78,21 @@ class StripTableModel(QAbstractTableModel):
         self.names.extend(display_name(r) for r in rows)
         self.endInsertRows()
 
+    def set_purified(self, positions: Any, purified: Any) -> None:
+        """Rows ``positions`` got their purification (the scan's second pass)."""
+        for r, p in zip(positions, purified):
+            self.purified[int(r)] = p
+        if positions:
+            self.dataChanged.emit(self.index(min(positions), self.VERDICT), self.index(max(positions), self.PURIFIED))
+
+    def purification(self, row: int) -> Optional[purify.Purified]:
+        """The row's purification while it is flagged (a row the line no longer flags needs none)."""
+        return self.purified.get(row) if self.is_flagged(row) else None
+
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)
         if self.rows:
-            self.dataChanged.emit(self.index(0, self.PREDICTED), self.index(len(self.rows) - 1, self.VERDICT))
+            self.dataChanged.emit(self.index(0, self.PREDICTED), self.index(len(self.rows) - 1, self.PURIFIED))
 
     # -- reading
     def entropies(self) -> np.ndarray:
@@ -101,7 +118,22 @@ class StripTableModel(QAbstractTableModel):
         return "+".join(scanner.LABELS[d] for d in self.flagging(row))
 
     def guarded_label(self, row: int) -> int:
-        return self.num_classes if self.is_flagged(row) else self.rows[row].predicted
+        """The guarded classifier's answer: the model's class, or for a flagged row its purified class (N without one)."""
+        if not self.is_flagged(row):
+            return self.rows[row].predicted
+        p = self.purified.get(row)
+        return self.num_classes if p is None else p.guarded(self.num_classes)
+
+    def purified_text(self, row: int) -> str:
+        """'→ 3 (98%, shared trigger)', 'cannot purify → 10', 'not purified' for a row flagged after the scan; '' when not flagged."""
+        if not self.is_flagged(row):
+            return ""
+        p = self.purified.get(row)
+        if p is None:
+            return "not purified" if self.purified else ""
+        if p.purified_label is None:
+            return f"cannot purify → {self.num_classes}"
+        return f"→ {p.purified_label} ({p.confidence:.0%}, {SHORT_METHODS.get(p.method, p.method)})"
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 (Qt API)
         return 0 if parent.isValid() else len(self.rows)
@@ -127,11 +159,21 @@ class StripTableModel(QAbstractTableModel):
             if c == self.PREDICTED:
                 return f"{row.predicted} ({row.confidence:.0%})"
             if c == self.VERDICT:
-                return f"FLAGGED → {self.num_classes}" if self.is_flagged(r) else "accepted"
+                if not self.is_flagged(r):
+                    return "accepted"
+                p = self.purified.get(r)
+                return "FLAGGED" if p is not None and p.purified_label is not None else f"FLAGGED → {self.num_classes}"
+            if c == self.PURIFIED:
+                return self.purified_text(r)
         elif role == Qt.ItemDataRole.DecorationRole and c == self.THUMB and r < len(self.thumbs) and self.thumbs[r].size:
             return to_pixmap(self.thumbs[r], THUMB_PX)
         elif role == Qt.ItemDataRole.ForegroundRole and c == self.VERDICT:
             return FLAGGED if self.is_flagged(r) else ACCEPTED
+        elif role == Qt.ItemDataRole.ForegroundRole and c == self.PURIFIED:
+            p = self.purification(r)
+            return PURIFIED if p is not None and p.purified_label is not None else FLAGGED
+        elif role == Qt.ItemDataRole.ToolTipRole and c == self.PURIFIED and self.purification(r) is not None:
+            return self.purification(r).reason
         elif role == Qt.ItemDataRole.ToolTipRole:
             scores = ", ".join(f"{scanner.LABELS[k]} {v:.4f}" for k, v in getattr(row, "scores", {"strip": getattr(row, "entropy", 0.0)}).items())
             by = f"; flagged by {self.flagged_by(r)}" if self.is_flagged(r) else ""
@@ -143,6 +185,8 @@ class StripTableModel(QAbstractTableModel):
                 return float(self.entropy[r])
             if c == self.PREDICTED:
                 return row.predicted
+            if c == self.PURIFIED:
+                return self.guarded_label(r)
             return float(self.entropy[r]) if c == self.VERDICT else r
         return None
 
@@ -191,6 +235,10 @@ def result_rows(model: StripTableModel) -> list[dict[str, Any]]:
         d["flagged"] = model.is_flagged(i)
         d["flagged_by"] = model.flagged_by(i)
         d["label"] = model.guarded_label(i)
+        p = model.purification(i)
+        if model.purified:
+            d.update({"purified_label": None if p is None else p.purified_label, "purify_method": None if p is None else p.method,
+                      "purify_reason": None if p is None else p.reason})
         out.append(d)
     return out
 
@@ -205,8 +253,10 @@ def export_text(kind: str, rows: list[dict[str, Any]], p: scanner.ScanProfile, t
             "results": rows, "skipped": [s.as_dict() for s in skipped], "source": source,
         }, indent=1, allow_nan=False)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["source", "index", "entropy", "scores", "flagged", "flagged_by", "label", "predicted", "confidence"],
-                            extrasaction="ignore")
+    fields = ["source", "index", "entropy", "scores", "flagged", "flagged_by", "label", "predicted", "confidence"]
+    if any("purified_label" in r for r in rows):
+        fields += ["purified_label", "purify_method", "purify_reason"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -44,7 +44,7 @@ def test_report_has_every_section_and_json_beside_it(written):
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
         assert section in record["sections"]
-    assert record["sections"] == {"summary": "run", "evaluation": "run", "pruning": "run", "strip": "run",
+    assert record["sections"] == {"summary": "run", "evaluation": "run", "pruning": "run", "strip": "run", "purification": "not run",
                                   "inspector": "run", "cleanse": "not run", "repair": "not run"}
     assert "Not run" in page.split('id="cleanse"')[1]
     strip_part = page.split('id="strip"')[1].split("<section")[0]

@@ -75,7 +75,7 @@ def test_calibrate_scan_drag_filter_export_and_open(qtbot, window, demo_settings
     assert len(rows) == len(manifest)
     data = json.loads((tmp_path / "scan.json").read_text())
     assert data["flagged"] == len(flagged) and data["scanned"] == len(manifest)
-    assert all((r["label"] == 10) == r["flagged"] for r in data["results"])
+    assert all((r["label"] == 10) == (r["flagged"] and r["purified_label"] is None) for r in data["results"])  # purified by default
 
     with qtbot.waitSignal(panel.send_to_inspector, timeout=2000) as signal:
         panel.table.doubleClicked.emit(panel.proxy.index(0, 1))  # a flagged row: straight to the Inspector
@@ -154,6 +154,7 @@ def _fake_loaded(window, monkeypatch, scan):
     window.state.data["scan"] = types.SimpleNamespace(path=Path("/data"))
     monkeypatch.setattr(strip, "scan", scan)
     panel = window.panels["StripPanel"]
+    panel.purify_check.setChecked(False)  # the streaming of STRIP's rows is measured here (purification: tests/test_purify_gui.py)
     panel.set_profile(_fake_profile())
     return panel
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -61,6 +61,20 @@ class Network:
 
     net: Any
     probabilities: bool
+    _fn: Any = field(default=None, repr=False, compare=False)
+
+    def forward(self) -> Callable[[np.ndarray], Any]:
+        """The network's inference pass, traced once (an eager call of a small network costs tens of milliseconds in
+        Keras's layer dispatch, and purification asks the five references about every filled image)."""
+        if self._fn is None:
+            tf, net = _tf(), self.net
+
+            @tf.function(reduce_retracing=True, autograph=False)
+            def fn(x):  # noqa: ANN001
+                return net(x, training=False)
+
+            self._fn = fn
+        return self._fn
 
 
 def architecture_for(loaded: LoadedModel) -> str:

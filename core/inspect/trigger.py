@@ -87,6 +87,67 @@ def salient_box(saliency: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> S
     return Salient((int(peak[0]), int(peak[1])), box)
 
 
+def salient_boxes(
+    loaded: LoadedModel,
+    x: np.ndarray,
+    scale: str,
+    classes: Sequence[int],
+    threshold: float = DEFAULT_THRESHOLD,
+    settings: OcclusionSettings = OcclusionSettings(),
+    largest: Optional[int] = None,
+    only: Optional[int] = None,
+) -> list[list[Box]]:
+    """For each image, the salient box of every occlusion patch size (smallest first): where covering lowers ``classes``.
+
+    What purification asks when the verdict's reversed trigger does not explain an input (a sticker at a random place):
+    the same multi-size occlusion as :func:`inspect`, for many images at once, at a stride of three quarters of the
+    patch (the Inspector's quarter costs 9x the forward passes for a box a pixel or two tighter, and purification fills
+    a margin round the box anyway: on the zoo's random-position sticker BadNet, 91.4% of the triggered digits got their
+    class back at 3 px against 91.8% at 2 px, 59 against 43 images per second). Images whose maps are empty get fewer boxes (none when every map is). ``largest`` keeps only
+    the patch sizes up to that many pixels a side (a patch bigger than a sticker maps the object); ``only`` maps the
+    ``only``-th of those sizes alone (an empty list per image when there is no such size).
+    """
+    from core.inspect.occlusion import occlusion
+    from core.jobs import run_job
+
+    x = np.asarray(x, np.float32)
+    out: list[list[Box]] = [[] for _ in range(len(x))]
+    if not len(x):
+        return out
+    sizes = box_sizes(x.shape[1:], settings, largest)
+    if only is not None:
+        sizes = sizes[only : only + 1]
+    for s in sizes:
+        coarse = OcclusionSettings(s.patch, settings.stride or max(1, 3 * s.patch // 4), s.fill, s.fill_value)
+        occ = run_job(occlusion(loaded, x, scale, coarse, [int(c) for c in classes]))
+        for i, heat in enumerate(occ.maps):
+            box = salient_box(heat, threshold).box
+            if box is not None and box not in out[i]:
+                out[i].append(box)
+    return out
+
+
+def box_sizes(shape: Sequence[int], settings: OcclusionSettings = OcclusionSettings(), largest: Optional[int] = None) -> list[OcclusionSettings]:
+    """The occlusion patch sizes :func:`salient_boxes` maps, smallest first (at least one)."""
+    sizes = settings.candidates(shape)
+    return ([s for s in sizes if s.patch <= largest] or sizes[:1]) if largest is not None else sizes
+
+
+def box_finder(loaded: LoadedModel, scale: str) -> Any:
+    """:func:`salient_boxes` as purification asks for them (``core.repair.purify.Locate``: images, classes and which patch
+    size, smallest first; None past the last), one size at a time so that an image the smallest patch explains costs no
+    larger map. core/repair does not import core/inspect, so the GUI and the CLI hand this over. Patches up to a quarter
+    of the image's side (4 and 7 px at 28x28): purification cuts out no box over a tenth of the image, and the largest
+    patch maps the object."""
+    largest = max(2, min(int(v) for v in loaded.input_shape[:2]) // 4)
+    count = len(box_sizes(loaded.input_shape, largest=largest))
+
+    def locate(x: np.ndarray, classes: np.ndarray, rank: int) -> Optional[list[list[Box]]]:
+        return None if rank >= count else salient_boxes(loaded, x, scale, classes, largest=largest, only=rank)
+
+    return locate
+
+
 def box_overlap(a: Sequence[int], b: Sequence[int]) -> tuple[int, float]:
     """(intersection area, intersection over union) of two boxes."""
     r0, c0 = max(a[0], b[0]), max(a[1], b[1])

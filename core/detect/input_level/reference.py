@@ -196,10 +196,24 @@ def suspicion(disbelief: np.ndarray, sure: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(disbelief, 0.0) * np.maximum(sure, 0.0))
 
 
+def _log_probabilities(net: Network, x: np.ndarray) -> np.ndarray:
+    fn = net.forward()
+    out = np.concatenate([np.asarray(fn(np.ascontiguousarray(x[i : i + 512], np.float32)), np.float64) for i in range(0, len(x), 512)])
+    return np.log(np.maximum(out, _FLOOR)) if net.probabilities else log_softmax(out, axis=1)
+
+
 def _minus_log_p(net: Network, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    out = np.concatenate([np.asarray(net.net(x[i : i + 512], training=False), np.float64) for i in range(0, len(x), 512)])
-    logp = np.log(np.maximum(out, _FLOOR)) if net.probabilities else log_softmax(out, axis=1)
+    logp = _log_probabilities(net, x)
     return -np.maximum(logp[np.arange(len(x)), classes], math.log(_FLOOR))
+
+
+def probabilities(nets: list[Network], x_scaled: np.ndarray) -> np.ndarray:
+    """(folds, N, K): each reference network's class probabilities for already scaled inputs (purification asks them what an
+    input shows)."""
+    if len(x_scaled) == 0:
+        return np.zeros((len(nets), 0, 0))
+    x_scaled = np.asarray(x_scaled, np.float32)
+    return np.stack([np.exp(_log_probabilities(net, x_scaled)) for net in nets])
 
 
 def calibrate_on(loaded: LoadedModel, split: CleanSplit, settings: ReferenceSettings, frr: Optional[float] = None,
@@ -326,5 +340,5 @@ def random_warps(x: np.ndarray, rng: np.random.Generator, shift: float = WARP_SH
 
 
 __all__ = ["Network", "ReferenceProfile", "ReferenceSettings", "architecture_for", "calibrate_on", "certainty",
-           "multiply_adds", "random_warps", "reference_network", "small_network", "suspicion",
+           "multiply_adds", "probabilities", "random_warps", "reference_network", "small_network", "suspicion",
            "suspicion_scores", "weights_fit"]

@@ -366,6 +366,28 @@ def classify(loaded: LoadedModel, profile: ScanProfile, x: np.ndarray, step: int
     return cat(labels, np.int64), {k: cat(v, np.float64) for k, v in scores.items()}, cat(preds, np.int64)
 
 
+def batch_rows(loaded: LoadedModel, profile: ScanProfile, batch: Any, fns: Optional[dict] = None) -> list[ScannerRow]:
+    """The rows of one batch of a data source (``batch.x``, ``batch.sources``, ``batch.indices``): scores, verdicts, labels."""
+    fns = fns or {k: score_fn(loaded, d) for k, d in profile.detectors.items()}
+    if not len(batch.x):
+        return []
+    scores, _, probs = score_all(loaded, profile, batch.x, fns)
+    predicted = probs.argmax(axis=1)
+    new = []
+    for k, (src, i) in enumerate(zip(batch.sources, batch.indices)):
+        own = {name: float(scores[name][k]) for name in fns}
+        by = tuple(name for name, d in profile.detectors.items() if is_flagged(np.array([own[name]]), d)[0])
+        p = int(predicted[k])
+        new.append(ScannerRow(src, int(i), own, by, profile.num_classes if by else p, p, float(probs[k, p])))
+    return new
+
+
+def scan_step(loaded: LoadedModel, profile: ScanProfile) -> int:
+    """Inputs per chunk: as many as one STRIP kernel call blends (about a second of work), else 256."""
+    st = profile.detectors.get("strip")
+    return max(1, strip.chunk_for(loaded.input_shape) // st.n_overlays) if st is not None else 256
+
+
 def scan(loaded: LoadedModel, profile: ScanProfile, source: DataSource, step: Optional[int] = None, thumbnails: bool = True) -> Job[ScannerResult]:
     """Stream ``source`` through every detector, yielding rows as they are ready; unreadable files are skipped.
 
@@ -374,8 +396,7 @@ def scan(loaded: LoadedModel, profile: ScanProfile, source: DataSource, step: Op
     import time
 
     if step is None:
-        st = profile.detectors.get("strip")
-        step = max(1, strip.chunk_for(loaded.input_shape) // st.n_overlays) if st is not None else 256
+        step = scan_step(loaded, profile)
 
     started = time.perf_counter()
     warnings = check_profile(loaded, profile)
@@ -387,14 +408,7 @@ def scan(loaded: LoadedModel, profile: ScanProfile, source: DataSource, step: Op
     done = 0
     for batch in source.batches(loaded.input_shape, step):
         skipped.extend(batch.skipped)
-        scores, _, probs = score_all(loaded, profile, batch.x, fns) if len(batch.x) else ({}, None, np.zeros((0, profile.num_classes)))
-        predicted = probs.argmax(axis=1)
-        new = []
-        for k, (src, i) in enumerate(zip(batch.sources, batch.indices)):
-            own = {name: float(scores[name][k]) for name in fns}
-            by = tuple(name for name, d in profile.detectors.items() if is_flagged(np.array([own[name]]), d)[0])
-            p = int(predicted[k])
-            new.append(ScannerRow(src, int(i), own, by, profile.num_classes if by else p, p, float(probs[k, p])))
+        new = batch_rows(loaded, profile, batch, fns)
         rows.extend(new)
         done += len(batch.x) + len(batch.skipped)
         thumbs = strip.make_thumbnails(batch.x) if thumbnails else np.zeros((len(new), 0, 0, 0), np.uint8)
