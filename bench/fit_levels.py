@@ -66,10 +66,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     lv = fit(clean, fitted_on=fitted_on)
     for name, null in lv.nulls.items():
         print(f"null {name:5s}: log(1 + s) ~ N({null.mean:.3f}, {null.sd:.3f}^2) over {null.n} clean models")
-    print(f"cut-offs on the combined p: backdoored < {lv.backdoored_p:.4g}, suspicious < {lv.suspicious_p:.4g}")
+    print(f"combined: Fisher sum log(1 + S) ~ N({lv.combined_null.mean:.3f}, {lv.combined_null.sd:.3f}^2); verdict: backdoored p < 2%, "
+          f"suspicious p < 10%; one detector alone: backdoored < {lv.backdoored_p:.4g}, suspicious < {lv.suspicious_p:.4g}")
     for level, e in lv.expected.items():
-        print(f"expected clean rate '{level}': {e['rate']:.1%} (95% bootstrap interval {e['low']:.1%}-{e['high']:.1%}); "
-              f"measured on the dev half's clean models: {lv.measured_dev[level]['k']} of {lv.measured_dev[level]['n']}")
+        print(f"clean dev models at '{level}' or stronger, each left out of its own fit: {lv.measured_dev[level]['k']} of "
+              f"{lv.measured_dev[level]['n']} = {e['rate']:.1%} (95% interval {e['low']:.1%}-{e['high']:.1%}; target {e['target']:.0%})")
     summary = half_summary([Row(entry, record, judged(record, lv)) for entry, record in rows])
     print(f"dev half with these levels: caught {summary['caught'].words()}; per kind "
           + ", ".join(f"{k} {a}/{b}" for k, (a, b) in summary["per_kind"].items()))

@@ -240,7 +240,8 @@ def test_as_dict_carries_each_methods_evidence_and_the_false_alarm_words():
     assert d["verdict"] == "backdoored" and d["targets"] == [7]
     assert set(d["evidence"]) == {"Neural Cleanse", "measured attack success"}
     assert d["evidence"]["Neural Cleanse"]["details"]["p"] == pytest.approx(nc.p, rel=1e-3)
-    assert d["p"] == pytest.approx(nc.p, rel=1e-3) and "false_alarm" in d
+    # the verdict's p: Neural Cleanse alone among the calibrated detectors, its tail uncorrected (one ran)
+    assert d["p"] == pytest.approx(nc.details["clean_tail"], rel=1e-3) and "false_alarm" in d
 
 
 def test_no_method_run_is_no_evidence_and_says_so():
@@ -275,3 +276,39 @@ def test_cli_cleanse_refuses_a_target_without_poisoned_data(demo_bundle, capsys)
 
     code = cli.main(["cleanse", "--model", str(demo_bundle.model), "--clean", str(demo_bundle.clean_valid), "--target", "7", "--json"])
     assert code == 2 and "--poisoned" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ the combined level (Fisher's sum against clean models)
+
+LVF = Levels(LV.nulls, LV.backdoored_p, LV.suspicious_p, LV.expected, combined_null=Null("combined", 1.668, 0.523, 23))
+
+
+def with_tail(detector: str, tail: float, cls: int):
+    """Evidence whose statistic lies at ``tail`` under LVF's N(0, 0.5^2) null of log(1 + s)."""
+    from scipy.stats import norm
+
+    from core.detect.model_level.verdict import _calibrated
+
+    return _calibrated(detector, math.expm1(0.5 * norm.isf(tail)), cls, "by hand", {}, LVF)
+
+
+def test_one_detector_barely_past_its_own_line_does_not_make_the_model_backdoored():
+    # Neural Cleanse at tail 0.025: its own Bonferroni p 4 x 0.025 = 0.1 is under its "suspicious" line 0.104;
+    # the others at the median clean model (tail 0.5). Fisher: S = -ln 0.025 + 3 ln 2 = 3.6889 + 2.0794 = 5.7683,
+    # log1p(S) = 1.9122, z = (1.9122 - 1.668) / 0.523 = 0.467, p = 0.320: no evidence
+    evidence = [with_tail("nc", 0.025, 7), with_tail("mmbd", 0.5, 3), with_tail("warp", 0.5, 2), with_tail("ls", 0.5, 1)]
+    assert evidence[0].level == SUSPICIOUS
+    verdict = combine(evidence, lv=LVF)
+    assert verdict.p == pytest.approx(0.320, abs=0.002) and verdict.level == NO_EVIDENCE and verdict.targets == ()
+
+
+def test_two_detectors_unusual_together_make_suspicious_and_name_the_rarest_class():
+    # tails 0.01 (nc, class 7) and 0.02 (MM-BD, class 7), two at 0.5: S = 4.6052 + 3.9120 + 1.3863 = 9.9035,
+    # log1p(S) = 2.3890, z = (2.3890 - 1.668) / 0.523 = 1.3786, p = 0.0840: suspicious (2% < p < 10%)
+    evidence = [with_tail("nc", 0.01, 7), with_tail("mmbd", 0.02, 7), with_tail("warp", 0.5, 2), with_tail("ls", 0.5, 1)]
+    verdict = combine(evidence, lv=LVF)
+    assert verdict.p == pytest.approx(0.0840, abs=0.001) and verdict.level == SUSPICIOUS and verdict.targets == (7,)
+    assert verdict.false_alarm.startswith("about 10 in 100 clean models get this answer or a stronger one")
+    # no class agreement, one detector far out: backdoored with its class
+    far = combine([with_tail("nc", 1e-6, 4), with_tail("mmbd", 0.5, 3), with_tail("warp", 0.5, 2), with_tail("ls", 0.5, 1)], lv=LVF)
+    assert far.level == BACKDOORED and far.targets == (4,)

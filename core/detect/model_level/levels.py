@@ -14,14 +14,21 @@ So each statistic is compared with what clean models give. On the clean
 models of the zoo's dev half (bench/zoo.py), the statistic, after a
 variance-stabilising transform (log(1 + s)), is summarised by its mean and
 standard deviation: its *null*. A model's tail probability under that null
-says how rare its value is among clean models. With several detectors the
-smallest tail probability is multiplied by their number (Bonferroni: a clean
-model gets D chances to look unusual), which gives one false-alarm
-probability for the model, ``p``. The levels are cut-offs on ``p``, chosen so
-that about 2 clean models in 100 are called "backdoored" and about 10 in 100
-"suspicious" (:data:`FALSE_ALARM_TARGETS`); the rates actually measured on
-clean models, with their intervals, are stored beside them and shown to the
-analyst.
+says how rare its value is among clean models.
+
+The model's verdict combines the detectors by Fisher's sum of -log(tail): two
+detectors each moderately unusual for a clean model add up, one detector
+barely past its own line does not make "backdoored" on its own. The sum
+itself is judged against the same clean models (its own null: the detectors
+are not independent, so Fisher's chi-square would be wrong), which gives one
+false-alarm probability for the model, ``p``; the verdict's levels are
+``p`` < 2% ("backdoored") and < 10% ("suspicious"), the rates of
+:data:`FALSE_ALARM_TARGETS`. When not every detector ran, the smallest tail
+is corrected for the number that did (Sidak: 1 - (1 - t)^k). Each detector's
+own line, shown beside its evidence, is its tail corrected the same way for
+all D detectors (a clean model gets D chances to look unusual). The rates
+measured on the clean dev models (each left out of its own fit), with their
+intervals, are stored beside the levels and shown to the analyst.
 
 The fitted numbers live in ``levels.json`` beside this module, written by
 ``python bench/fit_levels.py`` from the dev half only; the test half measures
@@ -34,7 +41,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -99,54 +106,81 @@ class Levels:
     nulls: dict[str, Null]
     backdoored_p: float  # combined p below this: "backdoored"
     suspicious_p: float  # below this: "suspicious"
-    # The expected share of clean models at each answer, from the fitted nulls, and its bootstrap interval
-    # over the clean dev models (the figures the analyst reads beside a verdict).
+    # The share of clean dev models at each answer, each judged by levels fitted without it, with its exact 95%
+    # interval, and the target rate (the figures the analyst reads beside a verdict).
     expected: dict[str, dict[str, float]] = field(default_factory=dict)
     measured_dev: dict[str, dict[str, Any]] = field(default_factory=dict)  # k of n clean dev models at each answer
     fitted_on: str = ""
+    combined_null: Optional[Null] = None  # Fisher's sum of -log(tail) over every detector, on the clean models
 
     @property
     def detectors(self) -> tuple[str, ...]:
         return tuple(self.nulls)
 
     def combined(self, statistics: dict[str, Optional[float]]) -> tuple[float, dict[str, float]]:
-        """(the model's false-alarm probability, each detector's tail probability); detectors not run are left out.
-
-        Bonferroni over the detectors that ran: a clean model has that many chances to look unusual once.
-        """
+        """(the model's false-alarm probability, each detector's tail probability); detectors not run are left out."""
         tails = {d: self.nulls[d].tail(v) for d, v in statistics.items() if v is not None and d in self.nulls}
+        return self.from_tails(tails), tails
+
+    def from_tails(self, tails: dict[str, float]) -> float:
+        """The model's false-alarm probability from its detectors' tails: Fisher's sum judged against clean models
+        when every fitted detector ran, else the smallest tail with Sidak's correction for the detectors that ran."""
         if not tails:
-            return 1.0, {}
-        return min(1.0, len(tails) * min(tails.values())), tails
+            return 1.0
+        if self.combined_null is not None and set(tails) == set(self.nulls):
+            return self.combined_null.tail(fisher_sum(tails.values()))
+        return float(1.0 - (1.0 - min(tails.values())) ** len(tails))
+
+    def verdict_level(self, p: float) -> str:
+        """The verdict's level for the model's combined false-alarm probability (:meth:`from_tails`)."""
+        if p < FALSE_ALARM_TARGETS["backdoored"]:
+            return "backdoored"
+        if p < FALSE_ALARM_TARGETS["suspicious"]:
+            return "suspicious"
+        return "no evidence"
+
+    def alone(self, tail: float) -> float:
+        """One detector's own false-alarm probability: its tail with D chances (Bonferroni), for :meth:`level`."""
+        return min(1.0, len(self.nulls) * tail)
 
     def level(self, p: float) -> str:
+        """One detector's own level for :meth:`alone`'s probability."""
         if p < self.backdoored_p:
             return "backdoored"
         if p < self.suspicious_p:
             return "suspicious"
         return "no evidence"
 
-    def score(self, p: float) -> float:
-        """p -> [0, 1] for ranking: 0 at p = 1, 0.5 at the "backdoored" cut-off, 1 at its square."""
-        return float(min(1.0, max(0.0, math.log(max(p, P_FLOOR)) / (2 * math.log(self.backdoored_p)))))
+    def score(self, p: float, cut: Optional[float] = None) -> float:
+        """p -> [0, 1] for ranking: 0 at p = 1, 0.5 at the "backdoored" cut-off (``cut``; default a detector's own), 1 at its square."""
+        cut = self.backdoored_p if cut is None else cut
+        return float(min(1.0, max(0.0, math.log(max(p, P_FLOOR)) / (2 * math.log(cut)))))
 
     def clean_rate_words(self, level: str) -> str:
-        """'about 2 in 100 clean models get this answer (95% interval 0-7)'; '' when not fitted."""
+        """'about 4 in 100 clean models get this answer (95% interval 0.1-22)'; '' when not fitted."""
         e = self.expected.get(level)
         if not e:
             return ""
-        return (f"about {_per_hundred(e['rate'])} in 100 clean models get this answer "
+        stronger = " or a stronger one" if level == "suspicious" else ""
+        return (f"about {_per_hundred(e['rate'])} in 100 clean models get this answer{stronger} "
                 f"(95% interval {_per_hundred(e['low'])}-{_per_hundred(e['high'])})")
 
     def as_dict(self) -> dict[str, Any]:
         return {"nulls": {d: asdict(n) for d, n in self.nulls.items()}, "backdoored_p": self.backdoored_p,
                 "suspicious_p": self.suspicious_p, "expected": self.expected, "measured_dev": self.measured_dev,
-                "fitted_on": self.fitted_on}
+                "fitted_on": self.fitted_on, "combined_null": None if self.combined_null is None else asdict(self.combined_null)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Levels":
+        combined = data.get("combined_null")
         return cls({d: Null(**n) for d, n in data["nulls"].items()}, float(data["backdoored_p"]), float(data["suspicious_p"]),
-                   dict(data.get("expected", {})), dict(data.get("measured_dev", {})), str(data.get("fitted_on", "")))
+                   dict(data.get("expected", {})), dict(data.get("measured_dev", {})), str(data.get("fitted_on", "")),
+                   None if combined is None else Null(**combined))
+
+
+def fisher_sum(tails: Iterable[float]) -> float:
+    """Fisher's combination: the sum of -log(tail) (0 for a model as ordinary as the median clean one on every count)."""
+    return float(sum(-math.log(max(t, P_FLOOR)) for t in tails))
 
 
 def _per_hundred(rate: float) -> str:
@@ -169,35 +203,40 @@ def levels() -> Levels:
 
 
 def fit(clean_statistics: Sequence[dict[str, Optional[float]]], targets: dict[str, float] = FALSE_ALARM_TARGETS,
-        bootstrap: int = 2000, seed: int = 0, fitted_on: str = "") -> Levels:
-    """Nulls from clean models' statistics, and cut-offs that give ``targets`` false-alarm rates under them.
+        fitted_on: str = "") -> Levels:
+    """Nulls from clean models' statistics, the null of their Fisher sum, and each detector's own cut-offs.
 
-    Under the fitted nulls and independent detectors, the combined p of a clean model is (nearly) uniform
-    after Bonferroni's correction is undone; the cut-off for a target rate r is found by simulation from the
-    nulls themselves (so detectors that are not run on some model are handled the same way). The interval of
-    each expected rate comes from refitting the nulls on bootstrap resamples of the clean models.
+    The verdict's cut-offs are the target rates themselves on the combined p. What they give is measured on
+    the clean models, each judged by the levels fitted on the others (leave-one-out: no model judges itself),
+    and that measured share with its exact 95% interval is what the analyst reads beside a verdict
+    (``expected``; the share at "suspicious" counts every alarm, "backdoored" included).
     """
+    lv = _fit_once(clean_statistics, targets, fitted_on)
+    n = len(clean_statistics)
+    left_out = []
+    for i in range(n):
+        others = _fit_once([s for j, s in enumerate(clean_statistics) if j != i], targets, fitted_on)
+        left_out.append(others.verdict_level(others.combined(clean_statistics[i])[0]))
+    measured = {level: Rate.of(sum(_at_least(a, level) for a in left_out), n) for level in targets}
+    expected = {level: {"rate": r.rate, "low": r.low, "high": r.high, "target": float(targets[level])} for level, r in measured.items()}
+    return Levels(lv.nulls, lv.backdoored_p, lv.suspicious_p, expected, {k: asdict(r) for k, r in measured.items()}, fitted_on,
+                  lv.combined_null)
+
+
+def _at_least(answer: str, level: str) -> bool:
+    """Whether an answer is ``level`` or stronger ("suspicious" counts "backdoored" too: the rate of any alarm)."""
+    order = ("no evidence", "suspicious", "backdoored")
+    return order.index(answer) >= order.index(level)
+
+
+def _fit_once(clean_statistics: Sequence[dict[str, Optional[float]]], targets: dict[str, float], fitted_on: str) -> Levels:
     detectors = sorted({d for s in clean_statistics for d, v in s.items() if v is not None})
     nulls = {d: Null.fit(d, [s[d] for s in clean_statistics if s.get(d) is not None]) for d in detectors}
-    rng = np.random.default_rng(seed)
     cuts = {level: _cut_for_rate(len(detectors), rate) for level, rate in targets.items()}
     base = Levels(nulls, cuts["backdoored"], cuts["suspicious"], fitted_on=fitted_on)
-    # what the cut-offs give when the nulls are refitted on resampled clean models: the expected rate's interval
-    observed = np.array([[s.get(d) if s.get(d) is not None else np.nan for d in detectors] for s in clean_statistics], np.float64)
-    rates: dict[str, list[float]] = {level: [] for level in targets}
-    for _ in range(bootstrap):
-        pick = observed[rng.integers(0, len(observed), len(observed))]
-        try:
-            refit = {d: Null.fit(d, pick[~np.isnan(pick[:, j]), j]) for j, d in enumerate(detectors)}
-        except ValueError:
-            continue
-        for level in targets:
-            rates[level].append(_rate_under(nulls, refit, cuts[level], rng))
-    expected = {level: {"rate": float(targets[level]), "low": float(np.percentile(rates[level], 2.5)),
-                        "high": float(np.percentile(rates[level], 97.5))} for level in targets}
-    answers = [base.level(base.combined(s)[0]) for s in clean_statistics]
-    measured = {level: asdict(Rate.of(sum(a == level for a in answers), len(answers))) for level in targets}
-    return Levels(nulls, cuts["backdoored"], cuts["suspicious"], expected, measured, fitted_on)
+    sums = [fisher_sum(base.combined(s)[1].values()) for s in clean_statistics if all(s.get(d) is not None for d in detectors)]
+    combined = Null.fit("combined", sums) if len(sums) >= 3 else None
+    return Levels(nulls, cuts["backdoored"], cuts["suspicious"], fitted_on=fitted_on, combined_null=combined)
 
 
 def _cut_for_rate(detectors: int, rate: float) -> float:
@@ -206,16 +245,6 @@ def _cut_for_rate(detectors: int, rate: float) -> float:
     P(D x min U < c) = 1 - (1 - c / D)^D = rate  =>  c = D x (1 - (1 - rate)^(1/D)).
     """
     return float(detectors * (1.0 - (1.0 - rate) ** (1.0 / detectors)))
-
-
-def _rate_under(truth: dict[str, Null], fitted: dict[str, Null], cut: float, rng: np.random.Generator, draws: int = 4000) -> float:
-    """Share of clean models (statistics drawn from ``truth``) whose combined p under ``fitted`` nulls is below ``cut``."""
-    from scipy.stats import norm
-
-    z = {d: rng.standard_normal(draws) * n.sd + n.mean for d, n in truth.items()}  # log(1 + s) of simulated clean models
-    tails = np.stack([norm.sf((z[d] - fitted[d].mean) / fitted[d].sd) for d in truth])
-    p = np.minimum(1.0, len(truth) * tails.min(axis=0))
-    return float(np.mean(p < cut))
 
 
 def finite_or_none(value: float) -> Optional[float]:

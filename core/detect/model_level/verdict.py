@@ -36,12 +36,13 @@ Pure functions: no TensorFlow here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from core.detect.model_level.levels import Levels, finite_or_none, levels
+from core.detect.model_level.levels import FALSE_ALARM_TARGETS, Levels, finite_or_none, levels
 from core.detect.model_level.statistics import NAMES, ls_statistic, mmbd_statistic, nc_statistic, twin_statistic, warp_statistic
 
 BACKDOORED = "backdoored"
@@ -57,6 +58,7 @@ ASR_BACKDOORED = 0.5
 ASR_SUSPICIOUS = 0.2
 # Bonus to the score when two methods point at the same class.
 AGREEMENT_BONUS = 0.1
+SUPPORTING_TAIL = 0.05  # a detector rarer than this among clean models supports a raised verdict's targets
 # Label-specific backdoors (all-to-all): when the label-specific check raises the verdict and the untargeted
 # trigger sends the classes to many different destinations (none takes more than a third of them, as in
 # y -> y + 1), the backdoor has no single target: the headline gives its class map.
@@ -137,15 +139,16 @@ def _calibrated(detector: str, statistic: float, cls: Optional[int], sentence: s
                 lv: Levels) -> Evidence:
     """A detector's statistic judged against clean models: its level, score and sentence."""
     if detector not in lv.nulls:  # levels fitted before this detector existed: it informs, it does not decide
-        details = {**details, "statistic": round(float(statistic), 4), "class": cls, "clean_tail": None, "p": None}
+        details = {**details, "detector": detector, "statistic": round(float(statistic), 4), "class": cls, "clean_tail": None,
+                   "p": None}
         return Evidence(NAMES[detector], NO_EVIDENCE, (), 0.0,
                         f"{sentence} (not calibrated on clean models yet: left out of the verdict)", details)
     tail = lv.nulls[detector].tail(statistic)
-    p = min(1.0, len(lv.nulls) * tail)
+    p = lv.alone(tail)
     level = lv.level(p)
     rare = f"about {_one_in(tail)} clean models go this far" if tail < 0.5 else "as clean models commonly do"
-    details = {**details, "statistic": round(float(statistic), 4), "class": cls, "clean_tail": float(f"{tail:.4g}"),
-               "p": float(f"{p:.4g}")}
+    details = {**details, "detector": detector, "statistic": round(float(statistic), 4), "class": cls,
+               "clean_tail": float(f"{tail:.4g}"), "p": float(f"{p:.4g}")}
     classes = (cls,) if cls is not None and level != NO_EVIDENCE else ()
     return Evidence(NAMES[detector], level, classes, lv.score(p), f"{sentence} ({rare})", details)
 
@@ -245,7 +248,7 @@ def is_label_specific_backdoor(found: Any, lv: Optional[Levels] = None) -> bool:
         return False
     lv = lv or levels()
     statistic, _ = ls_statistic(found.ratio, found.trigger.reached)
-    return lv.level(min(1.0, len(lv.nulls) * lv.nulls["ls"].tail(statistic))) != NO_EVIDENCE
+    return lv.level(lv.alone(lv.nulls["ls"].tail(statistic))) != NO_EVIDENCE
 
 
 def mapping(destinations: dict[int, int], shown: int = 4) -> str:
@@ -331,23 +334,58 @@ def targets_label(targets: Sequence[int], summary: str) -> str:
 
 
 def combine(evidence: Sequence[Evidence], lv: Optional[Levels] = None) -> Verdict:
-    """The strongest level any evidence reaches, with its targets, its reason and how often clean models get it."""
+    """The detectors' combined level (Fisher's sum against clean models), raised by measured attack success; its
+    targets, its reason and how often clean models get it."""
     evidence = tuple(evidence)
     if not evidence:
         return Verdict(NO_EVIDENCE, (), 0.0, "No evidence found: no method was run", "nothing was checked", ())
-    level = max((e.level for e in evidence), key=LEVEL_RANK.__getitem__)
-    agreed = _agreed_classes(evidence)
-    targets = _targets(evidence, level, agreed)
-    score = max(e.score for e in evidence) + (AGREEMENT_BONUS if agreed else 0.0)
+    lv = lv or levels()
+    tails = {e.details["detector"]: e.details["clean_tail"] for e in evidence
+             if e.details.get("detector") in lv.nulls and e.details.get("clean_tail") is not None}
+    p = lv.from_tails(tails) if tails else None
+    detected = lv.verdict_level(p) if p is not None else NO_EVIDENCE
+    measured = [e for e in evidence if e.p is None and "detector" not in e.details]  # measured attack success
+    level = max([detected, *(e.level for e in measured)], key=LEVEL_RANK.__getitem__)
+    pointing = _pointing(evidence, detected) + [e for e in measured if e.level != NO_EVIDENCE]
+    agreed = _agreed_classes(pointing)
+    targets = _targets(pointing, level, agreed)
+    score = max([lv.score(p, FALSE_ALARM_TARGETS["backdoored"]) if p is not None else 0.0, *(e.score for e in measured)])
+    score += AGREEMENT_BONUS if agreed else 0.0
     if level == BACKDOORED and score < 0.5:  # never rank a "backdoored" model below the line
         score = 0.5
-    calibrated = [e.p for e in evidence if e.p is not None]
-    p = min(calibrated) if calibrated else None
     # the calibrated rate in words, when the detectors (not the measured attack success) set the level
-    from_detectors_alone = level != NO_EVIDENCE and not any(e.p is None and e.level == level for e in evidence)
-    words = (lv or levels()).clean_rate_words(level) if from_detectors_alone else ""
-    return Verdict(level, targets, _clip(score), _headline(level, targets, evidence), _reason(level, evidence, agreed),
+    from_detectors_alone = level != NO_EVIDENCE and detected == level
+    words = lv.clean_rate_words(level) if from_detectors_alone else ""
+    return Verdict(level, targets, _clip(score), _headline(level, targets, pointing, evidence), _reason(level, evidence, pointing, agreed),
                    evidence, words, p)
+
+
+def _pointing(evidence: Sequence[Evidence], detected: str) -> list[Evidence]:
+    """The detectors' evidence behind a raised verdict: those past their own line (at most at the verdict's level),
+    then those rarer than 1 in 20 clean models as "suspicious" (several such add up to the verdict), rarest first;
+    at least the rarest with a class."""
+    if detected == NO_EVIDENCE:
+        return []
+    calibrated = sorted((e for e in evidence if e.details.get("clean_tail") is not None), key=lambda e: e.details["clean_tail"])
+    cap = lambda e: detected if LEVEL_RANK[e.level] > LEVEL_RANK[detected] else e.level  # noqa: E731
+    chosen = [dataclasses.replace(e, level=cap(e)) for e in calibrated if e.level != NO_EVIDENCE]
+    chosen += [dataclasses.replace(e, level=SUSPICIOUS, classes=_classes_of(e)) for e in calibrated
+               if e.level == NO_EVIDENCE and e.details["clean_tail"] < SUPPORTING_TAIL]
+    if not any(e.classes for e in chosen):
+        rarest = next((e for e in calibrated if _classes_of(e)), None)
+        if rarest is not None:
+            chosen = [e for e in chosen if e.method != rarest.method]
+            chosen.append(dataclasses.replace(rarest, level=cap(rarest) if rarest.level != NO_EVIDENCE else SUSPICIOUS,
+                                              classes=_classes_of(rarest)))
+    return chosen
+
+
+def _classes_of(e: Evidence) -> tuple[int, ...]:
+    """The classes an evidence points to, also when it is not past its own line."""
+    if e.classes:
+        return e.classes
+    cls = e.details.get("class")
+    return (int(cls),) if cls is not None else ()
 
 
 def _agreed_classes(evidence: Sequence[Evidence]) -> tuple[int, ...]:
@@ -361,20 +399,24 @@ def _agreed_classes(evidence: Sequence[Evidence]) -> tuple[int, ...]:
 
 
 def _targets(evidence: Sequence[Evidence], level: str, agreed: tuple[int, ...]) -> tuple[int, ...]:
-    """Classes behind the verdict: agreed ones first, then those of the strongest evidence."""
+    """Classes behind the verdict: agreed ones first, then those of the strongest evidence; when no single evidence
+    reaches the verdict's level (several weaker ones add up to it), those of the rarest ones."""
     out = list(agreed)
     for e in sorted(evidence, key=lambda e: (-LEVEL_RANK[e.level], -e.score)):
         if e.level == NO_EVIDENCE or (level == BACKDOORED and e.level != BACKDOORED and not agreed):
             continue
         out += [c for c in e.classes if c not in out]
+    if not out and not any(e.level == level for e in evidence):
+        for e in evidence:
+            out += [c for c in e.classes if c not in out]
     return tuple(out)
 
 
-def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]) -> str:
+def _headline(level: str, targets: tuple[int, ...], pointing: Sequence[Evidence], evidence: Sequence[Evidence]) -> str:
     which = ""
     if targets:
         which = f" (target {targets[0]})" if len(targets) == 1 else f" (targets {', '.join(map(str, targets))})"
-    label_specific = next((e for e in evidence if e.method == LABEL_SPECIFIC and e.level == level and not e.classes), None)
+    label_specific = next((e for e in pointing if e.method == LABEL_SPECIFIC and not e.classes), None)
     if level != NO_EVIDENCE and not targets and label_specific is not None and "destinations" in label_specific.details:
         mapped = mapping({int(k): v for k, v in label_specific.details["destinations"].items()}, 3)
         if level == BACKDOORED:
@@ -387,16 +429,17 @@ def _headline(level: str, targets: tuple[int, ...], evidence: Sequence[Evidence]
     return "No evidence found by " + _join([e.method for e in evidence])
 
 
-def _reason(level: str, evidence: Sequence[Evidence], agreed: tuple[int, ...]) -> str:
+def _reason(level: str, evidence: Sequence[Evidence], pointing: Sequence[Evidence], agreed: tuple[int, ...]) -> str:
     """Every method's sentence, those that raised the verdict first, and what the others could not see."""
-    ordered = sorted(evidence, key=lambda e: -LEVEL_RANK[e.level])
+    raised = {e.method for e in pointing}
+    ordered = [*pointing, *(e for e in evidence if e.method not in raised)]
     parts = [f"{e.method}: {e.summary}." for e in ordered]
     for cls in agreed:
-        methods = [e.method for e in ordered if e.level != NO_EVIDENCE and cls in e.classes]
+        methods = [e.method for e in pointing if cls in e.classes]
         parts.insert(0, f"{_join(methods)} both point to class {cls}." if len(methods) == 2
                      else f"{_join(methods)} all point to class {cls}.")
     # the label-specific check only speaks to all-to-all backdoors: its silence beside a one-target finding mixes nothing
-    silent = [e.method for e in evidence if e.level == NO_EVIDENCE and e.method != LABEL_SPECIFIC]
+    silent = [e.method for e in evidence if e.method not in raised and e.level == NO_EVIDENCE and e.method != LABEL_SPECIFIC]
     if level != NO_EVIDENCE and silent:
         parts.append(f"{_join(silent)} found nothing unusual, which does not clear the model "
                      f"(each method is blind to some triggers).")
