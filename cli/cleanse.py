@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", type=count(2), default=_DEFAULTS.max_images, help="clean images read (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="model-level checks to run: cleanse (Neural Cleanse), mmbd (MM-BD); default both")
+                        help="model-level checks to run: cleanse (Neural Cleanse), twin (Neural Cleanse on a clean twin distilled "
+                             "from the model; needs cleanse), mmbd (MM-BD), warp (warp inversion); default all four, "
+                             "which the verdict's levels were fitted with")
     parser.add_argument("--poisoned", help="suspected-poisoned images: their measured attack success is weighed in the verdict")
     parser.add_argument("--target", type=count(0), help="the attacker's class for --poisoned (default: its labels)")
     parser.add_argument("--save-triggers", metavar="FILE",

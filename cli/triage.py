@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", required=True, help="folder of model files (.keras, .h5; searched recursively)")
     parser.add_argument("--clean", required=True, help="clean validation data, converted to each model's input shape")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="model-level checks: cleanse (Neural Cleanse), mmbd (MM-BD), warp (warp inversion); default all")
+                        help="model-level checks: cleanse (Neural Cleanse), twin (Neural Cleanse on a clean twin; needs cleanse), "
+                             "mmbd (MM-BD), warp (warp inversion); default all")
     parser.add_argument("--max-images", type=count(2), default=CleanseSettings().max_images, help="clean images read (default %(default)s)")
     parser.add_argument("--rounds", type=count(1), default=CleanseSettings().max_rounds,
                         help="Neural Cleanse: at most this many rounds per class (default %(default)s)")

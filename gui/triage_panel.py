@@ -120,7 +120,7 @@ class TriagePanel(QWidget):
         self.clean_label = QLabel("")
         self.clean_label.setWordWrap(True)
         form.addRow("Clean data", self.clean_label)
-        self.use_cleanse = QCheckBox("Neural Cleanse (small triggers)")
+        self.use_cleanse = QCheckBox("Neural Cleanse and a clean twin")
         self.use_cleanse.setChecked(True)
         self.use_mmbd = QCheckBox("MM-BD, warp too (large, warping triggers)")
         self.use_mmbd.setToolTip("MM-BD finds large triggers, warp inversion gentle warps (WaNet), as on the Verdict panel")
@@ -194,7 +194,7 @@ class TriagePanel(QWidget):
     # ---------------------------------------------------------------- state
 
     def methods(self) -> tuple[str, ...]:
-        return (("cleanse",) if self.use_cleanse.isChecked() else ()) + (("mmbd", "warp") if self.use_mmbd.isChecked() else ())
+        return (("cleanse", "twin") if self.use_cleanse.isChecked() else ()) + (("mmbd", "warp") if self.use_mmbd.isChecked() else ())
 
     def store_path(self, folder: Path) -> Path:
         """The results store the command line uses for this folder too (core.detect.model_level.triage_store.default_store)."""

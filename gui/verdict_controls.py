@@ -37,7 +37,7 @@ class DetectorBox(QGroupBox):
     def __init__(self) -> None:
         from core.detect.model_level.cleanse import CleanseSettings
 
-        super().__init__("Detectors: Neural Cleanse, MM-BD")
+        super().__init__("Detectors: Neural Cleanse, clean twin, MM-BD, warp")
         defaults = CleanseSettings()
         grid = QGridLayout(self)
         self.candidates = QSpinBox()
@@ -54,11 +54,13 @@ class DetectorBox(QGroupBox):
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         _pair(grid, 1, 0, "Seed", self.seed)
-        self.use_mmbd = QCheckBox("MM-BD, warp too")
+        self.use_mmbd = QCheckBox("All four (twin, MM-BD, warp)")
         self.use_mmbd.setChecked(True)
-        self.use_mmbd.setToolTip("MM-BD (Wang et al., IEEE S&P 2024) does not assume a small trigger: it catches large "
-                                 "ones (sunglasses) that Neural Cleanse misses; warp inversion finds a class a gentle "
-                                 "warp reaches (WaNet). The verdict's levels were fitted with all three.")
+        self.use_mmbd.setToolTip("Besides Neural Cleanse: a clean twin distilled from the model's answers on the clean "
+                                 "images, on which Neural Cleanse runs again (a class far easier to reach only on the "
+                                 "suspect); MM-BD (Wang et al., IEEE S&P 2024), which does not assume a small trigger; "
+                                 "warp inversion, for a class a gentle warp reaches (WaNet). The verdict's levels were "
+                                 "fitted with all four: with Neural Cleanse alone it is less sure (docs/zoo.md).")
         grid.addWidget(self.use_mmbd, 1, 2, 1, 2)
         self.run_button = QPushButton("Run the detectors")
         grid.addWidget(self.run_button, 2, 0, 1, 4)

@@ -261,7 +261,7 @@ class VerdictPanel(QWidget):
             return False
         settings = CleanseSettings(candidates=self.candidates.value(), max_rounds=self.rounds.value(), seed=self.seed.value())
         mmbd_settings = MMBDSettings(seed=self.seed.value())
-        methods = ("cleanse", "mmbd", "warp") if self.use_mmbd.isChecked() else ("cleanse",)
+        methods = ("cleanse", "twin", "mmbd", "warp") if self.use_mmbd.isChecked() else ("cleanse",)
         requested = self.state.scale
 
         def job():
