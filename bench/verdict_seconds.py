@@ -3,7 +3,7 @@
     python bench/verdict_seconds.py [--zoo DIR] [--per-arch N]
 
 Runs ``core.detect.model_level.judge`` -- Neural Cleanse with its
-label-specific step, MM-BD and warp inversion, with default settings, the
+label-specific step, the clean twin, MM-BD and warp inversion, with default settings, the
 model's clean_valid data -- on the first N zoo models of each architecture
 (plain, wide, BN + GAP, deep), one after another, and prints each model's wall
 and CPU seconds and the load average before and after. Run it on an otherwise

@@ -5,7 +5,8 @@
 For each zoo model (bench/zoo.py) runs, with default settings and the model's
 ``clean_valid`` data only (never ``clean_test``, never the poisoned data),
 every model-level detector -- Neural Cleanse with its label-specific step,
-MM-BD, warp inversion -- the calls ``python main.py cleanse`` makes, and
+Neural Cleanse on a clean twin, MM-BD, warp inversion -- the calls
+``python main.py cleanse`` makes, and
 judges them with the verdict's levels (core/detect/model_level/levels.json,
 fitted on the dev half by bench/fit_levels.py). For each half it prints:
 

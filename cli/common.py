@@ -221,3 +221,16 @@ def flag_text(flagged: bool, num_classes: int, by: Sequence[str] = ()) -> str:
 
 def skipped_list(skipped: list) -> list[dict[str, str]]:
     return [s.as_dict() for s in skipped]
+
+
+def reversed_triggers(args: argparse.Namespace, loaded: LoadedModel) -> Any:
+    """``--triggers`` read (None without it), with a warning when they were reversed on another model file."""
+    if not args.triggers:
+        return None
+    from core.detect.input_level import masking
+
+    triggers = masking.load_triggers(args.triggers)
+    if triggers.model_sha256 and triggers.model_sha256 != loaded.summary.sha256:
+        print(f"warning: {args.triggers} was reversed on another model file (sha256 {triggers.model_sha256[:12]}…): "
+              "its masks may not fit this one", file=sys.stderr)
+    return triggers

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         say, say_conversions, skipped_list)
-from cli.common import count, rate, reject_class
-from core.detect.input_level import masking, scanner, strip
+from cli.common import count, rate, reject_class, reversed_triggers
+from core.detect.input_level import scanner, strip
 from core.errors import DataError
 from core.intake.data import open_data
 
@@ -54,10 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     clean = open_data(args.clean) if args.clean and not args.profile else None
     fits = fit_to_model(args, loaded, clean=clean, scan=target)
     say_conversions(args, fits)
-    triggers = masking.load_triggers(args.triggers) if args.triggers else None
-    if triggers is not None and triggers.model_sha256 and triggers.model_sha256 != loaded.summary.sha256:
-        print(f"warning: {args.triggers} was reversed on another model file (sha256 {triggers.model_sha256[:12]}…): "
-              "its masks may not fit this one", file=sys.stderr)
+    triggers = reversed_triggers(args, loaded)
     if args.profile:
         profile = scanner.load_profile(args.profile)
     else:

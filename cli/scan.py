@@ -7,8 +7,7 @@ import sys
 
 from cli.common import (add_model_arguments, add_output_arguments, add_scale_argument, conversions, drive, fit_to_model, open_model,
                         open_scan_target, say, say_conversions, skipped_list)
-from cli.common import count, flag_text, positive, rate, reject_class
-from core.detect.input_level import masking
+from cli.common import count, flag_text, positive, rate, reject_class, reversed_triggers
 from core.detect.input_level import scaleup
 from core.detect.input_level import scanner
 from core.detect.input_level import strip
@@ -56,10 +55,7 @@ def run(args: argparse.Namespace) -> dict:
     say_conversions(args, fits)
     if args.triggers and args.profile:
         raise DataError("--triggers is used when calibrating; a saved --profile already holds its masks (or none)")
-    triggers = masking.load_triggers(args.triggers) if args.triggers else None
-    if triggers is not None and triggers.model_sha256 and triggers.model_sha256 != loaded.summary.sha256:
-        print(f"warning: {args.triggers} was reversed on another model file (sha256 {triggers.model_sha256[:12]}…): "
-              "its masks may not fit this one", file=sys.stderr)
+    triggers = reversed_triggers(args, loaded)
     if args.profile:
         profile = scanner.load_profile(args.profile)
     else:

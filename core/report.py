@@ -908,20 +908,10 @@ def _cleanse_figure(c: Any) -> Any:
 
 
 def _clean_json(value: Any) -> Any:
-    """Plain JSON: NumPy scalars and arrays unwrapped, NaN and infinities as null."""
-    if isinstance(value, dict):
-        return {str(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean_json(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    """Plain JSON: NumPy scalars and arrays unwrapped, NaN and infinities as null (the triage store's rule)."""
+    from core.detect.model_level.triage_work import plain_json
+
+    return plain_json(value)
 
 
 # ------------------------------------------------------------------- page

@@ -32,3 +32,15 @@ def legend_below(plot: pg.PlotWidget, columns: int = 2) -> pg.LegendItem:
     item.layout.addItem(legend, LEGEND_ROW, 0, 1, 3)  # under the left axis too: the plot's full width
     item.legend = legend  # PlotItem.plot(name=...) and addItem add their entries here
     return legend
+
+
+def titled_plot(title: str, xlabel: str, ylabel: str, legend: bool = True) -> pg.PlotWidget:
+    """A white plot with a title, axis labels, a light grid and (by default) a legend under it, never over the curves."""
+    plot = pg.PlotWidget(background="w")
+    plot.setTitle(title, color="k")
+    plot.setLabel("bottom", xlabel)
+    plot.setLabel("left", ylabel)
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    if legend:
+        legend_below(plot)
+    return plot

@@ -34,7 +34,7 @@ from core.jobs import Progress
 from gui.before_after import BeforeAfterTable, caption
 from gui.jobs import DONE
 from gui.live_curve import LiveCurves, clean_accuracy_of
-from gui.plots import legend_below
+from gui.plots import titled_plot as _plot
 from gui.state import Kind, measured_on
 from gui.saving import ask_save_path, save_in_background
 
@@ -42,18 +42,6 @@ CLEAN_PEN = pg.mkPen("#1f77b4", width=2)
 ASR_PEN = pg.mkPen("#d62728", width=2)
 KEPT_BRUSH = pg.mkBrush("#7f9fbf")
 PRUNED_BRUSH = pg.mkBrush("#d62728")
-
-
-def _plot(title: str, xlabel: str, ylabel: str, legend: bool = True) -> pg.PlotWidget:
-    """A white plot with a title, axis labels, a light grid and a legend under it (never over the curves)."""
-    plot = pg.PlotWidget(background="w")
-    plot.setTitle(title, color="k")
-    plot.setLabel("bottom", xlabel)
-    plot.setLabel("left", ylabel)
-    plot.showGrid(x=True, y=True, alpha=0.25)
-    if legend:
-        legend_below(plot)
-    return plot
 
 
 class PrunePanel(QWidget):

@@ -10,24 +10,12 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from gui.images import to_pixmap
-from gui.plots import legend_below
+from gui.plots import titled_plot
 
 NORMAL_BRUSH = pg.mkBrush("#7f9fbf")
 FLAGGED_BRUSH = pg.mkBrush("#d62728")
 CELL = 36  # trigger thumbnails, pixels high: ten classes and the untargeted trigger fit side by side at 1,280 x 720
 SPACING = 4
-
-
-def titled_plot(title: str, xlabel: str, ylabel: str, legend: bool = True) -> pg.PlotWidget:
-    """A white plot with a title, axis labels, a light grid and (by default) a legend under it: the Verdict panel's views."""
-    plot = pg.PlotWidget(background="w")
-    plot.setTitle(title, color="k")
-    plot.setLabel("bottom", xlabel)
-    plot.setLabel("left", ylabel)
-    plot.showGrid(x=True, y=True, alpha=0.25)
-    if legend:
-        legend_below(plot)
-    return plot
 
 
 class NormChart:
