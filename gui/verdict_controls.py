@@ -37,7 +37,7 @@ class DetectorBox(QGroupBox):
     def __init__(self) -> None:
         from core.detect.model_level.cleanse import CleanseSettings
 
-        super().__init__("Detectors: Neural Cleanse, clean twin, MM-BD, warp")
+        super().__init__("Detectors")
         defaults = CleanseSettings()
         grid = QGridLayout(self)
         self.candidates = QSpinBox()
@@ -54,7 +54,7 @@ class DetectorBox(QGroupBox):
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         _pair(grid, 1, 0, "Seed", self.seed)
-        self.use_mmbd = QCheckBox("All four (twin, MM-BD, warp)")
+        self.use_mmbd = QCheckBox("Twin, MM-BD, warp")
         self.use_mmbd.setChecked(True)
         self.use_mmbd.setToolTip("Besides Neural Cleanse: a clean twin distilled from the model's answers on the clean "
                                  "images, on which Neural Cleanse runs again (a class far easier to reach only on the "

@@ -257,3 +257,15 @@ def test_an_all_to_all_verdict_offers_its_trigger_for_repair(qtbot, window, demo
     rows = {panel.evidence_table.item(r, 0).text(): panel.evidence_table.item(r, 3).text()
             for r in range(panel.evidence_table.rowCount())}
     assert "0.18 x the smallest one-class trigger" in rows[LABEL_SPECIFIC]
+
+
+def test_a_detector_below_its_own_line_but_rarer_than_1_in_20_supports_a_raised_verdict():
+    """The evidence table's Says column: several weak detectors raised the verdict; each says "supports", with its class."""
+    from gui.verdict_evidence import _says
+    from tests.test_verdict import with_tail
+
+    weak, ordinary = with_tail("mmbd", 0.03, 4), with_tail("warp", 0.5, 2)
+    assert weak.level == "no evidence"
+    assert _says(weak, "suspicious") == ("supports", (4,), "suspicious")
+    assert _says(weak, "no evidence") == ("no evidence", (), "no evidence")
+    assert _says(ordinary, "suspicious") == ("no evidence", (), "no evidence")
