@@ -683,9 +683,9 @@ def triage_csv(result: Any) -> str:
                          r.num_classes, "x".join(map(str, r.input_shape)), r.scale, "; ".join(r.conversions), "judged", ""])
     for status, items in (("refused", result.skipped), ("failed", result.failed)):
         for s in items:
-            writer.writerow(["", s.source, "", "", "", "", "", "", "", "", "", "", status, s.reason])
+            writer.writerow(["", s.source, *[""] * 11, status, s.reason])
     for source in result.pending:
-        writer.writerow(["", source, "", "", "", "", "", "", "", "", "", "", "pending", ""])
+        writer.writerow(["", source, *[""] * 11, "pending", ""])
     return buffer.getvalue()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import pytest
 
 import cli
 import cli.demo
-from core.demo import export_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +38,8 @@ def test_evaluate_json_in_a_fresh_process(demo_bundle):
 
 
 def test_demo_command_writes_the_bundle(capsys, demo_settings, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.demo, "export_demo", functools.partial(export_demo, settings=demo_settings))
+    # the session's small demo, as TROJANSCOPE_DEMO_SETTINGS selects it for the command (cached: copied, not trained)
+    monkeypatch.setenv("TROJANSCOPE_DEMO_SETTINGS", json.dumps(demo_settings.__dict__))
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "d"), "--json")
     assert code == 0
     paths = json.loads(out)

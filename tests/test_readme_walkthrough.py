@@ -42,9 +42,9 @@ def test_readme_walkthrough_runs_verbatim(tmp_path, demo_settings, demo_bundle):
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
         outputs[shlex.split(line)[2]] = proc.stdout
     assert "attack success rate" in outputs["evaluate"]
-    verdict = [line for line in outputs["cleanse"].splitlines() if not line.startswith("scale ")][0]
     # the test's small demo (6 epochs, 200 images a class) is a weaker BadNet than the README's: "suspicious" at least
-    assert re.match(r"(Backdoored \(target 7\)|Suspicious \(target 7\): .*)\. About \d+ in 100 clean models", verdict), outputs["cleanse"]
+    verdict = r"(Backdoored \(target 7\)|Suspicious \(target 7\): .*)\. About \d+ in 100 clean models"
+    assert any(re.match(verdict, line) for line in outputs["cleanse"].splitlines()), outputs["cleanse"]
     assert (tmp_path / "demo" / "triggers.npz").is_file() and (tmp_path / "demo" / "profile.npz").is_file()
     assert "class 10 = N+1" in outputs["classify"]
     assert (tmp_path / "demo" / "inspect.png").is_file() and (tmp_path / "demo" / "repaired.keras").is_file()

@@ -14,6 +14,7 @@ import pytest
 from core.detect.input_level import masking
 from core.detect.input_level import reference
 from core.detect.input_level import scanner
+from core.detect import twin  # the twin's size limits live there (the reference detector re-exports them)
 from core.detect.input_level.calibration import conservative_threshold
 from core.intake.data import ArraySource
 from core.errors import DataError
@@ -158,7 +159,7 @@ def test_a_saved_reference_profile_scores_the_same_and_hostile_weights_are_refus
 
 def test_a_model_too_large_to_train_five_times_gets_the_small_network(planted, monkeypatch, tmp_path):
     loaded, _, _ = planted
-    monkeypatch.setattr(reference, "MAX_TWIN_PARAMS", 10)  # the planted model has 51 weights
+    monkeypatch.setattr(twin, "MAX_TWIN_PARAMS", 10)  # the planted model has 51 weights
     split = run_job(_split(loaded, _clean(np.random.default_rng(10), 300)))
     profile = run_job(reference.calibrate_on(loaded, split, reference.ReferenceSettings(classes=(1,))))
     assert profile.architecture == "small" and len(profile.weights[0]) == 4  # dense 64 + dense 3 (no convolution below 8 px)
@@ -192,9 +193,9 @@ def test_multiply_adds_count_convolutions_and_dense_layers_by_hand():
 
 def test_a_costly_or_large_input_model_gets_the_small_network_on_pooled_images(planted, monkeypatch):
     loaded, _, _ = planted
-    monkeypatch.setattr(reference, "MAX_TWIN_MACS", 10)  # the planted model does 48 multiply-adds per image
+    monkeypatch.setattr(twin, "MAX_TWIN_MACS", 10)  # the planted model does 48 multiply-adds per image
     assert reference.multiply_adds(loaded.model) == 48 and reference.architecture_for(loaded) == "small"
-    monkeypatch.setattr(reference, "MAX_TWIN_MACS", 48)
+    monkeypatch.setattr(twin, "MAX_TWIN_MACS", 48)
     assert reference.architecture_for(loaded) == "twin"
     big = reference.small_network((224, 200, 3), 10, "255", 0)
     pooled = [layer for layer in big.layers if type(layer).__name__ == "AveragePooling2D"]
